@@ -1,0 +1,117 @@
+"""Latency in ONNX Runtime: warm-up, fixed threads, many timed runs, median and p90; two models are
+interleaved (ABAB) so drifts of the machine hit both equally. CUDA runs use IO binding."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxprune.data import Dataset, input_specs, load_data
+from onnxprune.errors import ConfigError
+from onnxprune.loading import load_model
+from onnxprune.runtime import make_session, provider_name
+
+MIN_RUNS = 50
+
+
+@dataclass
+class BenchResult:
+    """Latency of one call at ``batch`` in milliseconds. With ``vs``, ``ratio`` = vs median / median,
+    i.e. the speed-up of the model over the other one (> 1: the model is faster)."""
+
+    model: str
+    provider: str
+    batch: int
+    threads: int
+    runs: int
+    warmup: int
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    vs: str | None = None
+    vs_median_ms: float | None = None
+    vs_p90_ms: float | None = None
+    ratio: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _timer(session: ort.InferenceSession, feed: dict[str, np.ndarray]):
+    """A zero-argument callable running one inference; on CUDA inputs and outputs stay on the device."""
+    if provider_name(session) != "cuda":
+        return lambda: session.run(None, feed)
+    binding = session.io_binding()
+    for name, array in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+    for output in session.get_outputs():
+        binding.bind_output(output.name, "cuda", 0)
+
+    def run() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+    return run
+
+
+def make_feed(model_inputs: list, batch: int, data: Dataset | None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of ``batch`` samples: taken (repeated) from ``data`` or random, dynamic non-batch dims = 1."""
+    fixed = {s.shape[0] for s in model_inputs if s.shape and s.shape[0] is not None}
+    if fixed and fixed != {batch}:
+        raise ConfigError(f"the model has a fixed batch size {sorted(fixed)[0]}; use --batch {sorted(fixed)[0]}")
+    if data is not None:
+        index = np.arange(batch) % len(data)
+        return {name: np.ascontiguousarray(array[index]) for name, array in data.inputs.items()}
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in model_inputs:
+        shape = [batch if axis == 0 and dim is None else (dim or 1) for axis, dim in enumerate(spec.shape)]
+        if np.issubdtype(spec.dtype, np.floating):
+            feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == np.bool_:
+            feed[spec.name] = np.ones(shape, np.bool_)
+        else:
+            feed[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
+    return feed
+
+
+def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = None, batch: int = 1,
+              threads: int | None = None, runs: int = 100, warmup: int = 10, device: str = "auto",
+              data: str | os.PathLike | None = None) -> BenchResult:
+    """Time ``model_path`` (and ``vs``, interleaved) on ``batch`` samples of ``data`` or random inputs."""
+    if runs < MIN_RUNS:
+        raise ConfigError(f"runs must be >= {MIN_RUNS} for a stable median, got {runs}")
+    if batch < 1 or warmup < 0:
+        raise ConfigError(f"batch must be >= 1 and warmup >= 0, got batch={batch}, warmup={warmup}")
+    threads = threads or min(4, os.cpu_count() or 1)
+    model = load_model(model_path)
+    dataset = load_data(Path(data), model) if data is not None else None
+    feed = make_feed(input_specs(model), batch, dataset)
+    sessions = [make_session(model_path, threads=threads, device=device)]
+    if vs is not None:
+        other = load_model(vs)
+        other_names = sorted(s.name for s in input_specs(other))
+        if other_names != sorted(feed):
+            raise ConfigError(f"--vs model has inputs {other_names}, the model has {sorted(feed)}")
+        sessions.append(make_session(vs, threads=threads, device=device))
+    calls = [_timer(s, feed) for s in sessions]
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    times = [[] for _ in calls]
+    for _ in range(runs):
+        for call, bucket in zip(calls, times):
+            start = time.perf_counter()
+            call()
+            bucket.append((time.perf_counter() - start) * 1000.0)
+    stats = [(float(np.median(t)), float(np.percentile(t, 90)), float(np.mean(t))) for t in times]
+    result = BenchResult(model=str(model_path), provider=provider_name(sessions[0]), batch=batch, threads=threads,
+                         runs=runs, warmup=warmup, median_ms=stats[0][0], p90_ms=stats[0][1], mean_ms=stats[0][2])
+    if vs is not None:
+        result.vs, result.vs_median_ms, result.vs_p90_ms = str(vs), stats[1][0], stats[1][1]
+        result.ratio = stats[1][0] / stats[0][0]
+    return result

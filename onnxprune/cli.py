@@ -1,0 +1,217 @@
+"""The ``onnxprune`` command line: a thin layer over the Python API. Errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.tables import fmt, human_bytes, table
+
+log = logging.getLogger("onnxprune")
+
+
+class _Group(click.Group):
+    """Turns onnxprune errors into one line on stderr and a non-zero exit, tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OnnxPruneError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was written", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug in onnxprune: still one line unless --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+
+def _emit(data: dict[str, Any], text: str, as_json: bool) -> None:
+    """Print one JSON object or the human-readable text."""
+    click.echo(json.dumps(data, default=_default, indent=None if as_json else 2) if as_json else text)
+
+
+def _default(value: Any) -> Any:
+    from onnxprune.pipeline import _json_default
+    return _json_default(value)
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="onnxprune")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
+    """Prune ONNX models post-training and validate them in ONNX Runtime."""
+    ctx.obj = {"debug": debug}
+    level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect(model: str, as_json: bool) -> None:
+    """Opset, inputs/outputs, parameters, prunable tensors, MACs, channel groups, unconvertible ops."""
+    from onnxprune.inspection import inspect_model
+
+    info = inspect_model(model)
+    lines = [f"{info.path}: opset {info.opset}, IR {info.ir_version}, producer {info.producer or '?'}"]
+    for kind, values in (("input", info.inputs), ("output", info.outputs)):
+        lines += [f"  {kind:6} {v['name']}: {v['dtype']} {v['shape']}" for v in values]
+    s = info.stats
+    lines.append(f"  parameters {fmt(s.params)}, prunable {fmt(s.prunable_params)} (sparsity {s.sparsity:.1%}), "
+                 f"MACs/sample {fmt(s.macs)}, file {human_bytes(s.file_bytes)}")
+    lines += [f"  canonicalization: {c}" for c in info.canonical_changes]
+    lines.append(table(["tensor", "op", "shape", "size", "sparsity"],
+                       [[t.name, t.op_type, "x".join(map(str, t.shape)), t.size, f"{t.sparsity:.1%}"]
+                        for t in s.tensors], title="prunable tensors"))
+    if info.groups:
+        lines.append(table(["group", "channels", "members", "prunable"],
+                           [[g["index"], g["channels"], ", ".join(g["members"]), g.get("reason") or "yes"]
+                            for g in info.groups], title="channel groups"))
+    if info.unsupported:
+        lines.append("no torch view for: " + ", ".join(f"{u['op']}-{u['version']} ({u['node']})"
+                                                         for u in info.unsupported))
+    _emit(info.to_dict(), "\n".join(lines), as_json)
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """KEY=VALUE strings from -O into a dict."""
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="-O")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = value.strip()
+    return options
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model to write.")
+@click.option("-m", "--method", default="magnitude", show_default=True, help="See `onnxprune methods`.")
+@click.option("-s", "--sparsity", type=float, default=None, help="Fraction to remove, in [0, 1) (default 0.5).")
+@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data (.npz / .npy).")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the outcome as JSON here.")
+@click.option("--compress", is_flag=True, help="Store sparse weights as sparse initializers (smaller file).")
+@click.option("--onnxslim", "use_onnxslim", is_flag=True, help="Simplify the graph with onnxslim first.")
+@click.option("--allocation", help="global | uniform sparsity allocation (unstructured methods).")
+@click.option("--pattern", help="N:M semi-structured pattern, e.g. 2:4 (chita).")
+@click.option("--max-memory", help="Memory budget, e.g. 2G (chita).")
+@click.option("--rows", type=int, help="Gradient rows n (chita).")
+@click.option("--group", type=int, help="Prune only this channel group (structured methods).")
+@click.option("--round-to", type=int, help="Keep channel counts multiples of this (structured methods).")
+@click.option("--importance", help="Channel importance: l1 | l2 | taylor | random (structured methods).")
+@click.option("--skip-first", is_flag=True, default=None, help="Leave the first prunable layer dense.")
+@click.option("--skip-last", is_flag=True, default=None, help="Leave the last prunable layer dense.")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("-O", "--option", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method option.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def prune(model: str, output: str, method: str, calib: str | None, report: str | None, compress: bool,
+          use_onnxslim: bool, extra: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Prune MODEL with a method and write the result to OUTPUT (never overwriting MODEL)."""
+    from onnxprune.pipeline import prune as run_prune
+
+    options = {k: v for k, v in flags.items() if v is not None}
+    options.update(_parse_options(extra))
+    outcome = run_prune(model, output, method, calib=calib, report=report, compress=compress,
+                        use_onnxslim=use_onnxslim, **options)
+    b, a = outcome.before, outcome.after
+    rows = [["parameters", b.params, a.params], ["prunable sparsity", f"{b.sparsity:.1%}", f"{a.sparsity:.1%}"],
+            ["MACs / sample", b.macs, a.macs], ["MACs skipping zeros", b.sparse_macs, a.sparse_macs],
+            ["file size", human_bytes(b.file_bytes), human_bytes(a.file_bytes)]]
+    text = "\n".join([f"wrote {outcome.output} ({method}, sparsity {outcome.config['sparsity']})",
+                      table(["", "before", "after"], rows),
+                      "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())])
+    _emit(outcome.to_dict(), text, as_json)
+
+
+@cli.command(name="eval")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Evaluation data (.npz / .npy).")
+@click.option("--reference", type=click.Path(dir_okay=False), help="Reference model for fidelity figures.")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--threads", type=int, help="ORT intra-op threads.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_command(model: str, data: str, reference: str | None, batch_size: int, threads: int | None,
+                 device: str, as_json: bool) -> None:
+    """Accuracy (with labels) and fidelity to a reference, measured in ONNX Runtime."""
+    from onnxprune.evaluate import evaluate
+
+    result = evaluate(model, data, reference=reference, batch_size=batch_size, threads=threads, device=device)
+    rows = [[k, v] for k, v in result.to_dict().items() if v is not None]
+    _emit(result.to_dict(), table(["metric", "value"], rows, title=f"{model} on {data}"), as_json)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--vs", type=click.Path(dir_okay=False), help="Second model, timed interleaved (ABAB).")
+@click.option("--batch", default=1, show_default=True, type=int)
+@click.option("--threads", type=int, help="ORT intra-op threads (default min(4, cores)).")
+@click.option("--runs", default=100, show_default=True, type=int, help="Timed runs (>= 50).")
+@click.option("--warmup", default=10, show_default=True, type=int)
+@click.option("--data", type=click.Path(dir_okay=False), help="Take inputs from this data file.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int, warmup: int,
+          data: str | None, device: str, as_json: bool) -> None:
+    """Latency (median, p90) in ONNX Runtime; with --vs, the speed-up of MODEL over OTHER."""
+    from onnxprune.bench import benchmark
+
+    r = benchmark(model, vs=vs, batch=batch, threads=threads, runs=runs, warmup=warmup, device=device, data=data)
+    rows = [[r.model, r.median_ms, r.p90_ms]] + ([[r.vs, r.vs_median_ms, r.vs_p90_ms]] if r.vs else [])
+    text = table(["model", "median ms", "p90 ms"], rows,
+                 title=f"{r.provider} provider, batch {r.batch}, {r.threads} threads, {r.runs} runs")
+    if r.ratio is not None:
+        text += f"\nspeed-up of {r.model} over {r.vs}: {r.ratio:.2f}x"
+    _emit(r.to_dict(), text, as_json)
+
+
+@cli.command()
+def methods() -> None:
+    """List the pruning methods and their options."""
+    import dataclasses
+
+    from onnxprune.methods import METHODS
+
+    rows = []
+    for spec in METHODS.values():
+        options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config_cls))
+        rows.append([spec.name, "structured" if spec.structured else "unstructured",
+                     "yes" if spec.needs_calib else "no", spec.summary, options])
+    click.echo(table(["method", "kind", "needs data", "what", "options (defaults)"], rows))
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False), help="Keep the pruned models in this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def demo(out: str | None, as_json: bool) -> None:
+    """The whole pipeline on the bundled CNN with every method: prune, eval, bench, one table."""
+    from onnxprune.demo import run_demo
+
+    result = run_demo(out)
+    _emit(result.to_dict(), result.text(), as_json)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="onnxprune")
+
+
+if __name__ == "__main__":
+    main()

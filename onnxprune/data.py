@@ -1,0 +1,138 @@
+"""Calibration and evaluation data: ``.npz`` (one array per model input, optional ``labels``) or
+``.npy`` (single-input models), checked against the model before any work starts."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxprune.errors import DataError
+
+LABELS = "labels"
+
+
+@dataclass
+class InputSpec:
+    """A graph input: name, numpy dtype and shape (None for a dynamic dimension)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+
+@dataclass
+class Dataset:
+    """Samples along axis 0 of every input array, with optional integer labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    def take(self, count: int, start: int = 0) -> "Dataset":
+        """The samples ``start`` to ``start + count`` as a new dataset (views, no copies)."""
+        stop = start + count
+        return Dataset({k: v[start:stop] for k, v in self.inputs.items()},
+                       None if self.labels is None else self.labels[start:stop])
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's real inputs (initializers excluded) with dtypes and static/dynamic dims."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        tensor_type = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                     for d in tensor_type.shape.dim)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        specs.append(InputSpec(value.name, dtype, dims))
+    return specs
+
+
+def _read_arrays(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """The arrays stored in a .npz/.npy file, refusing pickled objects and other formats."""
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        if suffix == ".npy":
+            if len(specs) != 1:
+                names = ", ".join(s.name for s in specs)
+                raise DataError(f"{path.name}: a .npy file only fits single-input models; this model has "
+                                f"inputs {names}: use a .npz with one array per input name")
+            return {specs[0].name: np.load(path, allow_pickle=False)}
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DataError(f"{path.name} holds pickled Python objects; onnxprune only reads plain numeric "
+                            "arrays (save with numpy.savez and numeric dtypes)") from None
+        raise DataError(f"{path.name} is not a readable numpy file: {exc}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path.name} is not a readable numpy file (truncated or another format): {exc}") from None
+    raise DataError(f"{path.name}: data must be a .npz or .npy file, not {suffix or 'a file without suffix'!r}")
+
+
+def validate(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: str = "data") -> Dataset:
+    """Check arrays against the model inputs and return a Dataset; every mismatch is one DataError."""
+    wanted = {s.name for s in specs}
+    unknown = sorted(set(arrays) - wanted - {LABELS})
+    if unknown:
+        raise DataError(f"{source}: array {unknown[0]!r} is not a model input; the model's inputs are "
+                        f"{', '.join(sorted(wanted))} (plus optional {LABELS!r})")
+    inputs: dict[str, np.ndarray] = {}
+    count = None
+    for spec in specs:
+        if spec.name not in arrays:
+            raise DataError(f"{source}: no array for model input {spec.name!r} (found: "
+                            f"{', '.join(sorted(arrays)) or 'nothing'})")
+        array = arrays[spec.name]
+        if array.dtype != spec.dtype:
+            raise DataError(f"{source}: input {spec.name!r} has dtype {array.dtype}, the model needs {spec.dtype}")
+        if array.ndim != len(spec.shape):
+            raise DataError(f"{source}: input {spec.name!r} has shape {array.shape}, the model needs rank "
+                            f"{len(spec.shape)} {_fmt(spec.shape)} with samples along axis 0")
+        for axis, (have, need) in enumerate(zip(array.shape, spec.shape)):
+            if axis > 0 and need is not None and have != need:
+                raise DataError(f"{source}: input {spec.name!r} has shape {array.shape}, the model needs "
+                                f"{_fmt(spec.shape)} (axis {axis} differs)")
+        if array.shape[0] == 0:
+            raise DataError(f"{source}: input {spec.name!r} holds zero samples")
+        if count is not None and array.shape[0] != count:
+            raise DataError(f"{source}: inputs hold different sample counts ({count} and {array.shape[0]})")
+        count = array.shape[0]
+        batch = spec.shape[0] if spec.shape else None
+        if batch is not None and count % batch:
+            raise DataError(f"{source}: the model has a fixed batch of {batch}; {count} samples is not a multiple")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            bad = int((~np.isfinite(array)).sum())
+            raise DataError(f"{source}: input {spec.name!r} holds {bad} NaN/Inf value(s)")
+        inputs[spec.name] = array
+    labels = arrays.get(LABELS)
+    if labels is not None:
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{source}: {LABELS!r} must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+        if labels.shape[0] != count:
+            raise DataError(f"{source}: {labels.shape[0]} labels for {count} samples")
+    return Dataset(inputs, labels)
+
+
+def load_data(path: str | Path, model: onnx.ModelProto) -> Dataset:
+    """Read and validate a data file for ``model``."""
+    path = Path(path)
+    specs = input_specs(model)
+    return validate(_read_arrays(path, specs), specs, source=path.name)
+
+
+def _fmt(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"

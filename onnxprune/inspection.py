@@ -1,0 +1,74 @@
+"""What ``onnxprune inspect`` reports about a model, as one data object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnx
+
+from onnxprune.canonicalize import canonicalize
+from onnxprune.converters import unsupported_nodes
+from onnxprune.data import input_specs
+from onnxprune.loading import load_model
+from onnxprune.stats import ModelStats, model_stats
+
+
+@dataclass
+class ModelInfo:
+    """Opset, inputs/outputs, size figures, what canonicalization changed and what cannot be converted."""
+
+    path: str
+    opset: int
+    ir_version: int
+    producer: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    stats: ModelStats
+    canonical_changes: list[str]
+    unsupported: list[dict[str, Any]]
+    groups: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stats"]["sparsity"] = self.stats.sparsity
+        return data
+
+
+def _shape(value: onnx.ValueInfoProto) -> list[int | str]:
+    """Dims of a graph input/output, symbolic ones by name ('?' when unnamed)."""
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in value.type.tensor_type.shape.dim]
+
+
+def _value(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type) \
+        if value.type.tensor_type.elem_type else None
+    return {"name": value.name, "dtype": str(dtype) if dtype is not None else "?", "shape": _shape(value)}
+
+
+def channel_groups(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """The coupled channel groups structured pruning sees, as dicts (empty when unavailable)."""
+    try:
+        from onnxprune.channel_groups import find_groups
+    except ImportError:
+        return []
+    return [group.describe() for group in find_groups(model)]
+
+
+def inspect_model(path: str | os.PathLike) -> ModelInfo:
+    """Load, canonicalize and describe the model at ``path``."""
+    original = load_model(path)
+    canonical = canonicalize(original)
+    model = canonical.model
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    specs = {s.name for s in input_specs(model)}
+    return ModelInfo(
+        path=str(path), opset=opset, ir_version=model.ir_version,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        inputs=[_value(v) for v in model.graph.input if v.name in specs],
+        outputs=[_value(v) for v in model.graph.output],
+        stats=model_stats(model, path), canonical_changes=canonical.changes,
+        unsupported=[{"node": n, "op": op, "version": v} for n, op, v in unsupported_nodes(model)],
+        groups=channel_groups(model))

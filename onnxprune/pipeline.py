@@ -1,0 +1,137 @@
+"""The prune pipeline: load → canonicalize → method → check in ORT → atomic write → report.
+
+Every input is validated before any expensive work, and nothing is written unless the pruned graph
+passes ``onnx.checker`` and runs in ONNX Runtime with the input's output shapes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxprune.bench import make_feed
+from onnxprune.canonicalize import canonicalize
+from onnxprune.data import Dataset, input_specs, load_data
+from onnxprune.errors import ConfigError, ModelError
+from onnxprune.loading import check_model, load_model
+from onnxprune.methods import get_method, make_config
+from onnxprune.runtime import make_session
+from onnxprune.stats import ModelStats, model_stats
+from onnxprune.writeback import check_output_path, compress_sparse, save_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneOutcome:
+    """What ``prune`` did: where it wrote, with which settings, and the before/after figures."""
+
+    output: str
+    method: str
+    config: dict[str, Any]
+    canonical_changes: list[str]
+    before: ModelStats
+    after: ModelStats
+    details: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    compressed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("before", "after"):
+            stats: ModelStats = getattr(self, key)
+            data[key]["sparsity"] = stats.sparsity
+        return data
+
+
+def smoke_run(original: onnx.ModelProto, pruned: onnx.ModelProto, sample: Dataset | None) -> None:
+    """Run the pruned model in ORT on a few samples; its outputs must have the original's shapes."""
+    feed = (sample.take(min(4, len(sample))).inputs if sample is not None
+            else make_feed(input_specs(original), 1, None))
+    try:
+        before = make_session(original, device="cpu").run(None, feed)
+        after = make_session(pruned, device="cpu").run(None, feed)
+    except ModelError as exc:
+        raise ModelError(f"the pruned model does not run in ONNX Runtime ({exc}); nothing was written") from None
+    for out, a, b in zip(original.graph.output, before, after):
+        if np.shape(a) != np.shape(b):
+            raise ModelError(f"pruned output {out.name!r} has shape {np.shape(b)}, the input model gives "
+                             f"{np.shape(a)}; nothing was written")
+
+
+def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str = "magnitude", *,
+          calib: str | os.PathLike | Dataset | None = None, report: str | os.PathLike | None = None,
+          compress: bool = False, use_onnxslim: bool = False, **options: Any) -> PruneOutcome:
+    """Prune ``model_path`` with ``method`` (options: the method's config fields, e.g. sparsity=0.5)
+    and write the result atomically to ``output``; returns the outcome with before/after stats."""
+    spec = get_method(method)
+    config = make_config(spec, **options)
+    check_output_path(output, [model_path])
+    if report is not None:
+        if Path(report).resolve() == Path(output).resolve():
+            raise ConfigError("the report path must differ from the output model path")
+        check_output_path(report, [model_path])
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    original = load_model(model_path)
+    canonical = canonicalize(original, use_onnxslim=use_onnxslim)
+    dataset = calib if isinstance(calib, Dataset) or calib is None else load_data(Path(calib), canonical.model)
+    if spec.needs_calib and dataset is None:
+        raise ConfigError(f"method {method!r} needs calibration data: pass --calib DATA.npz")
+    timings["load"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    result = spec.run(canonical.model, config, dataset)
+    timings["method"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    pruned = result.model
+    check_model(pruned, "the pruned model")
+    smoke_run(canonical.model, pruned, dataset)
+    compressed: list[str] = []
+    if compress:
+        pruned, compressed = compress_sparse(pruned)
+    written = save_model(pruned, output, inputs=[model_path])
+    timings["write"] = time.perf_counter() - start
+    outcome = PruneOutcome(output=str(written), method=method, config=asdict(config),
+                           canonical_changes=canonical.changes, before=model_stats(canonical.model, model_path),
+                           after=model_stats(pruned, written), details=result.details, timings=timings,
+                           compressed=compressed)
+    if report is not None:
+        write_json(outcome.to_dict(), report, inputs=[model_path])
+    return outcome
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
+    """Write a JSON report atomically (temporary file + rename)."""
+    import tempfile
+
+    target = check_output_path(path, inputs)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, default=_json_default)
+            handle.write("\n")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for numpy scalars/arrays, paths and tuples in reports."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,75 @@
+"""ONNX Runtime sessions: CUDA execution provider when a GPU is really there, CPU otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxprune.data import Dataset
+from onnxprune.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _gpu_present() -> bool:
+    """True when the CUDA provider is built in and an NVIDIA device node exists."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    return os.path.exists("/dev/nvidiactl") or os.name == "nt"
+
+
+def make_session(model: str | Path | onnx.ModelProto, *, threads: int | None = None,
+                 device: str = "auto") -> ort.InferenceSession:
+    """An InferenceSession on ``device`` ('auto': CUDA if a GPU is present, else CPU)."""
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, not {threads}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    use_cuda = device == "cuda" or (device == "auto" and _gpu_present())
+    providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+    source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
+    try:
+        session = ort.InferenceSession(source, options, providers=providers)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
+    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise ConfigError("device 'cuda' requested but ONNX Runtime's CUDA execution provider is not usable here")
+    return session
+
+
+def provider_name(session: ort.InferenceSession) -> str:
+    """'cuda' or 'cpu': the provider that actually runs the session."""
+    return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The static batch size of the first input, or None when it is dynamic."""
+    dim = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def run_batched(session: ort.InferenceSession, data: Dataset, batch_size: int = 256) -> list[np.ndarray]:
+    """Run every sample through the session, ``batch_size`` at a time; outputs concatenated on axis 0."""
+    step = fixed_batch(session) or batch_size
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, len(data), step):
+        feed = {name: array[start:start + step] for name, array in data.inputs.items()}
+        try:
+            chunks.append(session.run(None, feed))
+        except Exception as exc:  # ORT raises its own types on bad shapes/values
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"ONNX Runtime failed to run the model: {first}") from None
+    return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
