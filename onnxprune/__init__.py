@@ -1,0 +1,37 @@
+"""onnxprune: post-training pruning of ONNX models, validated in ONNX Runtime.
+
+The Python API mirrors the CLI: ``prune`` writes a pruned model, ``evaluate`` and ``benchmark``
+measure written files in ONNX Runtime, ``inspect_model`` describes a model, ``sweep`` compares methods.
+Names are imported on first use, so ``import onnxprune`` (and the CLI's start) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "BenchResult": "bench", "benchmark": "bench",
+    "Canonical": "canonicalize", "canonicalize": "canonicalize",
+    "Dataset": "data", "load_data": "data",
+    "OnnxPruneError": "errors", "ModelError": "errors", "DataError": "errors", "ConfigError": "errors",
+    "ConversionError": "errors", "OutputError": "errors", "ResourceError": "errors",
+    "EvalResult": "evaluate", "evaluate": "evaluate",
+    "ModelInfo": "inspection", "inspect_model": "inspection",
+    "load_model": "loading",
+    "METHODS": "methods",
+    "PruneOutcome": "pipeline", "prune": "pipeline",
+    "ModelStats": "stats", "model_stats": "stats",
+    "SweepReport": "sweep", "sweep": "sweep",
+    "Budget": "budget", "BudgetResult": "budget", "search_sparsity": "budget",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'onnxprune' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"onnxprune.{_EXPORTS[name]}"), name)

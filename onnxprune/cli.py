@@ -80,9 +80,10 @@ def inspect(model: str, as_json: bool) -> None:
                        [[t.name, t.op_type, "x".join(map(str, t.shape)), t.size, f"{t.sparsity:.1%}"]
                         for t in s.tensors], title="prunable tensors"))
     if info.groups:
-        lines.append(table(["group", "channels", "members", "prunable"],
-                           [[g["index"], g["channels"], ", ".join(g["members"]), g.get("reason") or "yes"]
-                            for g in info.groups], title="channel groups"))
+        lines.append(table(["group", "channels", "producers", "consumers", "prunable"],
+                           [[g["index"], g["size"], ", ".join(g["producers"]), ", ".join(g["consumers"]),
+                             "yes" if g["prunable"] else f"no: {g['reason']}"] for g in info.groups],
+                           title="channel groups"))
     if info.unsupported:
         lines.append("no torch view for: " + ", ".join(f"{u['op']}-{u['version']} ({u['node']})"
                                                          for u in info.unsupported))
@@ -120,14 +121,24 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--skip-last", is_flag=True, default=None, help="Leave the last prunable layer dense.")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("-O", "--option", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method option.")
+@click.option("--max-accuracy-drop", type=float, help="Budget: find the highest sparsity losing at most this "
+              "many accuracy points on --data.")
+@click.option("--min-agreement", type=float, help="Budget: highest sparsity keeping this top-1 agreement (%) with "
+              "the input model on --data (no labels needed).")
+@click.option("--data", type=click.Path(dir_okay=False), help="Evaluation data for a budget search.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def prune(model: str, output: str, method: str, calib: str | None, report: str | None, compress: bool,
-          use_onnxslim: bool, extra: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+          use_onnxslim: bool, extra: tuple[str, ...], max_accuracy_drop: float | None, min_agreement: float | None,
+          data: str | None, as_json: bool, **flags: Any) -> None:
     """Prune MODEL with a method and write the result to OUTPUT (never overwriting MODEL)."""
     from onnxprune.pipeline import prune as run_prune
 
     options = {k: v for k, v in flags.items() if v is not None}
     options.update(_parse_options(extra))
+    if max_accuracy_drop is not None or min_agreement is not None:
+        _budget_search(model, output, method, calib, report, data, max_accuracy_drop, min_agreement, options,
+                       as_json)
+        return
     outcome = run_prune(model, output, method, calib=calib, report=report, compress=compress,
                         use_onnxslim=use_onnxslim, **options)
     b, a = outcome.before, outcome.after
@@ -138,6 +149,33 @@ def prune(model: str, output: str, method: str, calib: str | None, report: str |
                       table(["", "before", "after"], rows),
                       "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())])
     _emit(outcome.to_dict(), text, as_json)
+
+
+def _budget_search(model: str, output: str, method: str, calib: str | None, report: str | None, data: str | None,
+                   max_accuracy_drop: float | None, min_agreement: float | None, options: dict[str, Any],
+                   as_json: bool) -> None:
+    """``prune`` with a budget: bisect the sparsity, write the best model within budget."""
+    from onnxprune.budget import Budget, search_sparsity
+    from onnxprune.errors import ConfigError
+    from onnxprune.pipeline import write_json
+
+    budget = Budget(max_accuracy_drop, min_agreement)
+    if data is None:
+        raise ConfigError("a budget search needs evaluation data: pass --data DATA.npz")
+    result = search_sparsity(model, output, method, budget, data=data, calib=calib, **options)
+    if report is not None:
+        write_json(result.to_dict(), report, inputs=[model])
+    rows = [[f"{t.sparsity:.4f}", t.accuracy, t.agreement, "yes" if t.within else "no", t.error or ""]
+            for t in sorted(result.trials, key=lambda t: t.sparsity)]
+    lines = [table(["sparsity", "acc %", "agree %", "within budget", "error"], rows, title="trials")]
+    if result.sparsity is None:
+        lines.append("no sparsity in the search range stays within the budget; nothing was written")
+    else:
+        lines.append(f"wrote {output}: {method} at sparsity {result.sparsity:.4f} (accuracy {fmt(result.accuracy)}, "
+                     f"dense {fmt(result.dense_accuracy)}, agreement {fmt(result.agreement)})")
+    _emit(result.to_dict(), "\n".join(lines), as_json)
+    if result.sparsity is None:
+        sys.exit(3)
 
 
 @cli.command(name="eval")
@@ -183,18 +221,41 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
 
 
 @cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--out-dir", required=True, type=click.Path(file_okay=False), help="Folder for models and reports.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Evaluation data (.npz / .npy).")
+@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data for methods that need it.")
+@click.option("--methods", "method_list", default="magnitude,chita++,l1-channel,intrafusion", show_default=True)
+@click.option("--sparsities", default="0.3,0.5,0.7,0.9", show_default=True)
+@click.option("--batch", default=32, show_default=True, type=int, help="Batch size for latency.")
+@click.option("--threads", type=int, help="ORT intra-op threads (default min(4, cores)).")
+@click.option("--runs", default=50, show_default=True, type=int, help="Timed runs per model (>= 50).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: str, sparsities: str, batch: int,
+          threads: int | None, runs: int, as_json: bool) -> None:
+    """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
+    from onnxprune.sweep import parse_list, sweep_table, sweep as run_sweep
+
+    report = run_sweep(model, out_dir, data=data, calib=calib, methods=parse_list(method_list),
+                       sparsities=parse_list(sparsities, float), batch=batch, threads=threads, runs=runs,
+                       command="onnxprune " + " ".join(sys.argv[1:]))
+    _emit(report.to_dict(), sweep_table(report), as_json)
+
+
+@cli.command()
 def methods() -> None:
     """List the pruning methods and their options."""
     import dataclasses
 
     from onnxprune.methods import METHODS
 
-    rows = []
+    rows = [[spec.name, "structured" if spec.structured else "unstructured", "yes" if spec.needs_calib else "no",
+             spec.summary] for spec in METHODS.values()]
+    lines = [table(["method", "kind", "needs data", "what"], rows), "", "options (set with -O name=value; defaults shown):"]
     for spec in METHODS.values():
         options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config_cls))
-        rows.append([spec.name, "structured" if spec.structured else "unstructured",
-                     "yes" if spec.needs_calib else "no", spec.summary, options])
-    click.echo(table(["method", "kind", "needs data", "what", "options (defaults)"], rows))
+        lines.append(f"  {spec.name}: {options}")
+    click.echo("\n".join(lines))
 
 
 @cli.command()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +77,9 @@ def _read_arrays(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
             raise DataError(f"{path.name} holds pickled Python objects; onnxprune only reads plain numeric "
                             "arrays (save with numpy.savez and numeric dtypes)") from None
         raise DataError(f"{path.name} is not a readable numpy file: {exc}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path.name} is not a readable numpy file (truncated or another format): {exc}") from None
+    except Exception as exc:  # numpy's readers raise many types on damaged files (zip, zlib, header parsing)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path.name} is not a readable numpy file (truncated or another format): {first}") from None
     raise DataError(f"{path.name}: data must be a .npz or .npy file, not {suffix or 'a file without suffix'!r}")
 
 

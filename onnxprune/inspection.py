@@ -49,12 +49,10 @@ def _value(value: onnx.ValueInfoProto) -> dict[str, Any]:
 
 
 def channel_groups(model: onnx.ModelProto) -> list[dict[str, Any]]:
-    """The coupled channel groups structured pruning sees, as dicts (empty when unavailable)."""
-    try:
-        from onnxprune.channel_groups import find_groups
-    except ImportError:
-        return []
-    return [group.describe() for group in find_groups(model)]
+    """The coupled channel groups structured pruning sees, as JSON-ready dicts."""
+    from onnxprune.channel_groups import find_groups
+
+    return [group.to_dict() for group in find_groups(model)]
 
 
 def inspect_model(path: str | os.PathLike) -> ModelInfo:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 from google.protobuf.message import DecodeError
 
 from onnxprune.errors import ModelError
@@ -25,11 +26,14 @@ def _external_locations(model: onnx.ModelProto) -> list[tuple[str, str]]:
 
 
 def _all_tensors(model: onnx.ModelProto):
-    """Initializers of the main graph and of every subgraph, plus tensors held in Constant nodes."""
+    """Initializers (dense and the parts of sparse ones) of the main graph and of every subgraph, plus
+    tensors held in Constant nodes."""
     stack = [model.graph]
     while stack:
         graph = stack.pop()
         yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
         for node in graph.node:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.TENSOR:
@@ -57,6 +61,18 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
             raise ModelError(f"initializer {name!r}: external data file {location!r} is missing next to the model")
 
 
+def check_tensors(model: onnx.ModelProto) -> None:
+    """Refuse stored tensors whose data does not decode to their dims and dtype (a damaged or
+    hand-edited file), so later stages never meet an undecodable weight."""
+    for tensor in _all_tensors(model):
+        try:
+            numpy_helper.to_array(tensor)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelError(f"tensor {tensor.name!r} (type {tensor.data_type}, dims {list(tensor.dims)}) holds data "
+                             f"that does not match its type and shape: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                             ) from None
+
+
 def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX model with its external data (kept inside its folder) and run ``onnx.checker``."""
     path = Path(path)
@@ -75,6 +91,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         onnx.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
         raise ModelError(f"external data of {str(path)!r} could not be read: {exc}") from None
+    check_tensors(model)
     if check:
         check_model(model, str(path))
     log.debug("loaded %s: %d nodes, %d initializers", path, len(model.graph.node), len(model.graph.initializer))

@@ -33,7 +33,7 @@ def make_session(model: str | Path | onnx.ModelProto, *, threads: int | None = N
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, not {threads}")
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures come back as exceptions; ORT log lines would break one-line errors
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -42,13 +42,14 @@ def replace_initializers(model: onnx.ModelProto, weights: dict[str, np.ndarray])
 def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
     """Validate an output path before any work: not an input file, its folder exists."""
     out = Path(output)
-    if out.exists() and out.is_dir():
-        raise OutputError(f"output path {str(out)!r} is a folder; give a file name ending in .onnx")
-    if not out.parent.exists():
-        raise OutputError(f"output folder {str(out.parent)!r} does not exist")
     for source in inputs:
         if out.resolve() == Path(source).resolve():
             raise OutputError(f"output {str(out)!r} is the input file; onnxprune never overwrites its input")
+    if out.exists() and out.is_dir():
+        raise OutputError(f"output path {str(out)!r} is a folder; give a file name ending in .onnx")
+    if not out.parent.is_dir():
+        problem = "is not a folder" if out.parent.exists() else "does not exist"
+        raise OutputError(f"output folder {str(out.parent)!r} {problem}")
     return out
 
 

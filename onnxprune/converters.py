@@ -1,0 +1,359 @@
+"""Extra onnx2torch converters for op versions newer than onnx2torch registers (opsets 16 to 26).
+
+onnx2torch 1.5 knows op versions up to about opset 17, so graphs from the dynamo exporter (opset 20
+by default in torch 2.14) or any opset-18+ file would not convert. Newer op versions come in three
+kinds, each handled by one table or function here:
+
+* type-only upgrades, where the schema only widens the accepted types: the older version's
+  converter is registered again (``TYPE_ONLY_UPGRADES``; a test checks every entry against the
+  ONNX schemas);
+* versions that add attribute values the older converter would misread: the older converter,
+  refusing those values (``RESTRICTED``);
+* real changes (attributes turned inputs, new attributes, new ops), written here: Reduce*-18
+  (axes became an input), Split-18 (``num_outputs``), Pad-18 (``axes`` input) and Gelu-20.
+
+Two onnx2torch entries are replaced in place, and the version tables build on them: Reshape-14
+refuses ``allowzero=1``, which the dynamo exporter sets on every Reshape, and GlobalAveragePool-1
+averaged over every axis when shape inference could not tell the input's rank (legacy exports
+whose shapes are computed at run time).
+
+A converter raises NotImplementedError for what it cannot express, and ``unsupported_nodes`` tries
+every node's converter, so such a node is reported, with its name, before conversion starts.
+Everything is registered once through onnx2torch's own registry (``add_converter``); an op version
+onnx2torch already converts is left to onnx2torch. Versions past opset 26, the newest ONNX Runtime
+1.31 loads, are not covered.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+import onnx
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # onnx2torch itself is imported on first use: it pulls in torchvision
+    from onnx2torch.onnx_graph import OnnxGraph
+    from onnx2torch.onnx_node import OnnxNode
+    from onnx2torch.utils.common import OperationConverterResult
+
+Converter = Callable[["OnnxNode", "OnnxGraph"], "OperationConverterResult"]
+
+log = logging.getLogger(__name__)
+
+_REGISTERED = False
+
+# op -> (version whose converter is reused, newer versions that only widen the accepted types).
+# Cast-19 adds ``saturate`` and Cast-24 ``round_mode``; both act only on float8 targets, which
+# onnx2torch's Cast refuses. Pad-19 adds the ``wrap`` mode, which the Pad converter refuses.
+TYPE_ONLY_UPGRADES: dict[str, tuple[int, tuple[int, ...]]] = {
+    "Acos": (7, (22,)),
+    "Asin": (7, (22,)),
+    "Atan": (7, (22,)),
+    "AveragePool": (19, (22,)),
+    "Cast": (13, (19, 21, 23, 24, 25)),
+    "Constant": (13, (19, 21, 23, 24, 25)),
+    "ConstantOfShape": (9, (20, 21, 23, 24, 25)),
+    "Conv": (11, (22,)),
+    "ConvTranspose": (11, (22,)),
+    "Cos": (7, (22,)),
+    "Dropout": (13, (22,)),
+    "Elu": (6, (22,)),
+    "Equal": (13, (19,)),
+    "EyeLike": (9, (22,)),
+    "Flatten": (13, (21, 23, 24, 25)),
+    "GlobalAveragePool": (1, (22,)),
+    "GreaterOrEqual": (12, (16,)),
+    "HardSigmoid": (6, (22,)),
+    "HardSwish": (14, (22,)),
+    "Identity": (16, (19, 21, 23, 24, 25)),
+    "InstanceNormalization": (6, (22,)),
+    "IsInf": (10, (20,)),
+    "IsNaN": (13, (20,)),
+    "LessOrEqual": (12, (16,)),
+    "MaxPool": (12, (22,)),
+    "Pad": (18, (19, 21, 23, 24, 25)),
+    "ReduceMax": (18, (20,)),
+    "ReduceMin": (18, (20,)),
+    "Reshape": (14, (19, 21, 23, 24, 25)),
+    "RoiAlign": (16, (22,)),
+    "Round": (11, (22,)),
+    "Selu": (6, (22,)),
+    "Shape": (15, (19, 21, 23, 24, 25)),
+    "Sin": (7, (22,)),
+    "Softplus": (1, (22,)),
+    "Softsign": (1, (22,)),
+    "Squeeze": (21, (23, 24, 25)),
+    "Tan": (7, (22,)),
+    "TopK": (11, (24,)),
+    "Transpose": (13, (21, 23, 24, 25)),
+    "Unsqueeze": (13, (21, 23, 24, 25)),
+}
+
+AttributeCheck = Callable[[Any], bool]
+
+
+def _one_of(*allowed: Any) -> AttributeCheck:
+    """Accept an attribute value only when it is one of ``allowed`` (none: the attribute must be absent)."""
+    return lambda value: value in allowed
+
+
+def _all_ones(value: Any) -> bool:
+    """Accept a list attribute whose entries are all 1 (e.g. no dilation)."""
+    return all(v == 1 for v in value)
+
+
+_RESIZE_18: dict[str, AttributeCheck] = {"antialias": _one_of(0), "axes": _one_of(),
+                                         "keep_aspect_ratio_policy": _one_of("stretch")}
+_RESIZE_13_COORDINATES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_crop_and_resize")
+
+# (op, version, version whose converter is reused, attribute -> check); absent attributes pass.
+RESTRICTED: tuple[tuple[str, int, int, dict[str, AttributeCheck]], ...] = (
+    ("AveragePool", 19, 11, {"dilations": _all_ones}),
+    ("Resize", 18, 13, _RESIZE_18),
+    ("Resize", 19, 13, {**_RESIZE_18, "coordinate_transformation_mode": _one_of(*_RESIZE_13_COORDINATES)}),
+    ("ScatterND", 18, 16, {"reduction": _one_of("none")}),
+)
+
+REDUCE_18 = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+             "ReduceProd", "ReduceSumSquare")
+
+
+def _prod(x: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
+    """torch.prod reduces one axis at a time: go from the last axis so the others keep their index."""
+    for dim in sorted(dims, reverse=True):
+        x = torch.prod(x, dim=dim, keepdim=keepdim)
+    return x
+
+
+_REDUCERS: dict[str, Callable[[torch.Tensor, list[int], bool], torch.Tensor]] = {
+    "ReduceL1": lambda x, dims, keep: torch.sum(torch.abs(x), dim=dims, keepdim=keep),
+    "ReduceL2": lambda x, dims, keep: torch.linalg.vector_norm(x, 2, dim=dims, keepdim=keep),
+    "ReduceLogSum": lambda x, dims, keep: torch.log(torch.sum(x, dim=dims, keepdim=keep)),
+    "ReduceLogSumExp": lambda x, dims, keep: torch.logsumexp(x, dim=dims, keepdim=keep),
+    "ReduceMax": lambda x, dims, keep: torch.amax(x, dim=dims, keepdim=keep),
+    "ReduceMean": lambda x, dims, keep: torch.mean(x, dim=dims, keepdim=keep),
+    "ReduceMin": lambda x, dims, keep: torch.amin(x, dim=dims, keepdim=keep),
+    "ReduceProd": _prod,
+    "ReduceSumSquare": lambda x, dims, keep: torch.sum(x * x, dim=dims, keepdim=keep),
+}
+
+
+class _Reduce(nn.Module):
+    """Reduce*-18: constant ``axes``; empty axes reduce every axis, or none with ``noop_with_empty_axes``."""
+
+    def __init__(self, op_type: str, axes: list[int] | None, keepdims: bool, noop_with_empty_axes: bool):
+        super().__init__()
+        self.op_type = op_type
+        self.axes = axes or []
+        self.keepdims = keepdims
+        self.noop_with_empty_axes = noop_with_empty_axes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.axes and self.noop_with_empty_axes:
+            return x
+        dims = sorted({a % x.dim() for a in self.axes}) if self.axes else list(range(x.dim()))
+        return _REDUCERS[self.op_type](x, dims, self.keepdims)
+
+
+class _Split(nn.Module):
+    """Split-18: sizes from the constant ``split`` input, else ``count`` parts of ceil(length / count),
+    the last one smaller."""
+
+    def __init__(self, axis: int, count: int, sizes: list[int] | None):
+        super().__init__()
+        self.axis = axis
+        self.count = count
+        self.sizes = sizes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        parts = torch.split(x, self.sizes or math.ceil(x.shape[self.axis] / self.count), dim=self.axis)
+        return parts if self.count > 1 else parts[0]
+
+
+class _ReshapeAllowZero(nn.Module):
+    """Reshape with ``allowzero=1``: a 0 in ``shape`` is a zero-sized axis, exactly as in torch.reshape."""
+
+    def forward(self, input_tensor: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return torch.reshape(input_tensor, shape.tolist())
+
+
+class _PadOverAxes(nn.Module):
+    """Pad-18: the optional ``axes`` input says which axes ``pads`` covers; spread the pads over
+    every axis, then pad as Pad-13 does."""
+
+    def __init__(self, pad: nn.Module):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, input_tensor: torch.Tensor, pads: torch.Tensor, constant_value: torch.Tensor | None = None,
+                axes: torch.Tensor | None = None) -> torch.Tensor:
+        if axes is not None:
+            rank = input_tensor.dim()
+            index = axes.to(torch.int64) % rank
+            full = torch.zeros(2 * rank, dtype=pads.dtype, device=pads.device)
+            full[index] = pads[:index.numel()]
+            full[index + rank] = pads[index.numel():]
+            pads = full
+        return self.pad(input_tensor, pads, constant_value)
+
+
+def _constant_ints(node: OnnxNode, graph: OnnxGraph, index: int) -> list[int] | None:
+    """The constant int list fed to input ``index`` of ``node``; None when the input is absent."""
+    from onnx2torch.utils.common import get_const_value
+
+    if len(node.input_values) <= index or not node.input_values[index]:
+        return None
+    try:
+        value = get_const_value(node.input_values[index], graph)
+    except KeyError:
+        raise NotImplementedError(f"{node.operation_type} with a computed (non-constant) input "
+                                  f"{node.input_values[index]!r}") from None
+    return [int(v) for v in (value.tolist() if isinstance(value, torch.Tensor) else value)]
+
+
+def _result(module: nn.Module, node: OnnxNode, inputs: tuple[str, ...] | None = None) -> OperationConverterResult:
+    """An onnx2torch converter result: ``module`` reading ``inputs`` (default: all of the node's)."""
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
+
+    return OperationConverterResult(torch_module=module, onnx_mapping=OnnxMapping(
+        inputs=node.input_values if inputs is None else inputs, outputs=node.output_values))
+
+
+def _convert_reduce(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Reduce*-18: axes moved from an attribute to the second input."""
+    module = _Reduce(node.operation_type, _constant_ints(node, graph, 1),
+                     keepdims=bool(node.attributes.get("keepdims", 1)),
+                     noop_with_empty_axes=bool(node.attributes.get("noop_with_empty_axes", 0)))
+    return _result(module, node, node.input_values[:1])
+
+
+def _convert_split(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Split-18: adds ``num_outputs`` for equal parts (the last may be smaller)."""
+    count = int(node.attributes.get("num_outputs", len(node.output_values)))
+    module = _Split(int(node.attributes.get("axis", 0)), count, _constant_ints(node, graph, 1))
+    return _result(module, node, node.input_values[:1])
+
+
+def _convert_pad(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Pad-18: Pad-13 plus the optional ``axes`` input (Pad-13's converter refuses unknown modes)."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    return _result(_PadOverAxes(get_converter("Pad", 13)(node, graph).torch_module), node)
+
+
+def _convert_gelu(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Gelu-20, exact or with the tanh approximation."""
+    approximate = node.attributes.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise NotImplementedError(f"Gelu with approximate={approximate!r}")
+    return _result(nn.GELU(approximate=approximate), node)
+
+
+def _allowing_zero(base: Converter) -> Converter:
+    """The Reshape ``base`` converter, extended to ``allowzero=1``."""
+
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        return _result(_ReshapeAllowZero(), node) if node.attributes.get("allowzero", 0) else base(node, graph)
+
+    return convert
+
+
+def _convert_global_average_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """GlobalAveragePool over every axis after the second, counted at run time."""
+    from onnx2torch.node_converters.global_average_pool import OnnxGlobalAveragePool
+
+    return _result(OnnxGlobalAveragePool(), node)
+
+
+def _replace_onnx2torch_entries() -> None:
+    """Replace two onnx2torch entries (add_converter refuses to, so this goes through its table):
+    Reshape-14 is extended to ``allowzero=1``, and GlobalAveragePool-1 no longer trusts the input
+    rank found by shape inference (an unknown rank made it average over every axis, batch included)."""
+    from onnx2torch.node_converters import registry
+
+    reshape = registry.OperationDescription(domain="", operation_type="Reshape", version=14)
+    pool = registry.OperationDescription(domain="", operation_type="GlobalAveragePool", version=1)
+    table = registry._CONVERTER_REGISTRY
+    table[reshape] = _allowing_zero(table[reshape])
+    table[pool] = _convert_global_average_pool
+
+
+def _restricted(op_type: str, base: Converter, checks: dict[str, AttributeCheck]) -> Converter:
+    """The ``base`` converter, refusing nodes whose attributes fail ``checks``."""
+
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        for name, accepted in checks.items():
+            if name in node.attributes and not accepted(node.attributes[name]):
+                raise NotImplementedError(f"{op_type} with {name}={node.attributes[name]!r}")
+        return base(node, graph)
+
+    return convert
+
+
+def _has_converter(op_type: str, version: int) -> bool:
+    """Whether onnx2torch's registry holds a converter for ``op_type`` at opset ``version``."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    try:
+        get_converter(op_type, version)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _add(op_type: str, version: int, converter: Converter) -> None:
+    """Register ``converter`` for ``op_type``-``version`` unless onnx2torch already converts it."""
+    from onnx2torch.node_converters.registry import add_converter
+
+    if not _has_converter(op_type, version):
+        add_converter(operation_type=op_type, version=version)(converter)
+
+
+def register() -> None:
+    """Register the extra converters (idempotent): new ones first, then the reused ones built on them."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from onnx2torch.node_converters.registry import get_converter
+
+    _replace_onnx2torch_entries()
+    for op_type in REDUCE_18:
+        _add(op_type, 18, _convert_reduce)
+    _add("Split", 18, _convert_split)
+    _add("Pad", 18, _convert_pad)
+    _add("Gelu", 20, _convert_gelu)
+    for op_type, version, base, checks in RESTRICTED:
+        _add(op_type, version, _restricted(op_type, get_converter(op_type, base), checks))
+    for op_type, (base, versions) in TYPE_ONLY_UPGRADES.items():
+        for version in versions:
+            _add(op_type, version, get_converter(op_type, base))
+    _REGISTERED = True
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
+    """(node name, op type, opset version) of every main-graph node onnx2torch cannot convert:
+    no converter for its op version, or a converter that refuses this node's attributes or inputs."""
+    from onnx2torch.node_converters.registry import get_converter
+    from onnx2torch.onnx_graph import OnnxGraph
+    from onnx2torch.utils.safe_shape_inference import safe_shape_inference
+
+    register()
+    try:
+        model = safe_shape_inference(model)  # some converters read input shapes, as in onnx2torch.convert
+    except Exception as exc:  # shape inference raises several types; the converters may not need it
+        log.debug("shape inference before trying the converters failed: %s", exc)
+    graph = OnnxGraph(model.graph)
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    missing = []
+    for node in graph.nodes.values():
+        domain = node.domain or ""
+        version = opsets.get(domain, opsets.get("ai.onnx", 0)) if domain in ("", "ai.onnx") else opsets.get(domain, 0)
+        try:
+            get_converter(operation_type=node.operation_type, version=version, domain=domain)(node, graph)
+        except Exception as exc:  # converters raise NotImplementedError, KeyError, ValueError, ... when they refuse
+            log.info("no torch view for node %r (%s-%d): %s", node.name, node.operation_type, version, exc)
+            missing.append((node.name, node.operation_type, version))
+    return missing

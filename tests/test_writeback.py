@@ -1,0 +1,85 @@
+"""Write-back changes only the given weights, writes atomically and never touches the input."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from graphs import mlp_data, save, tiny_mlp
+from onnxprune.canonicalize import canonicalize
+from onnxprune.errors import ModelError, OutputError
+from onnxprune.loading import load_model
+from onnxprune.prunable import read_weights
+from onnxprune.runtime import make_session
+from onnxprune.writeback import compress_sparse, replace_initializers, save_model
+
+
+def _run(model, x):
+    return make_session(model, device="cpu").run(None, {"x": x})[0]
+
+
+def test_identity_write_back_reproduces_outputs(tmp_path):
+    source = save(tiny_mlp(), tmp_path / "in.onnx")
+    canonical = canonicalize(load_model(source)).model
+    same = replace_initializers(canonical, read_weights(canonical))
+    out = save_model(same, tmp_path / "out.onnx", inputs=[source])
+    x = mlp_data()["x"]
+    assert np.max(np.abs(_run(str(out), x) - _run(str(source), x))) <= 1e-6
+    written = onnx.load(str(out))
+    assert [i.name for i in written.graph.input] == ["x"] and written.graph.output[0].name == "logits"
+    assert written.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert {p.key for p in written.metadata_props} == {"author", "licence"}
+
+
+def test_replace_checks_names_and_shapes():
+    model = tiny_mlp()
+    with pytest.raises(ModelError, match="shape"):
+        replace_initializers(model, {"fc1.weight": np.zeros((3, 3), np.float32)})
+    with pytest.raises(ModelError, match="no initializer"):
+        replace_initializers(model, {"nope": np.zeros(1, np.float32)})
+
+
+def test_output_equal_to_input_is_refused(tmp_path):
+    source = save(tiny_mlp(), tmp_path / "in.onnx")
+    before = source.read_bytes()
+    with pytest.raises(OutputError, match="never overwrites"):
+        save_model(tiny_mlp(1), tmp_path / "sub" / ".." / "in.onnx", inputs=[source])
+    assert source.read_bytes() == before
+
+
+def test_missing_output_folder_is_refused(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        save_model(tiny_mlp(), tmp_path / "nowhere" / "out.onnx")
+
+
+def test_interrupted_write_leaves_old_file_and_no_temporary(tmp_path, monkeypatch):
+    target = save(tiny_mlp(0), tmp_path / "out.onnx")
+    old = target.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OutputError, match="No space left"):
+        save_model(tiny_mlp(1), target)
+    assert target.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+
+
+def test_compressed_file_is_smaller_and_runs_identically(tmp_path):
+    model = tiny_mlp()
+    weights = read_weights(model)
+    sparse = {n: np.where(np.abs(w) > np.quantile(np.abs(w), 0.9), w, 0).astype(np.float32) for n, w in weights.items()}
+    pruned = replace_initializers(model, sparse)
+    compressed, names = compress_sparse(pruned)
+    assert sorted(names) == ["fc1.weight", "fc2.weight"]
+    assert compressed.ByteSize() < pruned.ByteSize()
+    x = mlp_data()["x"]
+    assert np.max(np.abs(_run(compressed, x) - _run(pruned, x))) == 0.0
+    # A compressed model is read back densely by canonicalize, so it can be pruned again.
+    again = canonicalize(compressed).model
+    assert len(again.graph.sparse_initializer) == 0
+    assert np.array_equal(read_weights(again)["fc1.weight"], sparse["fc1.weight"])
