@@ -68,9 +68,9 @@ def check_tensors(model: onnx.ModelProto) -> None:
         try:
             numpy_helper.to_array(tensor)
         except (ValueError, TypeError, KeyError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(f"tensor {tensor.name!r} (type {tensor.data_type}, dims {list(tensor.dims)}) holds data "
-                             f"that does not match its type and shape: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-                             ) from None
+                             f"that does not match its type and shape: {reason}") from None
 
 
 def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:

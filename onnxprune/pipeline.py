@@ -22,7 +22,8 @@ from onnxprune.data import Dataset, input_specs, load_data
 from onnxprune.errors import ConfigError, ModelError
 from onnxprune.loading import check_model, load_model
 from onnxprune.methods import get_method, make_config
-from onnxprune.runtime import make_session
+from onnxprune.prunable import find_prunable
+from onnxprune.runtime import make_session, run_batched
 from onnxprune.stats import ModelStats, model_stats
 from onnxprune.writeback import check_output_path, compress_sparse, save_model
 
@@ -51,19 +52,52 @@ class PruneOutcome:
         return data
 
 
-def smoke_run(original: onnx.ModelProto, pruned: onnx.ModelProto, sample: Dataset | None) -> None:
-    """Run the pruned model in ORT on a few samples; its outputs must have the original's shapes."""
-    feed = (sample.take(min(4, len(sample))).inputs if sample is not None
-            else make_feed(input_specs(original), 1, None))
+def sample_feed(model: onnx.ModelProto, sample: Dataset | None) -> dict[str, np.ndarray]:
+    """A few inputs for the ORT checks: from the calibration data, else random; a fixed batch is kept."""
+    specs = input_specs(model)
+    fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
+    if sample is not None:
+        return sample.take(fixed or min(4, len(sample))).inputs
+    return make_feed(specs, fixed or 1, None)
+
+
+def run_input_model(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The input model's ORT outputs, computed before any method runs so that a model ORT cannot run
+    is refused up front instead of reaching a method."""
     try:
-        before = make_session(original, device="cpu").run(None, feed)
-        after = make_session(pruned, device="cpu").run(None, feed)
+        return run_batched(make_session(model, device="cpu"), Dataset(feed))
+    except ModelError as exc:
+        raise ModelError(f"the input model does not run in ONNX Runtime on sample inputs ({exc})") from None
+
+
+def smoke_run(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: dict[str, np.ndarray],
+              before: list[np.ndarray]) -> None:
+    """Run the pruned model in ORT on the sample inputs; its outputs must have the original's shapes."""
+    try:
+        after = run_batched(make_session(pruned, device="cpu"), Dataset(feed))
     except ModelError as exc:
         raise ModelError(f"the pruned model does not run in ONNX Runtime ({exc}); nothing was written") from None
     for out, a, b in zip(original.graph.output, before, after):
         if np.shape(a) != np.shape(b):
             raise ModelError(f"pruned output {out.name!r} has shape {np.shape(b)}, the input model gives "
                              f"{np.shape(a)}; nothing was written")
+
+
+# Ops that mark a quantized graph, whose integer weights onnxprune does not prune.
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                  "QGemm"}
+
+
+def check_prunable(model: onnx.ModelProto) -> None:
+    """Refuse a model without any prunable float weight before a method runs, saying why."""
+    if find_prunable(model):
+        return
+    quantized = next((n for n in model.graph.node
+                      if n.op_type in _QUANTIZED_OPS or n.op_type.startswith("QLinear")), None)
+    if quantized is not None:
+        raise ModelError(f"quantized model (op {quantized.op_type} in node {quantized.name!r}): onnxprune prunes "
+                         "float Conv/Gemm/MatMul weights only; prune the float model, then quantize it")
+    raise ModelError("nothing to prune: no Conv, Gemm or MatMul node has a constant float weight")
 
 
 def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str = "magnitude", *,
@@ -85,6 +119,9 @@ def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str 
     dataset = calib if isinstance(calib, Dataset) or calib is None else load_data(Path(calib), canonical.model)
     if spec.needs_calib and dataset is None:
         raise ConfigError(f"method {method!r} needs calibration data: pass --calib DATA.npz")
+    check_prunable(canonical.model)
+    feed = sample_feed(canonical.model, dataset)
+    reference = run_input_model(canonical.model, feed)
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -94,7 +131,7 @@ def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str 
     start = time.perf_counter()
     pruned = result.model
     check_model(pruned, "the pruned model")
-    smoke_run(canonical.model, pruned, dataset)
+    smoke_run(canonical.model, pruned, feed, reference)
     compressed: list[str] = []
     if compress:
         pruned, compressed = compress_sparse(pruned)

@@ -1,0 +1,335 @@
+"""Graph surgery for structured pruning: fold BatchNorm into its producer, rewrite every member
+of a channel group with a channel map, fix the shape constants that spell channel counts, then
+re-run shape inference and the ONNX checker. Names, opset, dynamic axes and metadata survive;
+only the tensors of pruned groups change shape."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune.channel_groups import CONSUMER, ChannelAnalysis, ChannelGroup, Member, ShapeFix
+from onnxprune.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class ChannelMap:
+    """How a group's n channels become m, along each member's channel axis: ``new = map.T @ old``.
+
+    ``producer`` (n×m) rewrites producer and channelwise members (what writes a channel),
+    ``consumer`` (n×m) rewrites consumer members (what reads it). Selection is a 0/1 map.
+    """
+
+    producer: np.ndarray
+    consumer: np.ndarray
+
+    @property
+    def kept(self) -> int:
+        return int(self.producer.shape[1])
+
+    @classmethod
+    def selection(cls, size: int, keep: np.ndarray) -> "ChannelMap":
+        """Keep channels ``keep`` (in that order) unchanged and drop the rest."""
+        matrix = np.zeros((size, len(keep)))
+        matrix[np.asarray(keep), np.arange(len(keep))] = 1.0
+        return cls(matrix, matrix)
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for index, attribute in enumerate(node.attribute):
+        if attribute.name == name:
+            del node.attribute[index]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _readers(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many node inputs (and graph outputs) read each tensor name."""
+    count: dict[str, int] = defaultdict(int)
+    for node in graph.node:
+        for name in node.input:
+            count[name] += 1
+    for output in graph.output:
+        count[output.name] += 1
+    return count
+
+
+def _unique_name(taken: set[str], base: str) -> str:
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def _batchnorm_factors(bn: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) with BN(x) = scale * x + shift, per channel, in float64."""
+    scale, bias, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+    factor = scale / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
+    return factor, bias - mean * factor
+
+
+def _foldable(bn: onnx.NodeProto, producer: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto],
+              readers: dict[str, int]) -> bool:
+    """True when ``bn`` is an inference BatchNorm right after a Conv/Gemm whose weights only it uses."""
+    if producer is None or producer.op_type not in ("Conv", "Gemm") or producer.domain not in ("", "ai.onnx"):
+        return False
+    if int(_attr(bn, "training_mode", 0)) or any(bn.output[1:]) or not int(_attr(bn, "spatial", 1)):
+        return False
+    if len(bn.input) < 5 or any(n not in inits for n in bn.input[1:5]) or readers[bn.input[0]] != 1:
+        return False
+    params = [p for p in producer.input[1:] if p]
+    if any(p not in inits or readers[p] != 1 for p in params) or producer.input[0] in inits:
+        return False
+    if inits[producer.input[1]].data_type not in _FLOATS:
+        return False
+    if producer.op_type == "Gemm" and len(params) > 1:
+        n_axis = 0 if int(_attr(producer, "transB", 0)) else 1
+        channels = int(inits[producer.input[1]].dims[n_axis])
+        return int(np.prod(inits[params[1]].dims, dtype=np.int64)) in (1, channels)
+    return True
+
+
+def fold_batchnorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` with every foldable BatchNorm merged into the Conv/Gemm before it.
+
+    The producer takes over the BatchNorm's output name, so graph outputs keep their names.
+    Returns the new model and how many BatchNorms were folded.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers = _readers(graph)
+    producer_of = {o: n for n in graph.node for o in n.output}
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
+        {i.name for i in graph.input}
+    folded: list[onnx.NodeProto] = []
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
+            continue
+        producer = producer_of.get(bn.input[0])
+        if bn.input[0] in {o.name for o in graph.output} or not _foldable(bn, producer, inits, readers):
+            continue
+        _fold_into(producer, bn, inits, graph, taken)
+        producer.output[0] = bn.output[0]
+        folded.append(bn)
+    if not folded:
+        return out, 0
+    for bn in folded:
+        graph.node.remove(bn)
+    still_read = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in still_read]:
+        graph.initializer.remove(tensor)
+    gone = {bn.input[0] for bn in folded}
+    for value in [v for v in graph.value_info if v.name in gone]:
+        graph.value_info.remove(value)
+    return out, len(folded)
+
+
+def _fold_into(producer: onnx.NodeProto, bn: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
+               graph: onnx.GraphProto, taken: set[str]) -> None:
+    """Rewrite the producer's weight and bias so that it computes BN(producer(x))."""
+    factor, shift = _batchnorm_factors(bn, inits)
+    weight_tensor = inits[producer.input[1]]
+    dtype = helper.tensor_dtype_to_np_dtype(weight_tensor.data_type)
+    weight = numpy_helper.to_array(weight_tensor).astype(np.float64)
+    if producer.op_type == "Conv":
+        axis, bias_scale = 0, 1.0
+    else:
+        axis = 0 if int(_attr(producer, "transB", 0)) else 1
+        bias_scale = float(_attr(producer, "beta", 1.0))
+        _set_attr(producer, "beta", 1.0)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    weight = weight * factor.reshape(shape)
+    has_bias = len(producer.input) > 2 and producer.input[2]
+    bias = np.zeros_like(factor)
+    if has_bias:
+        bias = bias + bias_scale * numpy_helper.to_array(inits[producer.input[2]]).astype(np.float64).reshape(-1)
+    bias = bias * factor + shift
+    weight_tensor.CopyFrom(numpy_helper.from_array(weight.astype(dtype), weight_tensor.name))
+    if has_bias:
+        inits[producer.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(dtype), producer.input[2]))
+        return
+    name = _unique_name(taken, f"{producer.input[1]}_folded_bias")
+    tensor = numpy_helper.from_array(bias.astype(dtype), name)
+    graph.initializer.append(tensor)
+    inits[name] = tensor
+    while len(producer.input) < 2:
+        producer.input.append("")
+    if len(producer.input) == 2:
+        producer.input.append(name)
+    else:
+        producer.input[2] = name
+
+
+def member_slab(array: np.ndarray, member: Member, size: int) -> np.ndarray:
+    """The ``size`` channels of ``member`` as rows: shape [size, entries per channel] (a view when possible)."""
+    moved = np.moveaxis(array, member.axis, 0)
+    return moved[member.offset:member.offset + size * member.block].reshape(size, -1)
+
+
+def read_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every initializer of the main graph as a numpy array, read once for all groups."""
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def group_slabs(values: dict[str, np.ndarray], group: ChannelGroup) -> list[tuple[Member, np.ndarray]]:
+    """Every slab of ``group`` (a weight shared by several nodes once) with its channel rows, from
+    the arrays in ``values``."""
+    slabs = {}
+    for member in group.members:
+        slabs.setdefault((member.tensor, member.axis, member.offset),
+                         (member, member_slab(values[member.tensor], member, group.size)))
+    return list(slabs.values())
+
+
+def _mix_rows(matrix: np.ndarray, slab: np.ndarray) -> np.ndarray:
+    """``matrix.T @ slab`` over the leading axis, in float64, visiting only non-zero weights
+    (a selection or an optimal-transport plan has about one per row)."""
+    out = np.empty((matrix.shape[1],) + slab.shape[1:], dtype=np.float64)
+    for column in range(matrix.shape[1]):
+        rows = np.flatnonzero(matrix[:, column])
+        out[column] = np.tensordot(matrix[rows, column], slab[rows].astype(np.float64), axes=(0, 0))
+    return out
+
+
+def _remap_axis(array: np.ndarray, axis: int, segments: list[tuple[int, int, int, np.ndarray]]) -> np.ndarray:
+    """Rewrite the channel segments (offset, channels, block, map) along ``axis``; the rest stays."""
+    moved = np.moveaxis(array, axis, 0)
+    rest = moved.shape[1:]
+    parts, position = [], 0
+    for offset, size, block, matrix in sorted(segments, key=lambda s: s[0]):
+        if offset < position:
+            raise ModelError(f"overlapping channel segments along axis {axis} (internal error in the analysis)")
+        parts.append(moved[position:offset])
+        slab = moved[offset:offset + size * block].reshape(size, block, *rest)
+        parts.append(_mix_rows(matrix, slab).astype(array.dtype).reshape(matrix.shape[1] * block, *rest))
+        position = offset + size * block
+    parts.append(moved[position:])
+    return np.moveaxis(np.concatenate(parts, axis=0), 0, axis)
+
+
+def _rewrite_members(graph: onnx.GraphProto, analysis: ChannelAnalysis, maps: dict[int, ChannelMap]) -> None:
+    """Apply each group's map to every initializer slab holding its channels."""
+    segments: dict[str, dict[int, dict[int, tuple[int, int, int, np.ndarray]]]] = defaultdict(lambda: defaultdict(dict))
+    for index, channel_map in maps.items():
+        group = analysis.groups[index]
+        if not group.prunable:
+            raise ModelError(f"channel group {index} cannot be pruned: {group.reason}")
+        for member in group.members:
+            matrix = channel_map.consumer if member.role == CONSUMER else channel_map.producer
+            if matrix.shape[0] != group.size:
+                raise ModelError(f"map for group {index} has {matrix.shape[0]} rows, the group {group.size} channels")
+            # a weight shared by several nodes is one slab, rewritten once
+            segments[member.tensor][member.axis][member.offset] = (member.offset, group.size, member.block, matrix)
+    for tensor in graph.initializer:
+        if tensor.name not in segments:
+            continue
+        array = numpy_helper.to_array(tensor)
+        for axis, parts in segments[tensor.name].items():
+            array = _remap_axis(array, axis, list(parts.values()))
+        tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), tensor.name))
+
+
+def _fix_values(fix: ShapeFix, kept: dict[int, int]) -> list[int]:
+    """The new values a shape fix spells, counting each pruned group's kept channels."""
+    return [sum(block * kept.get(group, size) for group, size, block in terms) for terms in fix.terms]
+
+
+def _write_constant(graph: onnx.GraphProto, node: onnx.NodeProto, slot: int, value: np.ndarray,
+                    readers: dict[str, int], taken: set[str]) -> None:
+    """Put ``value`` at input ``slot`` of ``node``: in place, or as a copy when others read it too."""
+    name = node.input[slot] if slot < len(node.input) else ""
+    if name and readers.get(name, 0) <= 1:
+        tensor = next(t for t in graph.initializer if t.name == name)
+        tensor.CopyFrom(numpy_helper.from_array(value, name))
+        return
+    new_name = _unique_name(taken, f"{name or node.name + '_split'}_pruned")
+    graph.initializer.append(numpy_helper.from_array(value, new_name))
+    if name:
+        readers[name] -= 1
+    while len(node.input) <= slot:
+        node.input.append("")
+    node.input[slot] = new_name
+
+
+def _apply_fixes(model: onnx.ModelProto, analysis: ChannelAnalysis, kept: dict[int, int]) -> None:
+    """Rewrite Reshape/Resize targets, depthwise ``group`` attributes and Split sizes."""
+    graph = model.graph
+    nodes = {n.name: n for n in graph.node}
+    inits = {t.name: t for t in graph.initializer}
+    readers = _readers(graph)
+    taken = set(inits) | {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    entries: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)
+    for fix in analysis.fixes:
+        values = _fix_values(fix, kept)
+        node = nodes[fix.node]
+        if fix.kind == "entry":
+            entries[(fix.node, fix.slot)][fix.position] = values[0]
+        elif fix.kind == "group":
+            _set_attr(node, "group", values[0])
+        elif fix.kind == "split":
+            sizes = np.asarray(values, dtype=np.int64)
+            if _attr(node, "split") is not None or opset < 13:
+                _set_attr(node, "split", [int(v) for v in values])
+            else:
+                _write_constant(graph, node, 1, sizes, readers, taken)
+                kept_attributes = [a for a in node.attribute if a.name != "num_outputs"]
+                del node.attribute[:]
+                node.attribute.extend(kept_attributes)
+    for (node_name, slot), positions in entries.items():
+        node = nodes[node_name]
+        original = numpy_helper.to_array(inits[node.input[slot]])
+        value = original.reshape(-1).copy()
+        for position, new in positions.items():
+            value[position] = new
+        _write_constant(graph, node, slot, value.reshape(original.shape).astype(original.dtype), readers, taken)
+
+
+def apply_channel_maps(model: onnx.ModelProto, analysis: ChannelAnalysis,
+                       maps: dict[int, ChannelMap]) -> onnx.ModelProto:
+    """A copy of ``model`` (the one ``analysis`` describes) with each mapped group rewritten.
+
+    Every member slab is remapped, every dependent shape constant fixed, stale intermediate
+    shapes dropped and re-inferred; the result passes ``onnx.checker`` with full shape checking.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    _rewrite_members(out.graph, analysis, maps)
+    kept = {index: m.kept for index, m in maps.items()}
+    read_before = {name for node in out.graph.node for name in node.input}
+    _apply_fixes(out, analysis, kept)
+    read_after = {name for node in out.graph.node for name in node.input}
+    for tensor in [t for t in out.graph.initializer if t.name in read_before - read_after]:
+        out.graph.initializer.remove(tensor)
+    del out.graph.value_info[:]
+    if out.ByteSize() >= onnx.checker.MAXIMUM_PROTOBUF:
+        log.info("model over 2 GB: shape inference and checking are left to the saved file")
+        return out
+    try:
+        onnx.checker.check_model(out, full_check=True)
+        out = onnx.shape_inference.infer_shapes(out, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"the pruned graph is inconsistent: {first}") from None
+    log.info("rewrote %d channel group(s)", len(maps))
+    return out

@@ -1,0 +1,255 @@
+"""The gradient matrix A of second-order pruning: one row per calibration sample (or mean over a few),
+one column per prunable weight, so that the empirical Fisher is ``AᵀA / n``.
+
+Rows are computed vectorised with ``torch.func`` (vmap over grad through the TorchView), never one
+backward pass per sample. A is stored transposed, ``at[p, n]`` in float32: a weight's gradients are
+one contiguous row, which makes the solver's column gathers cheap. The memory planner sizes A (and the
+solver's working copies) before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from onnxprune.data import Dataset
+from onnxprune.errors import ConfigError, DataError, ResourceError
+from onnxprune.torchview import TorchView
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("auto", "labels", "predicted", "sampled", "logits")
+# Bytes of per-sample gradients held at once while computing A (sets the vmap chunk size).
+_CHUNK_BYTES = 96 << 20
+_MAX_CHUNK = 64
+# The solver's working memory relative to A: an active-set copy of at most 3/4 of its rows plus
+# bounded column chunks for the Gram matrices (see chita_solver); rounded up.
+SOLVER_OVERHEAD = 1.0
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one weight tensor lives in the flat vector: ``axes`` is the permutation applied before
+    flattening (so that groups of consecutive coordinates can follow a chosen tensor axis)."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    axes: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class FlatLayout:
+    """A bijection between named weight tensors and one flat vector of length ``size``."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], last_axis: dict[str, int] | None = None):
+        """``last_axis`` moves the named tensor's axis to the end before flattening (e.g. the input axis,
+        so that N:M groups are consecutive input weights); other tensors flatten in C order."""
+        slots, offset = [], 0
+        for name, shape in shapes.items():
+            axes = list(range(len(shape)))
+            if last_axis and name in last_axis:
+                axes.append(axes.pop(last_axis[name]))
+            slots.append(Slot(name, tuple(shape), offset, tuple(axes)))
+            offset += slots[-1].size
+        self.slots: list[Slot] = slots
+        self.size = offset
+
+    def flatten(self, weights: dict[str, np.ndarray]) -> np.ndarray:
+        """The flat float32 vector of ``weights``."""
+        return np.concatenate([np.transpose(weights[s.name], s.axes).reshape(-1).astype(np.float32)
+                               for s in self.slots]) if self.slots else np.zeros(0, np.float32)
+
+    def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """The named tensors of a flat vector, in their original layout."""
+        out = {}
+        for s in self.slots:
+            permuted = flat[s.offset:s.offset + s.size].reshape([s.shape[a] for a in s.axes])
+            out[s.name] = np.ascontiguousarray(np.transpose(permuted, np.argsort(s.axes)))
+        return out
+
+    def columns(self, grads: dict[str, torch.Tensor], start: int, stop: int) -> torch.Tensor:
+        """Batched per-tensor gradients ``[B, *shape]`` as the flat columns ``start:stop``, ``[B, stop-start]``."""
+        parts = []
+        for s in self.slots:
+            lo, hi = max(start, s.offset), min(stop, s.offset + s.size)
+            if lo < hi:
+                g = grads[s.name]
+                flat = g.permute(0, *(a + 1 for a in s.axes)).reshape(g.shape[0], -1)
+                parts.append(flat[:, lo - s.offset:hi - s.offset])
+        return torch.cat(parts, dim=1)
+
+    def names_in(self, start: int, stop: int) -> list[str]:
+        """The tensors that own at least one coordinate in ``start:stop``."""
+        return [s.name for s in self.slots if s.offset < stop and s.offset + s.size > start]
+
+
+def parse_bytes(text: str) -> int:
+    """'2G', '500M', '1.5GiB', '123456' → bytes (binary units); ConfigError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", str(text).upper())
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"max_memory must be a positive size such as '2G', '500M' or '1.5G', not {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def format_bytes(count: float) -> str:
+    """Bytes in the units a user would type for --max-memory."""
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.1f}{unit}"
+    return f"{int(count)}B"
+
+
+def matrix_bytes(rows: int, columns: int) -> int:
+    """Memory for A with ``rows`` gradient rows over ``columns`` weights, solver working set included."""
+    return int(rows * columns * 4 * (1 + SOLVER_OVERHEAD))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How A is built within the budget: ``columns_per_pass`` weights per gradient pass."""
+
+    rows: int
+    columns: int
+    columns_per_pass: int
+    budget: int
+
+    @property
+    def passes(self) -> int:
+        return -(-self.columns // self.columns_per_pass)
+
+
+def plan_memory(rows: int, columns: int, budget: int, min_columns: int = 512) -> MemoryPlan:
+    """All columns in one pass when A and the solver's working set fit ``budget``; otherwise as many
+    columns per pass as fit (one gradient pass each); ResourceError with the numbers when not even
+    ``min_columns`` fit."""
+    whole = matrix_bytes(rows, columns)
+    if whole <= budget:
+        return MemoryPlan(rows, columns, columns, budget)
+    width = budget // matrix_bytes(rows, 1)
+    smallest = min(columns, min_columns)
+    if width < smallest:
+        fitting_rows = budget // matrix_bytes(1, smallest)
+        raise ResourceError(
+            f"the gradient matrix needs {format_bytes(whole)} for {rows} rows x {columns} weights (float32 "
+            f"plus the solver's working copy) and --max-memory {format_bytes(budget)} cannot hold even "
+            f"{smallest} weights' columns: raise --max-memory (about {format_bytes(whole * 1.1)} does it in one "
+            f"pass) or lower --rows (at most {fitting_rows} fit in {smallest}-weight pieces)")
+    log.info("gradient matrix %s exceeds --max-memory %s: %d weights per gradient pass",
+             format_bytes(whole), format_bytes(budget), width)
+    return MemoryPlan(rows, columns, width, budget)
+
+
+def resolve_rows(requested: int, samples: int, samples_per_row: int, default: int) -> int:
+    """The number of gradient rows: ``requested``, or (0) ``default`` capped by the data; DataError when
+    the calibration set holds fewer than rows × samples_per_row samples."""
+    if samples_per_row < 1:
+        raise ConfigError(f"samples_per_row must be >= 1, not {samples_per_row}")
+    available = samples // samples_per_row
+    if requested < 0:
+        raise ConfigError(f"rows must be >= 1 (or 0 for automatic), not {requested}")
+    if requested == 0:
+        if available < 1:
+            raise DataError(f"calibration data holds {samples} samples, fewer than samples_per_row={samples_per_row}")
+        return min(default, available)
+    if requested > available:
+        raise DataError(f"{requested} gradient rows x {samples_per_row} samples per row need "
+                        f"{requested * samples_per_row} calibration samples; the data holds {samples}. "
+                        f"Lower --rows to at most {available} or give more calibration data")
+    return requested
+
+
+def _logits(view: TorchView, params: dict[str, torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The first model output as ``[positions, classes]`` logits."""
+    out = torch.func.functional_call(view, params, inputs)[0]
+    return out.reshape(-1, out.shape[-1])
+
+
+def _output_shape(view: TorchView, params: dict[str, torch.Tensor], data: Dataset) -> torch.Size:
+    """``[positions, classes]`` of one sample's first output."""
+    first = data.take(1)
+    with torch.no_grad():
+        return _logits(view, params, tuple(torch.from_numpy(np.ascontiguousarray(first.inputs[n]))
+                                           for n in view.input_names)).shape
+
+
+def choose_targets(view: TorchView, params: dict[str, torch.Tensor], data: Dataset, mode: str,
+                   seed: int) -> torch.Tensor:
+    """What each sample's loss is taken against: class indices ``[N, positions]`` (the labels, the model's
+    argmax, or classes sampled from its softmax: the true Fisher), or for 'logits' a random zero-mean
+    direction per sample ``[N, positions, classes]`` (rows of the output Jacobian, a Gauss-Newton model of
+    output distortion that does not fade on confidently classified samples)."""
+    if mode not in TARGETS:
+        raise ConfigError(f"targets must be one of {', '.join(TARGETS)}, not {mode!r}")
+    if mode == "auto":
+        mode = "labels" if data.labels is not None else "predicted"
+    if mode == "labels":
+        if data.labels is None:
+            raise DataError("targets='labels' needs calibration data with a 'labels' array; "
+                            "use targets=predicted to take the model's own predictions")
+        positions = _output_shape(view, params, data)[0]
+        if positions != 1:
+            raise DataError(f"labels give one class per sample but the model's first output has {positions} "
+                            "class vectors per sample; use targets=predicted")
+        return torch.from_numpy(data.labels.astype(np.int64)).reshape(-1, 1)
+    generator = torch.Generator().manual_seed(seed)
+    if mode == "logits":
+        directions = torch.randn((len(data), *_output_shape(view, params, data)), generator=generator)
+        return directions - directions.mean(dim=-1, keepdim=True)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(data), 256):
+            batch = data.take(256, start)
+            inputs = tuple(torch.from_numpy(np.ascontiguousarray(batch.inputs[n])) for n in view.input_names)
+            logits = _logits(view, params, inputs)
+            picked = (logits.argmax(1) if mode == "predicted" else
+                      torch.multinomial(torch.softmax(logits.double(), 1), 1, generator=generator)[:, 0])
+            chunks.append(picked.reshape(len(batch), -1))
+    return torch.cat(chunks)
+
+
+def gradient_matrix(view: TorchView, layout: FlatLayout, weights: dict[str, np.ndarray], data: Dataset,
+                    targets: torch.Tensor, *, rows: int, samples_per_row: int = 1,
+                    columns: tuple[int, int] | None = None, progress: str = "gradients") -> torch.Tensor:
+    """A transposed, ``[stop - start, rows]`` float32: row j of A is the gradient of the mean loss (cross-entropy,
+    or the logit projection for 'logits' targets) over samples ``j*m .. j*m+m-1`` (m = samples_per_row) at
+    ``weights``, restricted to flat columns ``columns`` (default all). ``targets`` comes from ``choose_targets``."""
+    start, stop = columns or (0, layout.size)
+    m = samples_per_row
+    names = layout.names_in(start, stop)
+    params = {view.param_paths[n]: torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+              for n, w in weights.items()}
+    trainable = {view.param_paths[n]: params[view.param_paths[n]] for n in names}
+    frozen = {k: v for k, v in params.items() if k not in trainable}
+
+    def row_loss(train: dict[str, torch.Tensor], target: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        logits = _logits(view, {**frozen, **train}, inputs)
+        if target.is_floating_point():  # a random direction in logit space: rows of the output Jacobian
+            return (target.reshape(logits.shape) * logits).sum() / inputs[0].shape[0]
+        return F.cross_entropy(logits, target.reshape(-1))
+
+    per_row = torch.func.vmap(torch.func.grad(row_loss), in_dims=(None, 0) + (0,) * len(view.input_names))
+    at = torch.empty((stop - start, rows), dtype=torch.float32)
+    chunk = max(1, min(_MAX_CHUNK, _CHUNK_BYTES // max(1, 4 * m * (stop - start))))
+    path_of = {n: view.param_paths[n] for n in names}
+    with tqdm(total=rows, desc=progress, unit="row", disable=None, leave=False) as bar:
+        for first in range(0, rows, chunk):
+            count = min(chunk, rows - first)
+            batch = data.take(count * m, first * m)
+            inputs = [torch.from_numpy(np.ascontiguousarray(batch.inputs[n])) for n in view.input_names]
+            inputs = [x.reshape(count, m, *x.shape[1:]) for x in inputs]
+            target = targets[first * m:(first + count) * m].reshape(count, -1)
+            grads = per_row(trainable, target, *inputs)
+            at[:, first:first + count] = layout.columns({n: grads[p] for n, p in path_of.items()}, start, stop).T
+            bar.update(count)
+    return at

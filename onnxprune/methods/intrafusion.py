@@ -1,0 +1,57 @@
+"""Intra-Fusion (``intrafusion``): structured channel pruning that fuses the dropped channels into
+the kept ones along an exact optimal-transport map instead of discarding them; data-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import onnx
+
+from onnxprune.channel_groups import ChannelGroup, Member
+from onnxprune.channel_surgery import ChannelMap
+from onnxprune.data import Dataset
+from onnxprune.errors import ConfigError
+from onnxprune.methods.base import MethodResult
+from onnxprune.methods.l1_channel import ChannelConfig, prune_channels
+from onnxprune.ot_fusion import MARGINALS, NORMALIZATIONS, fusion_maps, pairing_vectors, transport_plan
+
+
+@dataclass
+class IntraFusionConfig(ChannelConfig):
+    """Channel-pruning options plus the fusion's.
+
+    ``normalization`` (default 'published', measured better on the bundled CNN, see
+    tools/bench_intrafusion.py): the paper's map, each source channel's mass summing to 1, on both
+    sides; 'preserving': producers take the weighted average of the channels fused into them and
+    consumers their sum, which keeps exactly duplicated channels exact. ``marginals`` (default
+    'uniform'): OT mass per channel, or proportional to channel importance ('importance').
+    """
+
+    normalization: str = "published"
+    marginals: str = "uniform"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {self.normalization!r}")
+        if self.marginals not in MARGINALS:
+            raise ConfigError(f"marginals must be one of {', '.join(MARGINALS)}, not {self.marginals!r}")
+
+
+def _fusion_plan(config: IntraFusionConfig, group: ChannelGroup, slabs: list[tuple[Member, np.ndarray]],
+                 scores: np.ndarray, keep: np.ndarray) -> ChannelMap:
+    """Transport every channel onto the kept ones and merge along the plan."""
+    vectors = pairing_vectors([slab for member, slab in slabs if member.weight])
+    plan = transport_plan(vectors, keep, scores if config.marginals == "importance" else None)
+    producer, consumer = fusion_maps(plan, config.normalization)
+    return ChannelMap(producer, consumer)
+
+
+def prune_intrafusion(model: onnx.ModelProto, config: IntraFusionConfig, calib: Dataset | None = None) -> MethodResult:
+    """Prune each group (all prunable groups, or ``config.group``) to its most important channels,
+    fusing every channel into them by optimal transport."""
+    result = prune_channels(model, config, calib, partial(_fusion_plan, config))
+    result.details.update({"normalization": config.normalization, "marginals": config.marginals})
+    return result

@@ -1,0 +1,184 @@
+"""Structured channel pruning, the default baseline (``l1-channel``): in each channel group keep
+the most important channels and drop the rest, physically shrinking every tensor involved.
+
+The driver here (BatchNorm folding, group analysis, importance, keep counts, surgery) is shared
+with Intra-Fusion, which only replaces how the kept channels are computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from onnxprune.channel_groups import ChannelGroup, Member, analyse_channels
+from onnxprune.channel_surgery import (ChannelMap, apply_channel_maps, fold_batchnorms, group_slabs, member_slab,
+                                       read_initializers)
+from onnxprune.data import Dataset
+from onnxprune.errors import ConfigError
+from onnxprune.methods.base import MethodConfig, MethodResult
+
+IMPORTANCES = ("l1", "l2", "taylor", "random")
+
+# Builds a group's channel map from its member slabs, channel scores and the kept channel indices.
+PlanFn = Callable[[ChannelGroup, list[tuple[Member, np.ndarray]], np.ndarray, np.ndarray], ChannelMap]
+
+
+@dataclass
+class ChannelConfig(MethodConfig):
+    """Options of structured channel pruning.
+
+    ``sparsity``: fraction of each pruned group's channels to remove. ``group``: index of the one
+    group to prune (as ``onnxprune inspect`` lists them); None (default) prunes every prunable
+    group. ``round_to`` (default 1): keep a multiple of this many channels per group, e.g. 8 for
+    hardware-friendly widths. ``importance`` (default 'l1'): channel score, 'l1'/'l2' norm of the
+    BatchNorm-folded weights averaged over the group's members, 'taylor' (|w·∂L/∂w|, needs
+    calibration data) or 'random' (seeded).
+    """
+
+    group: int | None = None
+    round_to: int = 1
+    importance: str = "l1"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.group, str):
+            try:
+                self.group = int(self.group)
+            except ValueError:
+                raise ConfigError(f"group must be a group index (an integer), not {self.group!r}") from None
+        if self.group is not None and self.group < 0:
+            raise ConfigError(f"group must be >= 0, not {self.group}")
+        if int(self.round_to) < 1:
+            raise ConfigError(f"round_to must be >= 1, not {self.round_to}")
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"importance must be one of {', '.join(IMPORTANCES)}, not {self.importance!r}")
+
+
+def kept_channels(size: int, sparsity: float, round_to: int = 1) -> int:
+    """How many of ``size`` channels survive ``sparsity`` (rounded half up), rounded up to a
+    multiple of ``round_to`` but never above ``size``; 0 means the group would vanish."""
+    keep = size - int(np.floor(sparsity * size + 0.5))
+    if keep <= 0:
+        return 0
+    return min(size, -(-keep // round_to) * round_to)
+
+
+def top_channels(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Indices of the ``keep`` highest scores, ties to the lower index, in ascending order."""
+    order = np.argsort(-scores, kind="stable")
+    return np.sort(order[:keep])
+
+
+def _slab_scores(slabs: list[np.ndarray], kind: str) -> np.ndarray:
+    """Per-channel norm of each slab ('l1', 'l2' or 'sum' of saliencies), averaged over slabs."""
+    if kind == "l2":
+        per_member = [np.sqrt(np.sum(np.square(s, dtype=np.float64), axis=1)) for s in slabs]
+    elif kind == "l1":
+        per_member = [np.sum(np.abs(s), axis=1, dtype=np.float64) for s in slabs]
+    else:
+        per_member = [np.sum(s, axis=1, dtype=np.float64) for s in slabs]
+    return np.mean(per_member, axis=0)
+
+
+def _taylor_saliency(model: onnx.ModelProto, tensors: set[str], calib: Dataset) -> dict[str, np.ndarray]:
+    """|w · ∂L/∂w| for each named weight, summed over the calibration data through the torch view.
+
+    L is the cross-entropy of the first output against the labels, or against the model's own
+    top-1 predictions when the data has none.
+    """
+    import torch
+
+    from onnxprune.prunable import find_prunable
+    from onnxprune.torchview import build_torch_view
+
+    names = [w.name for w in find_prunable(model) if w.name in tensors]
+    view = build_torch_view(model, weights=names)
+    for start in range(0, len(calib), 64):
+        batch = calib.take(64, start)
+        inputs = [torch.from_numpy(np.ascontiguousarray(batch.inputs[n])) for n in view.input_names]
+        logits = view(*inputs)[0]
+        if logits.ndim != 2:
+            raise ConfigError("importance 'taylor' needs a classifier whose first output is [N, classes]; "
+                              "use --importance l1")
+        target = torch.from_numpy(batch.labels.astype(np.int64)) if batch.labels is not None \
+            else logits.argmax(dim=1).detach()
+        torch.nn.functional.cross_entropy(logits, target, reduction="sum").backward()
+    return {name: (p.detach() * p.grad).abs().numpy().astype(np.float64)
+            for name, p in view.params.items() if p.grad is not None}
+
+
+def channel_importance(model: onnx.ModelProto, values: dict[str, np.ndarray], groups: list[ChannelGroup],
+                       kind: str, calib: Dataset | None = None, seed: int = 0) -> dict[int, np.ndarray]:
+    """A non-negative score per channel for each group (higher = more important); ``values``
+    holds the model's initializers."""
+    if kind == "random":
+        rng = np.random.default_rng(seed)
+        return {g.index: rng.random(g.size) for g in groups}
+    if kind == "taylor":
+        if calib is None:
+            raise ConfigError("importance 'taylor' needs calibration data (--calib)")
+        values = _taylor_saliency(model, {m.tensor for g in groups for m in g.members if m.weight}, calib)
+        kind = "sum"
+    return {g.index: _slab_scores([member_slab(values[m.tensor], m, g.size) for m in g.members
+                                   if m.weight and m.tensor in values], kind) for g in groups}
+
+
+def _targets(groups: list[ChannelGroup], config: ChannelConfig) -> tuple[list[ChannelGroup], list[dict]]:
+    """The groups to prune and, for whole-network pruning, the skipped ones with their reasons."""
+    if config.group is not None:
+        if config.group >= len(groups):
+            raise ConfigError(f"group {config.group} does not exist; this model has {len(groups)} channel "
+                              f"group(s), numbered 0 to {len(groups) - 1} (see onnxprune inspect)")
+        group = groups[config.group]
+        if not group.prunable:
+            raise ConfigError(f"group {group.index} cannot be pruned: {group.reason}")
+        if kept_channels(group.size, config.sparsity, config.round_to) == 0:
+            raise ConfigError(f"sparsity {config.sparsity} would leave no channel in group {group.index} "
+                              f"({group.size} channel(s)); use a lower sparsity")
+        return [group], []
+    targets, skipped = [], []
+    for group in groups:
+        if not group.prunable:
+            skipped.append({"group": group.index, "size": group.size, "reason": group.reason})
+        elif kept_channels(group.size, config.sparsity, config.round_to) == 0:
+            skipped.append({"group": group.index, "size": group.size,
+                            "reason": f"sparsity {config.sparsity} would leave no channel"})
+        else:
+            targets.append(group)
+    return targets, skipped
+
+
+def prune_channels(model: onnx.ModelProto, config: ChannelConfig, calib: Dataset | None,
+                   plan: PlanFn) -> MethodResult:
+    """Fold BatchNorms, analyse channel groups, score channels, keep the best of each target group
+    and let ``plan`` build its channel map; then rewrite the graph."""
+    folded, folded_count = fold_batchnorms(model)
+    analysis = analyse_channels(folded)
+    targets, skipped = _targets(analysis.groups, config)
+    values = read_initializers(folded)
+    scores = channel_importance(folded, values, targets, config.importance, calib, config.seed)
+    maps, report = {}, []
+    for group in targets:
+        keep = top_channels(scores[group.index], kept_channels(group.size, config.sparsity, config.round_to))
+        if len(keep) == group.size:
+            continue
+        maps[group.index] = plan(group, group_slabs(values, group), scores[group.index], keep)
+        report.append({"group": group.index, "size": group.size, "kept": len(keep),
+                       "producers": list(group.producers)})
+    pruned = apply_channel_maps(folded, analysis, maps)
+    return MethodResult(pruned, {"importance": config.importance, "batchnorms_folded": folded_count,
+                                 "groups": report, "skipped": skipped})
+
+
+def _selection_plan(group: ChannelGroup, slabs: list[tuple[Member, np.ndarray]], scores: np.ndarray,
+                    keep: np.ndarray) -> ChannelMap:
+    """Keep the chosen channels as they are."""
+    return ChannelMap.selection(group.size, keep)
+
+
+def prune_l1_channel(model: onnx.ModelProto, config: ChannelConfig, calib: Dataset | None = None) -> MethodResult:
+    """Remove the least important channels of each group (all prunable groups, or ``config.group``)."""
+    return prune_channels(model, config, calib, _selection_plan)

@@ -1,0 +1,248 @@
+"""``onnxprune sweep``: every method × sparsity pruned, written and measured in ONNX Runtime, with a
+JSON report, a Markdown report and plots, so a user can pick a compression from numbers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from onnxprune.bench import benchmark
+from onnxprune.data import Dataset, load_data
+from onnxprune.errors import ConfigError, OnnxPruneError, OutputError
+from onnxprune.evaluate import evaluate
+from onnxprune.loading import load_model
+from onnxprune.methods import get_method
+from onnxprune.pipeline import prune, write_json
+from onnxprune.stats import model_stats
+from onnxprune.tables import human_bytes, table
+
+DEFAULT_METHODS = ("magnitude", "chita++", "l1-channel", "intrafusion")
+DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
+
+
+@dataclass
+class SweepPoint:
+    """One written model and its measurements (accuracy/agreement in percent, latency in ms)."""
+
+    method: str
+    sparsity: float
+    model: str | None = None
+    accuracy: float | None = None
+    agreement: float | None = None
+    max_abs_diff: float | None = None
+    cosine: float | None = None
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    speedup: float | None = None
+    file_bytes: int | None = None
+    params: int | None = None
+    nonzero_macs: int | None = None
+    prune_s: float | None = None
+    error: str | None = None
+
+    @property
+    def quality(self) -> float | None:
+        """Accuracy when labels exist, otherwise agreement with the dense model."""
+        return self.accuracy if self.accuracy is not None else self.agreement
+
+
+@dataclass
+class SweepReport:
+    """Everything needed to read and reproduce a sweep."""
+
+    model: str
+    out_dir: str
+    environment: dict[str, Any]
+    dense: SweepPoint
+    points: list[SweepPoint] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def environment(threads: int, provider: str, command: str | None) -> dict[str, Any]:
+    """Machine, versions, provider, threads and the command line, for the report's reproducibility."""
+    import onnxruntime
+    import onnxprune
+
+    return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "python": platform.python_version(), "provider": provider,
+            "onnxruntime": onnxruntime.__version__, "onnxprune": onnxprune.__version__, "threads": threads,
+            "command": command or " ".join(sys.argv)}
+
+
+def parse_list(text: str, kind: type = str) -> tuple:
+    """'a,b,c' → tuple of ``kind``; ConfigError naming the bad item."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return tuple(kind(t) for t in items)
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+
+
+def _measure(point: SweepPoint, path: Path, dense: Path, data: Dataset, batch: int, threads: int,
+             runs: int) -> None:
+    """Fill ``point`` with ORT accuracy/fidelity, latency against the dense model and size figures."""
+    quality = evaluate(path, data, reference=dense, threads=threads)
+    speed = benchmark(path, vs=dense, batch=batch, threads=threads, runs=runs, warmup=5)
+    stats = model_stats(load_model(path), path)
+    point.accuracy, point.agreement = quality.accuracy, quality.agreement
+    point.max_abs_diff, point.cosine = quality.max_abs_diff, quality.cosine
+    point.median_ms, point.p90_ms, point.speedup = speed.median_ms, speed.p90_ms, speed.ratio
+    point.file_bytes, point.params, point.nonzero_macs = stats.file_bytes, stats.params, stats.sparse_macs
+
+
+def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | os.PathLike,
+          calib: str | os.PathLike | None = None, methods: Sequence[str] = DEFAULT_METHODS,
+          sparsities: Sequence[float] = DEFAULT_SPARSITIES, batch: int = 32, threads: int | None = None,
+          runs: int = 50, command: str | None = None) -> SweepReport:
+    """Prune ``model`` with every method at every sparsity into ``out_dir`` and measure each output.
+
+    A point that a method refuses (e.g. a sparsity leaving a group without channels) is kept in the
+    report with its error; the sweep goes on. Calibration data is read once for all points.
+    """
+    specs = [get_method(m) for m in methods]
+    for s in sparsities:
+        if not 0.0 <= s < 1.0:
+            raise ConfigError(f"sparsities must be in [0, 1), got {s}")
+    if any(spec.needs_calib for spec in specs) and calib is None:
+        needing = ", ".join(s.name for s in specs if s.needs_calib)
+        raise ConfigError(f"methods {needing} need calibration data: pass --calib")
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{str(folder)!r} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    dense = Path(model)
+    original = load_model(dense)
+    eval_data = load_data(Path(data), original)
+    calib_data = load_data(Path(calib), original) if calib is not None else None
+    threads = threads or min(4, os.cpu_count() or 1)
+    start = time.perf_counter()
+    base = evaluate(dense, eval_data, threads=threads)
+    base_speed = benchmark(dense, batch=batch, threads=threads, runs=runs, warmup=5)
+    base_stats = model_stats(original, dense)
+    report = SweepReport(
+        model=str(dense), out_dir=str(folder), environment=environment(threads, base_speed.provider, command),
+        dense=SweepPoint("dense", 0.0, str(dense), accuracy=base.accuracy, agreement=100.0, max_abs_diff=0.0,
+                         cosine=1.0, median_ms=base_speed.median_ms, p90_ms=base_speed.p90_ms, speedup=1.0,
+                         file_bytes=base_stats.file_bytes, params=base_stats.params,
+                         nonzero_macs=base_stats.sparse_macs))
+    jobs = [(spec, s) for spec in specs for s in sparsities]
+    for spec, sparsity in tqdm(jobs, desc="sweep", unit="model"):
+        point = SweepPoint(spec.name, sparsity)
+        target = folder / f"{spec.name.replace('+', 'p')}_{sparsity:g}.onnx"
+        began = time.perf_counter()
+        try:
+            prune(dense, target, spec.name, calib=calib_data if spec.needs_calib else None, sparsity=sparsity)
+            point.prune_s = time.perf_counter() - began
+            point.model = str(target)
+            _measure(point, target, dense, eval_data, batch, threads, runs)
+        except OnnxPruneError as exc:
+            point.error = str(exc)
+        report.points.append(point)
+    report.seconds = time.perf_counter() - start
+    write_json(report.to_dict(), folder / "report.json")
+    plots = write_plots(report, folder)
+    (folder / "report.md").write_text(markdown(report, plots))
+    return report
+
+
+def rows(report: SweepReport) -> list[list[Any]]:
+    """Table rows: the dense model first, then every point."""
+    out = []
+    for p in [report.dense] + report.points:
+        out.append([p.method, p.sparsity, p.accuracy, p.agreement, p.median_ms,
+                    None if p.speedup is None else f"{p.speedup:.2f}x", human_bytes(p.file_bytes), p.params,
+                    p.nonzero_macs, p.error or "ok"])
+    return out
+
+
+HEADERS = ["method", "sparsity", "acc %", "agree %", "median ms", "speed-up", "file", "params", "MACs (nonzero)",
+           "status"]
+
+
+def sweep_table(report: SweepReport) -> str:
+    """The sweep as a terminal table."""
+    env = report.environment
+    title = (f"{report.model}: batch latency on {env['provider']} with {env['threads']} threads "
+             f"({report.seconds:.0f} s in all); models and reports in {report.out_dir}")
+    return table(HEADERS, rows(report), title=title)
+
+
+def markdown(report: SweepReport, plots: dict[str, str]) -> str:
+    """The Markdown report: how it was measured, the table, the plots."""
+    env = report.environment
+    lines = [f"# Compression sweep of `{Path(report.model).name}`", "",
+             "Every model below was written to disk and measured by ONNX Runtime.", "",
+             "| | |", "|---|---|"]
+    lines += [f"| {k} | `{v}` |" for k, v in env.items()]
+    lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join("-" if c is None else (f"{c:.2f}" if isinstance(c, float) else str(c)) for c in r)
+              + " |" for r in rows(report)]
+    lines.append("")
+    lines += [f"![{title}]({name})" for title, name in plots.items()]
+    return "\n".join(lines) + "\n"
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes (x lower is better, y higher is better), by x."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def write_plots(report: SweepReport, folder: Path) -> dict[str, str]:
+    """Quality vs sparsity per method, and quality–latency / quality–size Pareto fronts, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [p for p in report.points if p.error is None and p.quality is not None]
+    label = "accuracy (%)" if report.dense.accuracy is not None else "top-1 agreement with dense (%)"
+    dense_q = report.dense.quality
+    files = {}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(p.method for p in ok):
+        mine = sorted((p.sparsity, p.quality) for p in ok if p.method == method)
+        ax.plot(*zip(*mine), marker="o", label=method)
+    ax.axhline(dense_q, color="black", linestyle="--", label=f"dense ({dense_q:.2f})")
+    ax.set(xlabel="sparsity (fraction of weights or channels removed)", ylabel=label,
+           title=f"{label} vs sparsity: {Path(report.model).name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    files["quality vs sparsity"] = _save(fig, folder / "quality_vs_sparsity.png")
+    for key, xlabel, name, scale in (("median_ms", "median latency (ms)", "pareto_latency.png", 1.0),
+                                     ("file_bytes", "file size (MB)", "pareto_size.png", 1 / 2 ** 20)):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for method in dict.fromkeys(p.method for p in ok):
+            xs = [getattr(p, key) * scale for p in ok if p.method == method]
+            ax.scatter(xs, [p.quality for p in ok if p.method == method], label=method)
+        front = pareto([(getattr(p, key) * scale, p.quality) for p in ok] + [(getattr(report.dense, key) * scale,
+                                                                               dense_q)])
+        ax.step(*zip(*front), where="post", color="gray", alpha=0.6, label="Pareto front")
+        ax.scatter([getattr(report.dense, key) * scale], [dense_q], marker="*", s=250, color="black", label="dense",
+                   zorder=5)
+        ax.set(xlabel=xlabel, ylabel=label, title=f"{label} vs {xlabel.split(' (')[0]}: {Path(report.model).name}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        files[f"{label} vs {xlabel}"] = _save(fig, folder / name)
+    plt.close("all")
+    return files
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path.name

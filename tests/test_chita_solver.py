@@ -1,0 +1,165 @@
+"""The CHITA solver on synthetic problems small enough to enumerate every support (p <= 16)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from onnxprune import chita_solver as solver
+
+
+def _problem(A: np.ndarray, anchor: np.ndarray, ridge: float, blocks=None, first_order=False) -> solver.Problem:
+    return solver.Problem.build(torch.tensor(A.T.copy(), dtype=torch.float32),
+                                torch.tensor(anchor, dtype=torch.float32), ridge, first_order, blocks)
+
+
+def _best_subset(A: np.ndarray, anchor: np.ndarray, ridge: float, keep: int) -> float:
+    """The optimum of ½‖A(w − w̄)‖² + (ρ/2)‖w − w̄‖² over every support of size ``keep`` (float64)."""
+    y, best = A @ anchor, np.inf
+    for support in itertools.combinations(range(A.shape[1]), keep):
+        cols = A[:, support]
+        w = np.zeros(A.shape[1])
+        w[list(support)] = np.linalg.solve(cols.T @ cols + ridge * np.eye(keep),
+                                           cols.T @ y + ridge * anchor[list(support)])
+        r = A @ w - y
+        best = min(best, 0.5 * r @ r + 0.5 * ridge * np.sum((w - anchor) ** 2))
+    return best
+
+
+def _regression(seed: int) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """A sparse-regression instance: Gaussian design with uneven column scales, n >= 2p."""
+    rng = np.random.default_rng(seed)
+    p = int(rng.integers(8, 15))
+    A = rng.standard_normal((int(rng.integers(2 * p, 4 * p)), p)) * np.exp(rng.normal(0, 0.5, p))
+    return A, rng.standard_normal(p), 1e-2 * np.sum(A ** 2) / p, int(rng.integers(2, p - 1))
+
+
+def _softmax_regression(seed: int, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample gradients (A) and weights of a fitted 3-class, 5-feature softmax regression (p = 15)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=gen) * torch.exp(0.5 * torch.randn(5, generator=gen))
+    labels = torch.multinomial(torch.softmax(x @ torch.randn(3, 5, generator=gen).T, dim=1), 1, generator=gen)[:, 0]
+    w = torch.zeros(3, 5, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], max_iter=200)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w.T, labels) + 1e-3 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    per_sample = torch.func.vmap(torch.func.grad(
+        lambda v, xi, yi: torch.nn.functional.cross_entropy((xi @ v.T)[None], yi[None])),
+        in_dims=(None, 0, 0))(w.detach(), x, labels)
+    return per_sample.reshape(n, -1).double().numpy(), w.detach().reshape(-1).double().numpy()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_chita_is_within_one_percent_of_the_best_subset(seed):
+    A, anchor, ridge, keep = _regression(seed)
+    problem = _problem(A, anchor, ridge)
+    result = solver.chita(problem, solver.Constraint.top_k(A.shape[1], keep))
+    optimum = _best_subset(A, anchor, ridge, keep)
+    assert problem.value(result.w) <= optimum * 1.01 + 1e-9
+    assert int(result.mask.sum()) == keep and int((result.w != 0).sum()) <= keep
+
+
+def test_chita_on_pruning_like_problems_is_within_one_percent_and_beats_magnitude():
+    gaps = []
+    for seed in range(4):
+        A, anchor = _softmax_regression(seed)
+        ridge = 1e-2 * np.sum(A ** 2) / A.shape[1]
+        for keep in (4, 8, 11):
+            problem = _problem(A, anchor, ridge)
+            constraint = solver.Constraint.top_k(A.shape[1], keep)
+            found = problem.value(solver.chita(problem, constraint).w)
+            magnitude = problem.value(solver.backsolve(problem, constraint.project(problem.anchor)))
+            optimum = _best_subset(A, anchor, ridge, keep)
+            assert found <= magnitude * (1 + 1e-6)
+            gaps.append(found / optimum - 1)
+    assert max(gaps) < 0.01
+
+
+def _random_problem(seed: int, p: int = 300, n: int = 40, blocks=None, first_order=False):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, p)) @ (np.eye(p) + 0.1 * rng.standard_normal((p, p)))
+    return _problem(A, rng.standard_normal(p), 0.05 * np.sum(A ** 2) / p, blocks, first_order)
+
+
+@pytest.mark.parametrize("blocks", [None, [(0, 100), (100, 200), (200, 250), (250, 300)]])
+def test_iht_objective_never_increases(blocks):
+    problem = _random_problem(1, blocks=blocks)
+    constraint = solver.Constraint.top_k(problem.size, 60)
+    values = [problem.value(solver.iht(problem, constraint, problem.anchor, max_iter=i, tol=0).w)
+              for i in range(0, 40, 3)]
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(values, values[1:]))
+    assert values[-1] < values[0] * 0.9
+    recorded = solver.iht(problem, constraint, problem.anchor, max_iter=40, tol=0).objectives
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(recorded, recorded[1:]))
+
+
+@pytest.mark.parametrize("keep", [10, 150])  # a support smaller and larger than n = 40 rows
+@pytest.mark.parametrize("first_order", [False, True])
+def test_backsolve_is_the_exact_minimiser_on_its_support(keep, first_order):
+    blocks = [(0, 120), (120, 300)]
+    problem = _random_problem(2, blocks=blocks, first_order=first_order)
+    rng = np.random.default_rng(3)
+    mask = torch.zeros(problem.size, dtype=torch.bool)
+    mask[torch.from_numpy(rng.choice(problem.size, keep, replace=False))] = True
+    w = solver.backsolve(problem, mask).double().numpy()
+    at, anchor, ridge = problem.at.double().numpy(), problem.anchor.double().numpy(), problem.ridge.numpy()
+    for b, (start, stop) in enumerate(blocks):
+        cols = np.flatnonzero(mask[start:stop].numpy()) + start
+        A_s = at[cols].T
+        target = problem.y[b].numpy()
+        expected = np.linalg.solve(A_s.T @ A_s + np.diag(ridge[cols]), A_s.T @ target + ridge[cols] * anchor[cols])
+        np.testing.assert_allclose(w[cols], expected, rtol=2e-4, atol=2e-5)
+    assert np.all(w[~mask.numpy()] == 0)
+
+
+def test_gradient_matches_finite_differences_with_blocks():
+    problem = _random_problem(4, p=30, n=12, blocks=[(0, 10), (10, 30)], first_order=True)
+    w = torch.randn(30, generator=torch.Generator().manual_seed(0))
+    grad = problem.gradient(w, problem.residual(w)).double()
+    step = 1e-2
+    numeric = torch.tensor([(problem.value(w + step * e) - problem.value(w - step * e)) / (2 * step)
+                            for e in torch.eye(30)], dtype=torch.float64)
+    torch.testing.assert_close(grad, numeric, rtol=1e-3, atol=1e-2)
+
+
+def test_projection_and_support_step_respect_groups():
+    constraint = solver.Constraint((solver.Segment(0, 8, 4, 2), solver.Segment(8, 14, 6, 6),
+                                    solver.Segment(14, 20, 6, 1)))
+    values = torch.tensor([4., -1., 3., 2., 0.5, -6., 1., 0.1, 1, 2, 3, 4, 5, 6, 1, -9, 2, 3, 0, 1])
+    mask = constraint.project(values)
+    assert mask[:4].tolist() == [True, False, True, False] and mask[4:8].tolist() == [False, True, True, False]
+    assert mask[8:14].all() and mask[14:].tolist() == [False, True, False, False, False, False]
+    assert int(mask.sum()) == constraint.budget == 11
+    w = torch.where(mask, values, torch.zeros(()))
+    g = torch.randn(20, generator=torch.Generator().manual_seed(1))
+    tau = constraint.support_step(w, g, mask)
+    assert torch.equal(constraint.project(w - 0.999 * tau * g), mask)
+    assert not torch.equal(constraint.project(w - 1.01 * tau * g), mask)
+
+
+def test_ranges_never_split_groups_and_windows_keep_the_budget():
+    constraint = solver.Constraint((solver.Segment(0, 40, 4, 1), solver.Segment(40, 77, 37, 9)))
+    ranges = constraint.ranges(10)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 77
+    assert all(a < b and (b <= 40 and b % 4 == 0 or b > 40) for a, b in ranges)
+    reference = constraint.project(torch.randn(77, generator=torch.Generator().manual_seed(2)))
+    assert sum(constraint.window(a, b, reference).budget for a, b in ranges) == constraint.budget
+
+
+def test_active_set_and_uniform_budgets_give_exact_sparsity():
+    problem = _random_problem(5, p=2000, n=30)
+    uniform = solver.Constraint((solver.Segment(0, 1200, 1200, 100), solver.Segment(1200, 2000, 800, 50)))
+    for constraint in (solver.Constraint.top_k(2000, 150), uniform):
+        result = solver.chita(problem, constraint, active_ratio=1.5)
+        assert int(result.mask.sum()) == 150
+        assert int(result.mask[:1200].sum()) == 100 or constraint is not uniform
+        assert problem.value(result.w) < problem.value(solver.backsolve(problem, constraint.project(problem.anchor)))
