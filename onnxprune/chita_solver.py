@@ -339,8 +339,8 @@ def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter:
 
 def solve(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5, max_rounds: int = 4,
           max_iter: int = 100, tol: float = 1e-5, start: torch.Tensor | None = None) -> IhtResult:
-    """IHT from the magnitude solution (or ``start``), on an active set of about ``active_ratio`` × the
-    budget (chosen by magnitude) when that is much smaller than the problem; outside coordinates whose
+    """IHT from the projection of the anchor (or ``start``), on an active set of about ``active_ratio`` × the
+    budget (its largest coordinates) when that is much smaller than the problem; outside coordinates whose
     gradient would enter the support are added and the solve repeated, at most ``max_rounds`` times."""
     w0 = problem.anchor if start is None else start
     wide = constraint.scaled(active_ratio)

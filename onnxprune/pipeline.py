@@ -18,7 +18,7 @@ import onnx
 
 from onnxprune.bench import make_feed
 from onnxprune.canonicalize import canonicalize
-from onnxprune.data import Dataset, input_specs, load_data
+from onnxprune.data import LABELS, Dataset, input_specs, load_data, validate
 from onnxprune.errors import ConfigError, ModelError
 from onnxprune.loading import check_model, load_model
 from onnxprune.methods import get_method, make_config
@@ -116,7 +116,11 @@ def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str 
     start = time.perf_counter()
     original = load_model(model_path)
     canonical = canonicalize(original, use_onnxslim=use_onnxslim)
-    dataset = calib if isinstance(calib, Dataset) or calib is None else load_data(Path(calib), canonical.model)
+    if isinstance(calib, Dataset):
+        arrays = dict(calib.inputs) if calib.labels is None else {**calib.inputs, LABELS: calib.labels}
+        dataset = validate(arrays, input_specs(canonical.model), source="calibration data")
+    else:
+        dataset = None if calib is None else load_data(Path(calib), canonical.model)
     if spec.needs_calib and dataset is None:
         raise ConfigError(f"method {method!r} needs calibration data: pass --calib DATA.npz")
     check_prunable(canonical.model)

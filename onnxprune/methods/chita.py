@@ -27,7 +27,7 @@ from onnxprune.fisher import (TARGETS, FlatLayout, choose_targets, format_bytes,
 from onnxprune.methods.base import MethodConfig, MethodResult
 from onnxprune.methods.magnitude import ALLOCATIONS
 from onnxprune.prunable import PrunableWeight, read_weights, select_prunable
-from onnxprune.torchview import TorchView, build_torch_view
+from onnxprune.torchview import TorchView, build_torch_view, check_parity
 from onnxprune.writeback import replace_initializers
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ class _Context:
     budget: int
     skipped: list[str]
     group: int  # M of an N:M pattern, else 1
+    parity: float  # max |torch view − ORT| on calibration samples
 
 
 def _input_axis(model: onnx.ModelProto, weight: PrunableWeight) -> int:
@@ -204,7 +205,8 @@ def _context(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None)
     budget = parse_bytes(config.max_memory)
     plan_memory(rows, layout.size, budget)  # refuse a budget too small before building the view
     view = build_torch_view(model, [w.name for w in weights])
-    return _Context(weights, layout, view, data, rows, budget, skipped, nm[1] if nm else 1)
+    parity = check_parity(view, model, data).max_abs_diff  # gradients are only as good as the view
+    return _Context(weights, layout, view, data, rows, budget, skipped, nm[1] if nm else 1, parity)
 
 
 def _constraint(ctx: _Context, sparsity: float, config: ChitaConfig, keep_per_group: int | None) -> solver.Constraint:
@@ -312,7 +314,7 @@ def _prune(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -
                  info["start_objective"])
         stages.append(info)
     pruned = replace_initializers(model, {n: current[n].astype(original[n].dtype) for n in names})
-    details = {"rows": ctx.rows, "weights": ctx.layout.size, "stages": stages,
+    details = {"torch_parity_max_abs_diff": ctx.parity, "rows": ctx.rows, "weights": ctx.layout.size, "stages": stages,
                "gradients_s": sum(s["gradients_s"] for s in stages), "solve_s": sum(s["solve_s"] for s in stages),
                "allocation": config.allocation, "pattern": config.pattern or None, "dense_tensors": ctx.skipped,
                "max_memory": format_bytes(ctx.budget)}
