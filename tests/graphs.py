@@ -57,3 +57,19 @@ def mlp_data(count: int = 32, seed: int = 1, labels: bool = True) -> dict[str, n
     if labels:
         data["labels"] = rng.integers(0, 4, count).astype(np.int64)
     return data
+
+
+def save_external(model: onnx.ModelProto, path: Path, data_name: str = "weights.bin",
+                  point_to: str | None = None) -> Path:
+    """Save ``model`` with every initializer in one external file ``data_name`` beside it; with
+    ``point_to``, rewrite the recorded location afterwards (for escaping or missing data files)."""
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=0)
+    if point_to is not None:
+        stored = onnx.load(str(path), load_external_data=False)
+        for tensor in stored.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = point_to
+        path.write_bytes(stored.SerializeToString())
+    return path

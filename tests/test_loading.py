@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 
-from graphs import mlp_data, save, tiny_mlp
+from graphs import mlp_data, save, save_external, tiny_mlp
 from onnxprune.errors import ModelError
 from onnxprune.loading import load_model
 from onnxprune.runtime import make_session
@@ -55,9 +54,7 @@ def test_external_data_loads_and_runs_identically(tmp_path):
     model = tiny_mlp()
     folder = tmp_path / "ext"
     folder.mkdir()
-    path = folder / "m.onnx"
-    onnx.save_model(tiny_mlp(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=0)
+    path = save_external(tiny_mlp(), folder / "m.onnx")
     assert (folder / "weights.bin").stat().st_size > 600
     loaded = load_model(path)
     data = mlp_data()
@@ -67,18 +64,9 @@ def test_external_data_loads_and_runs_identically(tmp_path):
 @pytest.mark.parametrize("location, words", [("../outside.bin", "escapes"), ("/etc/passwd", "absolute"),
                                              ("missing.bin", "missing")])
 def test_external_data_outside_folder_or_missing_is_refused(tmp_path, location, words):
-    model = tiny_mlp()
     folder = tmp_path / "ext"
     folder.mkdir()
-    path = folder / "m.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=0)
+    path = save_external(tiny_mlp(), folder / "m.onnx", point_to=location)
     (tmp_path / "outside.bin").write_bytes((folder / "weights.bin").read_bytes())
-    stored = onnx.load(str(path), load_external_data=False)
-    for tensor in stored.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = location
-    path.write_bytes(stored.SerializeToString())
     with pytest.raises(ModelError, match=words):
         load_model(path)

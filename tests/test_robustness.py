@@ -12,7 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from graphs import mlp_data, save, tiny_mlp
+from graphs import mlp_data, save, save_external, tiny_mlp
 from onnxprune.cli import cli
 from onnxprune.data import input_specs
 from onnxprune.errors import ModelError, OnnxPruneError
@@ -130,14 +130,7 @@ def _undecodable_weight(folder: Path) -> Path:
 
 def _external(location: str) -> Callable[[Path], Path]:
     def make(folder: Path) -> Path:
-        path = folder / "in.onnx"
-        onnx.save_model(tiny_mlp(), str(path), save_as_external_data=True, location="w.bin", size_threshold=0)
-        stored = onnx.load(str(path), load_external_data=False)
-        for tensor in stored.graph.initializer:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = location
-        path.write_bytes(stored.SerializeToString())
+        path = save_external(tiny_mlp(), folder / "in.onnx", data_name="w.bin", point_to=location)
         return path
     return make
 
