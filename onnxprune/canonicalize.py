@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.errors import ModelError
+from onnxprune.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def infer_shapes(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # shape inference raises InferenceError, RuntimeError, ...
-        raise ModelError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from None
+        raise ModelError(f"shape inference failed: {first_line(exc)}") from None
     if len(inferred.graph.value_info) != len(model.graph.value_info):
         changes.append(f"shape inference: {len(inferred.graph.value_info)} intermediate shapes known")
     return inferred

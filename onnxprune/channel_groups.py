@@ -235,18 +235,10 @@ class _Layout:
 
 
 @dataclass(frozen=True)
-class _Registration:
+class _Registration(Member):
     """A member before its space is resolved into final groups."""
 
     space: int
-    role: str
-    node: str
-    op_type: str
-    tensor: str
-    axis: int
-    offset: int
-    block: int
-    weight: bool
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -391,8 +383,8 @@ class _Analyser:
         """Record that ``tensor`` holds the channels of ``layout_spaces`` along ``axis``."""
         offset = 0
         for space in layout_spaces:
-            self.registrations.append(_Registration(space, role, node.name, node.op_type, tensor, axis,
-                                                    offset, block, weight))
+            self.registrations.append(_Registration(role, node.name, node.op_type, tensor, axis, offset, block,
+                                                    weight, space=space))
             offset += self.spaces.size[space] * block
 
     def produce(self, node: onnx.NodeProto, channels: int, out_axis: int | None = None) -> _Layout:

@@ -14,7 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.channel_groups import CONSUMER, ChannelAnalysis, ChannelGroup, Member, ShapeFix
-from onnxprune.errors import ModelError
+from onnxprune.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ def apply_channel_maps(model: onnx.ModelProto, analysis: ChannelAnalysis,
         onnx.checker.check_model(out, full_check=True)
         out = onnx.shape_inference.infer_shapes(out, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"the pruned graph is inconsistent: {first}") from None
     log.info("rewrote %d channel group(s)", len(maps))
     return out

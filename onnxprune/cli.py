@@ -41,12 +41,12 @@ class _Group(click.Group):
 
 def _emit(data: dict[str, Any], text: str, as_json: bool) -> None:
     """Print one JSON object or the human-readable text."""
-    click.echo(json.dumps(data, default=_default, indent=None if as_json else 2) if as_json else text)
+    if as_json:
+        from onnxprune.pipeline import json_default
 
-
-def _default(value: Any) -> Any:
-    from onnxprune.pipeline import _json_default
-    return _json_default(value)
+        click.echo(json.dumps(data, default=json_default))
+    else:
+        click.echo(text)
 
 
 @click.group(cls=_Group)
@@ -225,19 +225,22 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
 @click.option("-o", "--out-dir", required=True, type=click.Path(file_okay=False), help="Folder for models and reports.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Evaluation data (.npz / .npy).")
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data for methods that need it.")
-@click.option("--methods", "method_list", default="magnitude,chita++,l1-channel,intrafusion", show_default=True)
-@click.option("--sparsities", default="0.3,0.5,0.7,0.9", show_default=True)
+@click.option("--methods", "method_list", help="Comma-separated methods [default: magnitude,chita++,l1-channel,"
+              "intrafusion].")
+@click.option("--sparsities", help="Comma-separated sparsities [default: 0.3,0.5,0.7,0.9].")
 @click.option("--batch", default=32, show_default=True, type=int, help="Batch size for latency.")
 @click.option("--threads", type=int, help="ORT intra-op threads (default min(4, cores)).")
 @click.option("--runs", default=50, show_default=True, type=int, help="Timed runs per model (>= 50).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: str, sparsities: str, batch: int,
-          threads: int | None, runs: int, as_json: bool) -> None:
+def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: str | None,
+          sparsities: str | None, batch: int, threads: int | None, runs: int, as_json: bool) -> None:
     """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
-    from onnxprune.sweep import parse_list, sweep_table, sweep as run_sweep
+    from onnxprune.sweep import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
 
-    report = run_sweep(model, out_dir, data=data, calib=calib, methods=parse_list(method_list),
-                       sparsities=parse_list(sparsities, float), batch=batch, threads=threads, runs=runs,
+    report = run_sweep(model, out_dir, data=data, calib=calib,
+                       methods=parse_list(method_list) if method_list else DEFAULT_METHODS,
+                       sparsities=parse_list(sparsities, float) if sparsities else DEFAULT_SPARSITIES,
+                       batch=batch, threads=threads, runs=runs,
                        command="onnxprune " + " ".join(sys.argv[1:]))
     _emit(report.to_dict(), sweep_table(report), as_json)
 

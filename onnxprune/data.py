@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.errors import DataError
+from onnxprune.errors import DataError, first_line
 
 LABELS = "labels"
 
@@ -78,7 +78,7 @@ def _read_arrays(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
                             "arrays (save with numpy.savez and numeric dtypes)") from None
         raise DataError(f"{path.name} is not a readable numpy file: {exc}") from None
     except Exception as exc:  # numpy's readers raise many types on damaged files (zip, zlib, header parsing)
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise DataError(f"{path.name} is not a readable numpy file (truncated or another format): {first}") from None
     raise DataError(f"{path.name}: data must be a .npz or .npy file, not {suffix or 'a file without suffix'!r}")
 

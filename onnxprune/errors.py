@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when there is none), so
+    errors raised by onnx, ONNX Runtime or numpy become one-line onnxprune messages."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class OnnxPruneError(Exception):
     """Base of every documented onnxprune error: a message a user can act on."""
 

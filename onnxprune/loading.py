@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 from google.protobuf.message import DecodeError
 
-from onnxprune.errors import ModelError
+from onnxprune.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def check_tensors(model: onnx.ModelProto) -> None:
         try:
             numpy_helper.to_array(tensor)
         except (ValueError, TypeError, KeyError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise ModelError(f"tensor {tensor.name!r} (type {tensor.data_type}, dims {list(tensor.dims)}) holds data "
                              f"that does not match its type and shape: {reason}") from None
 
@@ -104,5 +104,5 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
         if model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"{what} fails onnx.checker: {first}") from None

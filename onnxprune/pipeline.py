@@ -158,7 +158,7 @@ def write_json(data: dict[str, Any], path: str | os.PathLike, inputs: list[str |
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=_json_default)
+            json.dump(data, handle, indent=2, default=json_default)
             handle.write("\n")
         os.replace(tmp, target)
     finally:
@@ -167,7 +167,7 @@ def write_json(data: dict[str, Any], path: str | os.PathLike, inputs: list[str |
     return target
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """JSON for numpy scalars/arrays, paths and tuples in reports."""
     if isinstance(value, np.generic):
         return value.item()

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.data import Dataset
-from onnxprune.errors import ConfigError, ModelError
+from onnxprune.errors import ConfigError, ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def make_session(model: str | Path | onnx.ModelProto, *, threads: int | None = N
     try:
         session = ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise ConfigError("device 'cuda' requested but ONNX Runtime's CUDA execution provider is not usable here")
@@ -70,6 +70,6 @@ def run_batched(session: ort.InferenceSession, data: Dataset, batch_size: int = 
         try:
             chunks.append(session.run(None, feed))
         except Exception as exc:  # ORT raises its own types on bad shapes/values
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ModelError(f"ONNX Runtime failed to run the model: {first}") from None
     return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
