@@ -1,5 +1,6 @@
 """Latency in ONNX Runtime: warm-up, fixed threads, many timed runs, median and p90; two models are
-interleaved (ABAB) so drifts of the machine hit both equally. CUDA runs use IO binding."""
+interleaved (ABAB) so drifts of the machine hit both equally, with thread spinning off so one session's
+idle threads do not steal the other's cores. CUDA runs use IO binding."""
 
 from __future__ import annotations
 
@@ -91,13 +92,13 @@ def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = N
     model = load_model(model_path)
     dataset = load_data(Path(data), model) if data is not None else None
     feed = make_feed(input_specs(model), batch, dataset)
-    sessions = [make_session(model_path, threads=threads, device=device)]
+    sessions = [make_session(model_path, threads=threads, device=device, spinning=False)]
     if vs is not None:
         other = load_model(vs)
         other_names = sorted(s.name for s in input_specs(other))
         if other_names != sorted(feed):
             raise ConfigError(f"--vs model has inputs {other_names}, the model has {sorted(feed)}")
-        sessions.append(make_session(vs, threads=threads, device=device))
+        sessions.append(make_session(vs, threads=threads, device=device, spinning=False))
     calls = [_timer(s, feed) for s in sessions]
     for _ in range(warmup):
         for call in calls:

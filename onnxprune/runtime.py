@@ -26,14 +26,17 @@ def _gpu_present() -> bool:
 
 
 def make_session(model: str | Path | onnx.ModelProto, *, threads: int | None = None,
-                 device: str = "auto") -> ort.InferenceSession:
-    """An InferenceSession on ``device`` ('auto': CUDA if a GPU is present, else CPU)."""
+                 device: str = "auto", spinning: bool = True) -> ort.InferenceSession:
+    """An InferenceSession on ``device`` ('auto': CUDA if a GPU is present, else CPU). ``spinning=False``
+    stops idle intra-op threads from busy-waiting, which would slow another session timed beside it."""
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, not {threads}")
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures come back as exceptions; ORT log lines would break one-line errors
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
