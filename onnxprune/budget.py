@@ -19,7 +19,7 @@ from onnxprune.errors import ConfigError, OnnxPruneError
 from onnxprune.evaluate import evaluate
 from onnxprune.loading import load_model
 from onnxprune.methods import get_method, make_config
-from onnxprune.pipeline import PruneOutcome, prune
+from onnxprune.pipeline import Pruner, PruneOutcome
 from onnxprune.writeback import check_output_path
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
                     data: str | os.PathLike, calib: str | os.PathLike | None = None, low: float = 0.0,
                     high: float = 0.99, tolerance: float = 0.01, **options: Any) -> BudgetResult:
     """Bisect sparsity in [low, high] for ``method``, assuming quality falls as sparsity rises; writes the
-    best model within ``budget`` to ``output`` (and nothing when none is)."""
+    best model within ``budget`` to ``output`` (and nothing when none is). The method is set up once and
+    its session re-uses work between trials (CHITA's gradients, channel groups, CHITA++'s stages)."""
     if not 0.0 <= low < high < 1.0 or tolerance <= 0:
         raise ConfigError(f"search range must satisfy 0 <= low < high < 1 with tolerance > 0; got "
                           f"[{low}, {high}] ± {tolerance}")
@@ -90,6 +91,7 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
     if budget.max_accuracy_drop is not None and eval_data.labels is None:
         raise ConfigError("--max-accuracy-drop needs labels in --data; use --min-agreement without labels")
     dense_accuracy = evaluate(model_path, eval_data).accuracy
+    pruner = Pruner(model_path, method, calib=calib_data, **options)  # one setup for every trial
     work = Path(tempfile.mkdtemp(prefix=".onnxprune-budget-", dir=Path(output).resolve().parent))
     result = BudgetResult(method, budget, dense_accuracy, None, None, None, None)
     best: tuple[float, Path, PruneOutcome, BudgetTrial] | None = None
@@ -99,7 +101,7 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
         bar.update()
         path = work / f"trial_{sparsity:.4f}.onnx"
         try:
-            outcome = prune(model_path, path, method, calib=calib_data, sparsity=sparsity, **options)
+            outcome = pruner.write(path, sparsity)
         except OnnxPruneError as exc:
             result.trials.append(BudgetTrial(sparsity, None, None, False, str(exc)))
             return False
@@ -119,7 +121,8 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
     steps = 2 + max(0, math.ceil(math.log2((high - low) / tolerance)))
     bar = tqdm(total=steps, desc=f"budget search ({method})", unit="trial")
     try:
-        if not trial(high) and trial(low):
+        # upwards from low, so that staged methods start each trial from the last one within budget
+        if trial(low):
             lo, hi = low, high
             while hi - lo > tolerance:
                 mid = round((lo + hi) / 2, 6)
@@ -127,6 +130,8 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
                     lo = mid
                 else:
                     hi = mid
+            if hi == high:  # never over budget on the way: the top of the range may be within too
+                trial(high)
         if best is not None:
             sparsity, path, outcome, step = best
             os.replace(path, output)

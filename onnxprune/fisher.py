@@ -150,23 +150,27 @@ def plan_memory(rows: int, columns: int, budget: int, min_columns: int = 512) ->
     return MemoryPlan(rows, columns, width, budget)
 
 
-def resolve_rows(requested: int, samples: int, samples_per_row: int, default: int) -> int:
-    """The number of gradient rows: ``requested``, or (0) ``default`` capped by the data; DataError when
-    the calibration set holds fewer than rows × samples_per_row samples."""
-    if samples_per_row < 1:
-        raise ConfigError(f"samples_per_row must be >= 1, not {samples_per_row}")
-    available = samples // samples_per_row
+def resolve_rows(requested: int, samples: int, samples_per_row: int, default: int) -> tuple[int, int]:
+    """(rows n, samples per row m): ``requested`` rows or (0) ``default`` capped by the data, and
+    ``samples_per_row`` or (0) as many as spread all samples over the rows; DataError when the
+    calibration set holds fewer than n × m samples."""
+    if samples_per_row < 0:
+        raise ConfigError(f"samples_per_row must be >= 1 (or 0 for automatic), not {samples_per_row}")
     if requested < 0:
         raise ConfigError(f"rows must be >= 1 (or 0 for automatic), not {requested}")
+    per_row = samples_per_row or 1
+    available = samples // per_row
     if requested == 0:
         if available < 1:
-            raise DataError(f"calibration data holds {samples} samples, fewer than samples_per_row={samples_per_row}")
-        return min(default, available)
-    if requested > available:
-        raise DataError(f"{requested} gradient rows x {samples_per_row} samples per row need "
-                        f"{requested * samples_per_row} calibration samples; the data holds {samples}. "
+            raise DataError(f"calibration data holds {samples} samples, fewer than samples_per_row={per_row}")
+        rows = min(default, available)
+    elif requested > available:
+        raise DataError(f"{requested} gradient rows x {per_row} samples per row need "
+                        f"{requested * per_row} calibration samples; the data holds {samples}. "
                         f"Lower --rows to at most {available} or give more calibration data")
-    return requested
+    else:
+        rows = requested
+    return rows, samples_per_row or samples // rows
 
 
 def _logits(view: TorchView, params: dict[str, torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -5,6 +5,7 @@ passes ``onnx.checker`` and runs in ONNX Runtime with the input's output shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from onnxprune.data import LABELS, Dataset, input_specs, load_data, validate
 from onnxprune.errors import ConfigError, ModelError
 from onnxprune.loading import check_model, load_model
 from onnxprune.methods import get_method, make_config
+from onnxprune.methods.base import SparsitySession
 from onnxprune.prunable import find_prunable
 from onnxprune.runtime import make_session, run_batched
 from onnxprune.stats import ModelStats, model_stats
@@ -100,54 +102,88 @@ def check_prunable(model: onnx.ModelProto) -> None:
     raise ModelError("nothing to prune: no Conv, Gemm or MatMul node has a constant float weight")
 
 
-def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str = "magnitude", *,
-          calib: str | os.PathLike | Dataset | None = None, report: str | os.PathLike | None = None,
-          compress: bool = False, use_onnxslim: bool = False, **options: Any) -> PruneOutcome:
-    """Prune ``model_path`` with ``method`` (options: the method's config fields, e.g. sparsity=0.5)
-    and write the result atomically to ``output``; returns the outcome with before/after stats."""
-    spec = get_method(method)
-    config = make_config(spec, **options)
+def check_outputs(output: str | os.PathLike, report: str | os.PathLike | None, model_path: str | os.PathLike) -> None:
+    """Refuse output and report paths that would overwrite the input or each other."""
     check_output_path(output, [model_path])
     if report is not None:
         if Path(report).resolve() == Path(output).resolve():
             raise ConfigError("the report path must differ from the output model path")
         check_output_path(report, [model_path])
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    original = load_model(model_path)
-    canonical = canonicalize(original, use_onnxslim=use_onnxslim)
-    if isinstance(calib, Dataset):
-        arrays = dict(calib.inputs) if calib.labels is None else {**calib.inputs, LABELS: calib.labels}
-        dataset = validate(arrays, input_specs(canonical.model), source="calibration data")
-    else:
-        dataset = None if calib is None else load_data(Path(calib), canonical.model)
-    if spec.needs_calib and dataset is None:
-        raise ConfigError(f"method {method!r} needs calibration data: pass --calib DATA.npz")
-    check_prunable(canonical.model)
-    feed = sample_feed(canonical.model, dataset)
-    reference = run_input_model(canonical.model, feed)
-    timings["load"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    result = spec.run(canonical.model, config, dataset)
-    timings["method"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    pruned = result.model
-    check_model(pruned, "the pruned model")
-    smoke_run(canonical.model, pruned, feed, reference)
-    compressed: list[str] = []
-    if compress:
-        pruned, compressed = compress_sparse(pruned)
-    written = save_model(pruned, output, inputs=[model_path])
-    timings["write"] = time.perf_counter() - start
-    outcome = PruneOutcome(output=str(written), method=method, config=asdict(config),
-                           canonical_changes=canonical.changes, before=model_stats(canonical.model, model_path),
-                           after=model_stats(pruned, written), details=result.details, timings=timings,
-                           compressed=compressed)
-    if report is not None:
-        write_json(outcome.to_dict(), report, inputs=[model_path])
-    return outcome
+class Pruner:
+    """One model, method and calibration set, loaded, canonicalized and checked once; ``write`` prunes at
+    a sparsity and writes the result. Sweeps and the budget search call ``write`` many times, and the
+    method's session keeps what does not depend on the sparsity (see ``MethodSpec.open``)."""
+
+    def __init__(self, model_path: str | os.PathLike, method: str = "magnitude", *,
+                 calib: str | os.PathLike | Dataset | None = None, use_onnxslim: bool = False,
+                 **options: Any) -> None:
+        self.spec = get_method(method)
+        self.config = make_config(self.spec, **options)
+        self.model_path = model_path
+        start = time.perf_counter()
+        original = load_model(model_path)
+        self.canonical = canonicalize(original, use_onnxslim=use_onnxslim)
+        model = self.canonical.model
+        if isinstance(calib, Dataset):
+            arrays = dict(calib.inputs) if calib.labels is None else {**calib.inputs, LABELS: calib.labels}
+            self.calib = validate(arrays, input_specs(model), source="calibration data")
+        else:
+            self.calib = None if calib is None else load_data(Path(calib), model)
+        if self.spec.needs_calib and self.calib is None:
+            raise ConfigError(f"method {method!r} needs calibration data: pass --calib DATA.npz")
+        check_prunable(model)
+        self.feed = sample_feed(model, self.calib)
+        self.reference = run_input_model(model, self.feed)
+        self.before = model_stats(model, model_path)
+        self.load_s = time.perf_counter() - start
+        self._session: SparsitySession | None = None
+
+    def session(self) -> SparsitySession:
+        """The method's session, opened on first use (for CHITA this builds the torch view)."""
+        if self._session is None:
+            self._session = self.spec.open(self.canonical.model, self.config, self.calib)
+        return self._session
+
+    def write(self, output: str | os.PathLike, sparsity: float | None = None, *,
+              report: str | os.PathLike | None = None, compress: bool = False) -> PruneOutcome:
+        """Prune at ``sparsity`` (default: the configured one), check the result in ORT and write it
+        atomically to ``output`` (and the JSON ``report``); nothing is written when a check fails."""
+        config = self.config if sparsity is None else dataclasses.replace(self.config, sparsity=sparsity)
+        check_outputs(output, report, self.model_path)
+        timings = {"load": self.load_s}
+        start = time.perf_counter()
+        result = self.session().prune(config.sparsity)
+        timings["method"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        pruned = result.model
+        check_model(pruned, "the pruned model")
+        smoke_run(self.canonical.model, pruned, self.feed, self.reference)
+        compressed: list[str] = []
+        if compress:
+            pruned, compressed = compress_sparse(pruned)
+        written = save_model(pruned, output, inputs=[self.model_path])
+        timings["write"] = time.perf_counter() - start
+        outcome = PruneOutcome(output=str(written), method=self.spec.name, config=asdict(config),
+                               canonical_changes=self.canonical.changes, before=self.before,
+                               after=model_stats(pruned, written), details=result.details, timings=timings,
+                               compressed=compressed)
+        if report is not None:
+            write_json(outcome.to_dict(), report, inputs=[self.model_path])
+        return outcome
+
+
+def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str = "magnitude", *,
+          calib: str | os.PathLike | Dataset | None = None, report: str | os.PathLike | None = None,
+          compress: bool = False, use_onnxslim: bool = False, **options: Any) -> PruneOutcome:
+    """Prune ``model_path`` with ``method`` (options: the method's config fields, e.g. sparsity=0.5)
+    and write the result atomically to ``output``; returns the outcome with before/after stats."""
+    make_config(get_method(method), **options)  # bad options and paths fail before loading anything
+    check_outputs(output, report, model_path)
+    pruner = Pruner(model_path, method, calib=calib, use_onnxslim=use_onnxslim, **options)
+    return pruner.write(output, report=report, compress=compress)
 
 
 def write_json(data: dict[str, Any], path: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:

@@ -19,7 +19,7 @@ from onnxprune.errors import ConfigError, OnnxPruneError, OutputError
 from onnxprune.evaluate import evaluate
 from onnxprune.loading import load_model
 from onnxprune.methods import get_method
-from onnxprune.pipeline import prune, write_json
+from onnxprune.pipeline import Pruner, write_json
 from onnxprune.stats import model_stats
 from onnxprune.tables import human_bytes, table
 
@@ -107,7 +107,9 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
     """Prune ``model`` with every method at every sparsity into ``out_dir`` and measure each output.
 
     A point that a method refuses (e.g. a sparsity leaving a group without channels) is kept in the
-    report with its error; the sweep goes on. Calibration data is read once for all points.
+    report with its error; the sweep goes on. Each method is set up once and prunes at every sparsity,
+    highest first, re-using its sparsity-independent work (gradients, channel groups; CHITA++ runs one
+    staged path through all the sparsities), so ``prune_s`` of a point excludes work done for others.
     """
     specs = [get_method(m) for m in methods]
     for s in sparsities:
@@ -135,19 +137,30 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
                          cosine=1.0, median_ms=base_speed.median_ms, p90_ms=base_speed.p90_ms, speedup=1.0,
                          file_bytes=base_stats.file_bytes, params=base_stats.params,
                          nonzero_macs=base_stats.sparse_macs))
-    jobs = [(spec, s) for spec in specs for s in sparsities]
-    for spec, sparsity in tqdm(jobs, desc="sweep", unit="model"):
-        point = SweepPoint(spec.name, sparsity)
-        target = folder / f"{spec.name.replace('+', 'p')}_{sparsity:g}.onnx"
-        began = time.perf_counter()
-        try:
-            prune(dense, target, spec.name, calib=calib_data if spec.needs_calib else None, sparsity=sparsity)
-            point.prune_s = time.perf_counter() - began
-            point.model = str(target)
-            _measure(point, target, dense, eval_data, batch, threads, runs)
-        except OnnxPruneError as exc:
-            point.error = str(exc)
-        report.points.append(point)
+    order = sorted(set(sparsities), reverse=True)  # highest first: CHITA++ passes through the others
+    with tqdm(total=len(specs) * len(order), desc="sweep", unit="model") as bar:
+        for spec in specs:
+            points = [SweepPoint(spec.name, s) for s in order]
+            try:
+                pruner = Pruner(dense, spec.name, calib=calib_data if spec.needs_calib else None)
+                pruner.session().expect(order)
+            except OnnxPruneError as exc:
+                for point in points:
+                    point.error = str(exc)
+                pruner = None
+                bar.update(len(points))
+            for point in points if pruner is not None else []:
+                target = folder / f"{spec.name.replace('+', 'p')}_{point.sparsity:g}.onnx"
+                began = time.perf_counter()
+                try:
+                    pruner.write(target, point.sparsity)
+                    point.prune_s = time.perf_counter() - began
+                    point.model = str(target)
+                    _measure(point, target, dense, eval_data, batch, threads, runs)
+                except OnnxPruneError as exc:
+                    point.error = str(exc)
+                bar.update()
+            report.points += sorted(points, key=lambda p: p.sparsity)
     report.seconds = time.perf_counter() - start
     write_json(report.to_dict(), folder / "report.json")
     plots = write_plots(report, folder)

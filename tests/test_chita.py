@@ -14,7 +14,7 @@ from onnxprune.canonicalize import canonicalize
 from onnxprune.data import Dataset, load_data
 from onnxprune.errors import ConfigError, DataError, ResourceError
 from onnxprune.evaluate import evaluate
-from onnxprune.fisher import FlatLayout, choose_targets, gradient_matrix, parse_bytes, plan_memory
+from onnxprune.fisher import FlatLayout, choose_targets, gradient_matrix, parse_bytes, plan_memory, resolve_rows
 from onnxprune.loading import load_model
 from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, prune_chita, schedule
 from onnxprune.pipeline import prune
@@ -134,6 +134,15 @@ def test_memory_planner_and_sizes():
         plan_memory(1000, 300_000, 1 << 20)
     with pytest.raises(ConfigError, match="max_memory"):
         ChitaConfig(max_memory="lots")
+
+
+def test_gradient_rows_use_all_calibration_samples_by_default():
+    assert resolve_rows(0, 5000, 0, 1000) == (1000, 5)  # every sample lands in some row's mean
+    assert resolve_rows(0, 700, 0, 1000) == (700, 1)
+    assert resolve_rows(300, 1000, 0, 1000) == (300, 3)
+    assert resolve_rows(0, 1000, 4, 1000) == (250, 4)
+    with pytest.raises(DataError, match="at most 250"):
+        resolve_rows(300, 1000, 4, 1000)
 
 
 @pytest.mark.parametrize("options,error,match", [

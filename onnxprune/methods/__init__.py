@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from onnxprune.errors import ConfigError
 from onnxprune.methods.base import MethodConfig, MethodResult, MethodSpec, make_config
-from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, prune_chita, prune_chita_plus
-from onnxprune.methods.intrafusion import IntraFusionConfig, prune_intrafusion
-from onnxprune.methods.l1_channel import ChannelConfig, prune_l1_channel
+from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, ChitaSession, prune_chita, prune_chita_plus
+from onnxprune.methods.intrafusion import IntraFusionConfig, intrafusion_session, prune_intrafusion
+from onnxprune.methods.l1_channel import ChannelConfig, l1_channel_session, prune_l1_channel
 from onnxprune.methods.magnitude import MagnitudeConfig, prune_magnitude
 
 METHODS: dict[str, MethodSpec] = {
@@ -15,13 +15,15 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("magnitude", prune_magnitude, MagnitudeConfig, structured=False, needs_calib=False,
                    summary="zero the smallest |w| (global threshold)"),
         MethodSpec("chita", prune_chita, ChitaConfig, structured=False, needs_calib=True,
-                   summary="second-order IHT + backsolve on the empirical Fisher (one shot)"),
+                   summary="second-order IHT + backsolve on the empirical Fisher (one shot)", session=ChitaSession),
         MethodSpec("chita++", prune_chita_plus, ChitaPlusConfig, structured=False, needs_calib=True,
-                   summary="CHITA in stages of rising sparsity, re-linearised each stage"),
+                   summary="CHITA in stages of rising sparsity, re-linearised each stage", session=ChitaSession),
         MethodSpec("l1-channel", prune_l1_channel, ChannelConfig, structured=True, needs_calib=False,
-                   summary="remove the least important channels of each group (L1 of BN-folded weights)"),
+                   summary="remove the least important channels of each group (L1 of BN-folded weights)",
+                   session=l1_channel_session),
         MethodSpec("intrafusion", prune_intrafusion, IntraFusionConfig, structured=True, needs_calib=False,
-                   summary="fuse every channel into the kept ones by exact optimal transport (data-free)"),
+                   summary="fuse every channel into the kept ones by exact optimal transport (data-free)",
+                   session=intrafusion_session),
     )
 }
 

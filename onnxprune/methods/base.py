@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import onnx
 
@@ -36,9 +36,39 @@ class MethodResult:
 PruneFn = Callable[[onnx.ModelProto, Any, "Dataset | None"], MethodResult]
 
 
+class SparsitySession(Protocol):
+    """A method bound to one model, config and calibration set that prunes at any sparsity, keeping what
+    does not depend on the sparsity (gradients, channel groups, earlier stages) between calls."""
+
+    def prune(self, sparsity: float) -> MethodResult: ...
+
+    def expect(self, sparsities: Sequence[float]) -> None:
+        """Hint: these sparsities will be asked for next (a path-following method can pass through them)."""
+
+
+@dataclass
+class Rerun:
+    """The session of a method with nothing worth keeping between sparsities: prunes afresh each call."""
+
+    run: PruneFn
+    model: onnx.ModelProto
+    config: MethodConfig
+    calib: Dataset | None
+
+    def prune(self, sparsity: float) -> MethodResult:
+        return self.run(self.model, dataclasses.replace(self.config, sparsity=sparsity), self.calib)
+
+    def expect(self, sparsities: Sequence[float]) -> None:
+        pass
+
+
+SessionFactory = Callable[[onnx.ModelProto, Any, "Dataset | None"], SparsitySession]
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: how to run it and what it needs."""
+    """A registered method: how to run it, what it needs, and (``session``) how to run it at many
+    sparsities re-using work; without one, every sparsity is pruned afresh."""
 
     name: str
     run: PruneFn
@@ -46,6 +76,13 @@ class MethodSpec:
     structured: bool
     needs_calib: bool
     summary: str
+    session: SessionFactory | None = None
+
+    def open(self, model: onnx.ModelProto, config: MethodConfig, calib: Dataset | None) -> SparsitySession:
+        """A session of this method on ``model`` with ``config`` (its sparsity is replaced per call)."""
+        if self.session is None:
+            return Rerun(self.run, model, config, calib)
+        return self.session(model, config, calib)
 
 
 def make_config(spec: MethodSpec, **options: Any) -> Any:

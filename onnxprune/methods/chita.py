@@ -8,11 +8,12 @@ prunable initializers only; the ONNX graph is otherwise untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
@@ -43,7 +44,8 @@ class ChitaConfig(MethodConfig):
     - ``allocation``: 'global' (one budget over all prunable weights) or 'uniform' (same sparsity per tensor).
     - ``skip_first`` / ``skip_last``: leave the first / last prunable layer dense.
     - ``rows``: gradient rows n (0: min(1000, calibration samples / samples_per_row)).
-    - ``samples_per_row``: calibration samples averaged into one gradient row (m).
+    - ``samples_per_row``: calibration samples averaged into one gradient row (m); 0 spreads all the
+      calibration samples over the rows (m = samples // n), so more data is used without a larger A.
     - ``targets``: 'auto' (labels when the data has them, else predictions), 'labels', 'predicted',
       'sampled' (labels drawn from the model's softmax: the true Fisher) or 'logits' (random projections
       of the output Jacobian: a model of output distortion, for confidently fit models or no labels).
@@ -67,7 +69,7 @@ class ChitaConfig(MethodConfig):
     skip_first: bool = False
     skip_last: bool = False
     rows: int = 0
-    samples_per_row: int = 1
+    samples_per_row: int = 0
     targets: str = "auto"
     ridge: float = 0.3
     first_order: bool = False
@@ -89,8 +91,8 @@ class ChitaConfig(MethodConfig):
         for name in ("rows", "block_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)}")
-        if self.samples_per_row < 1 or self.max_iter < 1:
-            raise ConfigError("samples_per_row and max_iter must be >= 1")
+        if self.samples_per_row < 0 or self.max_iter < 1:
+            raise ConfigError("samples_per_row must be >= 0 (0: automatic) and max_iter >= 1")
         if self.active_ratio < 0 or not self.tol > 0:
             raise ConfigError("active_ratio must be >= 0 and tol > 0")
         parse_bytes(self.max_memory)
@@ -156,6 +158,7 @@ class _Context:
     view: TorchView
     calib: Dataset
     rows: int
+    samples_per_row: int
     budget: int
     skipped: list[str]
     group: int  # M of an N:M pattern, else 1
@@ -189,7 +192,7 @@ def _context(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None)
     weights = select_prunable(model, config.skip_first, config.skip_last)
     if not weights:
         raise ConfigError("the model has no prunable weights (Conv/Gemm/MatMul) left to prune")
-    rows = resolve_rows(config.rows, len(data), config.samples_per_row, DEFAULT_ROWS)
+    rows, per_row = resolve_rows(config.rows, len(data), config.samples_per_row, DEFAULT_ROWS)
     nm = config.nm()
     last_axis, skipped = {}, []
     for w in weights:
@@ -206,7 +209,7 @@ def _context(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None)
     plan_memory(rows, layout.size, budget)  # refuse a budget too small before building the view
     view = build_torch_view(model, [w.name for w in weights])
     parity = check_parity(view, model, data).max_abs_diff  # gradients are only as good as the view
-    return _Context(weights, layout, view, data, rows, budget, skipped, nm[1] if nm else 1, parity)
+    return _Context(weights, layout, view, data, rows, per_row, budget, skipped, nm[1] if nm else 1, parity)
 
 
 def _constraint(ctx: _Context, sparsity: float, config: ChitaConfig, keep_per_group: int | None) -> solver.Constraint:
@@ -236,24 +239,33 @@ def _blocks(ctx: _Context, start: int, stop: int, block_size: int) -> list[tuple
 
 
 def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], constraint: solver.Constraint,
-           stage: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """One CHITA solve around ``current``: gradients, IHT + backsolve per column range of the memory plan."""
+           stage: int, cache: dict[tuple[int, int], torch.Tensor] | None = None
+           ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One CHITA solve around ``current``: gradients, IHT + backsolve per column range of the memory plan.
+    ``cache`` (column range → gradients at ``current``) is read and filled when given and A fits in one pass."""
     anchor = torch.from_numpy(ctx.layout.flatten(current))
     plan = plan_memory(ctx.rows, ctx.layout.size, ctx.budget)
     ranges = constraint.ranges(plan.columns_per_pass)
+    cache = cache if len(ranges) == 1 else None  # gradients built in pieces are not kept: over the budget
     reference = constraint.project(anchor)  # budgets of column ranges when A is built in pieces
     params = {ctx.view.param_paths[n]: torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
               for n, w in current.items()}
     targets = choose_targets(ctx.view, params, ctx.calib, config.targets, config.seed + stage)
     w = torch.zeros_like(anchor)
     info: dict[str, Any] = {"gradients_s": 0.0, "solve_s": 0.0, "passes": len(ranges), "rows": ctx.rows,
-                            "matrix_bytes": matrix_bytes(ctx.rows, ctx.layout.size)}
+                            "matrix_bytes": matrix_bytes(ctx.rows, ctx.layout.size), "gradients_reused": 0}
     start_value = chita_value = 0.0
     for start, stop in ranges:
         began = time.perf_counter()
-        at = gradient_matrix(ctx.view, ctx.layout, current, ctx.calib, targets, rows=ctx.rows,
-                             samples_per_row=config.samples_per_row, columns=(start, stop),
-                             progress=f"gradients (stage {stage + 1})")
+        at = None if cache is None else cache.get((start, stop))
+        if at is None:
+            at = gradient_matrix(ctx.view, ctx.layout, current, ctx.calib, targets, rows=ctx.rows,
+                                 samples_per_row=ctx.samples_per_row, columns=(start, stop),
+                                 progress=f"gradients (stage {stage + 1})")
+            if cache is not None:
+                cache[(start, stop)] = at
+        else:
+            info["gradients_reused"] += 1
         info["gradients_s"] += time.perf_counter() - began
         began = time.perf_counter()
         part = constraint.window(start, stop, reference)
@@ -296,36 +308,110 @@ def _levels(config: ChitaConfig) -> list[tuple[float, int | None]]:
     return [(1 - keep / nm[1], keep) for keep in keeps]
 
 
-def _prune(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> MethodResult:
-    """Run the stages of ``config`` and write the final weights into a copy of ``model``."""
-    ctx = _context(model, config, calib)
-    names = [w.name for w in ctx.weights]
-    original = read_weights(model, names)
-    current = {n: original[n].astype(np.float32) for n in names}
-    levels = _levels(config)
-    stages = []
-    for index, (level, keep) in enumerate(tqdm(levels, desc="CHITA stages", unit="stage", leave=False,
-                                               disable=True if len(levels) == 1 else None)):
-        constraint = _constraint(ctx, level, config, keep)
-        current, info = _stage(ctx, config, current, constraint, index)
-        info.update(sparsity=level, kept=constraint.budget)
-        log.info("stage %d/%d: sparsity %.4f, gradients %.1fs, solve %.1fs, objective %.4g (start %.4g)",
-                 index + 1, len(levels), level, info["gradients_s"], info["solve_s"], info["objective"],
-                 info["start_objective"])
-        stages.append(info)
-    pruned = replace_initializers(model, {n: current[n].astype(original[n].dtype) for n in names})
-    details = {"torch_parity_max_abs_diff": ctx.parity, "rows": ctx.rows, "weights": ctx.layout.size, "stages": stages,
-               "gradients_s": sum(s["gradients_s"] for s in stages), "solve_s": sum(s["solve_s"] for s in stages),
-               "allocation": config.allocation, "pattern": config.pattern or None, "dense_tensors": ctx.skipped,
-               "max_memory": format_bytes(ctx.budget)}
-    return MethodResult(pruned, details)
+def _path(levels: list[float], base: float, start: float, waypoints: Sequence[float]) -> list[float]:
+    """The stage levels from ``start`` (``base`` or a kept stage) to ``levels[-1]`` (a schedule from
+    ``base``): the schedule's levels above ``start`` with the waypoints in between, dropping a schedule
+    level within half a stage (in log density) of a waypoint or of a kept start, so no stage is a sliver.
+    From ``base`` without waypoints this is the schedule itself."""
+    def depth(level: float) -> float:
+        return -math.log1p(-level)
+
+    target = levels[-1]
+    half = (depth(target) - depth(base)) / len(levels) / 2
+    stops = [w for w in waypoints if start < w < target]
+    marks = stops + ([start] if start > base else [])
+    kept = [level for level in levels[:-1]
+            if level > start and all(abs(depth(level) - depth(m)) >= half for m in marks)]
+    return sorted(set(kept + stops + [target]))
+
+
+class ChitaSession:
+    """CHITA or CHITA++ on one model and calibration set, at any sparsity (sweeps, budget search).
+
+    Built once: the weight selection, torch view and parity check. One-shot CHITA keeps the gradients
+    at the trained weights (when they fit in one pass), so another sparsity costs one solve. CHITA++
+    keeps every stage's weights; a call starts from the stage of highest sparsity not above the one
+    asked for and runs the rest of that sparsity's own schedule, passing through the sparsities given
+    to ``expect``. A fresh session therefore gives exactly the standalone result.
+    """
+
+    def __init__(self, model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> None:
+        self.model, self.config = model, config
+        self.ctx = _context(model, config, calib)
+        names = [w.name for w in self.ctx.weights]
+        self.original = read_weights(model, names)
+        self.dense = {n: self.original[n].astype(np.float32) for n in names}
+        self.staged = isinstance(config, ChitaPlusConfig)
+        self.base = config.base_sparsity if self.staged else 0.0
+        self.checkpoints: dict[float, np.ndarray] = {}  # CHITA++ stage sparsity → flat weights
+        self.waypoints: list[float] = []
+        self.dense_gradients: dict[tuple[int, int], torch.Tensor] = {}
+        self.stages_run = 0
+
+    def expect(self, sparsities: Sequence[float]) -> None:
+        self.waypoints = sorted(set(sparsities))
+
+    def _checkpoint_bytes(self) -> int:
+        return 4 * self.ctx.layout.size * len(self.checkpoints)
+
+    def _remember(self, level: float, weights: dict[str, np.ndarray]) -> None:
+        """Keep a stage's weights, dropping the oldest once they would take over a quarter of the memory budget."""
+        while self.checkpoints and self._checkpoint_bytes() + 4 * self.ctx.layout.size > self.ctx.budget // 4:
+            del self.checkpoints[next(iter(self.checkpoints))]
+        if 4 * self.ctx.layout.size <= self.ctx.budget // 4:
+            self.checkpoints[level] = self.ctx.layout.flatten(weights)
+
+    def _start(self, target: float) -> tuple[float, dict[str, np.ndarray]]:
+        """The stored stage of highest sparsity not above ``target`` (the trained weights at ``base``)."""
+        below = [level for level in self.checkpoints if level <= target + 1e-9]
+        if not self.staged or self.config.pattern or not below:
+            return self.base, self.dense
+        level = max(below)
+        return level, self.ctx.layout.unflatten(self.checkpoints[level])
+
+    def prune(self, sparsity: float) -> MethodResult:
+        """The pruned model at ``sparsity`` (ignored with an N:M pattern, which sets its own)."""
+        config = dataclasses.replace(self.config, sparsity=sparsity)
+        levels = _levels(config)
+        stages = []
+        if levels[-1][0] > 0:
+            start, current = self._start(levels[-1][0])
+            if self.staged and not config.pattern:
+                path = _path([level for level, _ in levels], self.base, start, self.waypoints)
+                levels = [(level, None) for level in path if level > start + 1e-9]
+            for index, (level, keep) in enumerate(tqdm(levels, desc="CHITA stages", unit="stage", leave=False,
+                                                       disable=True if len(levels) < 2 else None)):
+                cache = self.dense_gradients if current is self.dense and not self.staged else None
+                constraint = _constraint(self.ctx, level, config, keep)
+                current, info = _stage(self.ctx, config, current, constraint, self.stages_run, cache)
+                self.stages_run += 1
+                info.update(sparsity=level, kept=constraint.budget)
+                log.info("stage %d/%d: sparsity %.4f, gradients %.1fs, solve %.1fs, objective %.4g (start %.4g)",
+                         index + 1, len(levels), level, info["gradients_s"], info["solve_s"], info["objective"],
+                         info["start_objective"])
+                stages.append(info)
+                if self.staged and not config.pattern:
+                    self._remember(level, current)
+            if not levels:
+                log.info("sparsity %.4f: re-using an earlier stage", sparsity)
+        else:
+            current = self.dense
+        names = list(self.dense)
+        pruned = replace_initializers(self.model, {n: current[n].astype(self.original[n].dtype) for n in names})
+        ctx = self.ctx
+        details = {"torch_parity_max_abs_diff": ctx.parity, "rows": ctx.rows, "samples_per_row": ctx.samples_per_row,
+                   "weights": ctx.layout.size, "stages": stages, "gradients_s": sum(s["gradients_s"] for s in stages),
+                   "solve_s": sum(s["solve_s"] for s in stages), "allocation": config.allocation,
+                   "pattern": config.pattern or None, "dense_tensors": ctx.skipped,
+                   "max_memory": format_bytes(ctx.budget)}
+        return MethodResult(pruned, details)
 
 
 def prune_chita(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> MethodResult:
     """One-shot CHITA: gradients at the trained weights, IHT with active set, swap search, backsolve."""
-    return _prune(model, config, calib)
+    return ChitaSession(model, config, calib).prune(config.sparsity)
 
 
 def prune_chita_plus(model: onnx.ModelProto, config: ChitaPlusConfig, calib: Dataset | None) -> MethodResult:
     """CHITA++: ``config.stages`` CHITA solves at rising sparsity, re-linearised at the current weights."""
-    return _prune(model, config, calib)
+    return ChitaSession(model, config, calib).prune(config.sparsity)

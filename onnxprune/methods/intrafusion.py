@@ -14,7 +14,7 @@ from onnxprune.channel_surgery import ChannelMap
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
 from onnxprune.methods.base import MethodResult
-from onnxprune.methods.l1_channel import ChannelConfig, prune_channels
+from onnxprune.methods.l1_channel import ChannelConfig, ChannelSession
 from onnxprune.ot_fusion import MARGINALS, NORMALIZATIONS, fusion_maps, pairing_vectors, transport_plan
 
 
@@ -49,9 +49,14 @@ def _fusion_plan(config: IntraFusionConfig, group: ChannelGroup, slabs: list[tup
     return ChannelMap(producer, consumer)
 
 
+def intrafusion_session(model: onnx.ModelProto, config: IntraFusionConfig,
+                        calib: Dataset | None = None) -> ChannelSession:
+    """A session that fuses every channel of a group into its kept ones."""
+    return ChannelSession(model, config, calib, partial(_fusion_plan, config),
+                          {"normalization": config.normalization, "marginals": config.marginals})
+
+
 def prune_intrafusion(model: onnx.ModelProto, config: IntraFusionConfig, calib: Dataset | None = None) -> MethodResult:
     """Prune each group (all prunable groups, or ``config.group``) to its most important channels,
     fusing every channel into them by optimal transport."""
-    result = prune_channels(model, config, calib, partial(_fusion_plan, config))
-    result.details.update({"normalization": config.normalization, "marginals": config.marginals})
-    return result
+    return intrafusion_session(model, config, calib).prune(config.sparsity)

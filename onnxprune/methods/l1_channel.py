@@ -1,14 +1,15 @@
 """Structured channel pruning, the default baseline (``l1-channel``): in each channel group keep
 the most important channels and drop the rest, physically shrinking every tensor involved.
 
-The driver here (BatchNorm folding, group analysis, importance, keep counts, surgery) is shared
-with Intra-Fusion, which only replaces how the kept channels are computed.
+The driver here (``ChannelSession``: BatchNorm folding, group analysis, importance, keep counts,
+surgery) is shared with Intra-Fusion, which only replaces how the kept channels are computed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -151,26 +152,42 @@ def _targets(groups: list[ChannelGroup], config: ChannelConfig) -> tuple[list[Ch
     return targets, skipped
 
 
-def prune_channels(model: onnx.ModelProto, config: ChannelConfig, calib: Dataset | None,
-                   plan: PlanFn) -> MethodResult:
-    """Fold BatchNorms, analyse channel groups, score channels, keep the best of each target group
-    and let ``plan`` build its channel map; then rewrite the graph."""
-    folded, folded_count = fold_batchnorms(model)
-    analysis = analyse_channels(folded)
-    targets, skipped = _targets(analysis.groups, config)
-    values = read_initializers(folded)
-    scores = channel_importance(folded, values, targets, config.importance, calib, config.seed)
-    maps, report = {}, []
-    for group in targets:
-        keep = top_channels(scores[group.index], kept_channels(group.size, config.sparsity, config.round_to))
-        if len(keep) == group.size:
-            continue
-        maps[group.index] = plan(group, group_slabs(values, group), scores[group.index], keep)
-        report.append({"group": group.index, "size": group.size, "kept": len(keep),
-                       "producers": list(group.producers)})
-    pruned = apply_channel_maps(folded, analysis, maps)
-    return MethodResult(pruned, {"importance": config.importance, "batchnorms_folded": folded_count,
-                                 "groups": report, "skipped": skipped})
+class ChannelSession:
+    """Structured pruning of one model at any sparsity: BatchNorm folding, the channel groups and the
+    channel scores are computed once; each sparsity only picks channels, plans and rewrites the graph.
+    ``plan`` builds a group's channel map; ``extra`` goes into every result's details."""
+
+    def __init__(self, model: onnx.ModelProto, config: ChannelConfig, calib: Dataset | None, plan: PlanFn,
+                 extra: dict | None = None) -> None:
+        self.config, self.calib, self.plan, self.extra = config, calib, plan, extra or {}
+        self.folded, self.folded_count = fold_batchnorms(model)
+        self.analysis = analyse_channels(self.folded)
+        self.values = read_initializers(self.folded)
+        self.scores: dict[int, np.ndarray] = {}
+
+    def expect(self, sparsities: Sequence[float]) -> None:
+        pass
+
+    def prune(self, sparsity: float) -> MethodResult:
+        """Keep the best channels of each target group at ``sparsity``, let the plan map them, rewrite."""
+        config = dataclasses.replace(self.config, sparsity=sparsity)
+        targets, skipped = _targets(self.analysis.groups, config)
+        missing = [g for g in targets if g.index not in self.scores]
+        if missing:
+            self.scores.update(channel_importance(self.folded, self.values, missing, config.importance, self.calib,
+                                                  config.seed))
+        maps, report = {}, []
+        for group in targets:
+            scores = self.scores[group.index]
+            keep = top_channels(scores, kept_channels(group.size, config.sparsity, config.round_to))
+            if len(keep) == group.size:
+                continue
+            maps[group.index] = self.plan(group, group_slabs(self.values, group), scores, keep)
+            report.append({"group": group.index, "size": group.size, "kept": len(keep),
+                           "producers": list(group.producers)})
+        pruned = apply_channel_maps(self.folded, self.analysis, maps)
+        return MethodResult(pruned, {"importance": config.importance, "batchnorms_folded": self.folded_count,
+                                     "groups": report, "skipped": skipped, **self.extra})
 
 
 def _selection_plan(group: ChannelGroup, slabs: list[tuple[Member, np.ndarray]], scores: np.ndarray,
@@ -179,6 +196,11 @@ def _selection_plan(group: ChannelGroup, slabs: list[tuple[Member, np.ndarray]],
     return ChannelMap.selection(group.size, keep)
 
 
+def l1_channel_session(model: onnx.ModelProto, config: ChannelConfig, calib: Dataset | None = None) -> ChannelSession:
+    """A session that keeps the selected channels as they are."""
+    return ChannelSession(model, config, calib, _selection_plan)
+
+
 def prune_l1_channel(model: onnx.ModelProto, config: ChannelConfig, calib: Dataset | None = None) -> MethodResult:
     """Remove the least important channels of each group (all prunable groups, or ``config.group``)."""
-    return prune_channels(model, config, calib, _selection_plan)
+    return l1_channel_session(model, config, calib).prune(config.sparsity)
