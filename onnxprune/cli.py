@@ -231,16 +231,19 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
 @click.option("--batch", default=32, show_default=True, type=int, help="Batch size for latency.")
 @click.option("--threads", type=int, help="ORT intra-op threads (default min(4, cores)).")
 @click.option("--runs", default=50, show_default=True, type=int, help="Timed runs per model (>= 50).")
+@click.option("-O", "--option", "extra", multiple=True, metavar="[METHOD.]KEY=VALUE",
+              help="Method option for every swept method that has it (round_to=8), or for one (chita++.stages=5).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: str | None,
-          sparsities: str | None, batch: int, threads: int | None, runs: int, as_json: bool) -> None:
+          sparsities: str | None, batch: int, threads: int | None, runs: int, extra: tuple[str, ...],
+          as_json: bool) -> None:
     """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
     from onnxprune.sweep import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
 
     report = run_sweep(model, out_dir, data=data, calib=calib,
                        methods=parse_list(method_list) if method_list else DEFAULT_METHODS,
                        sparsities=parse_list(sparsities, float) if sparsities else DEFAULT_SPARSITIES,
-                       batch=batch, threads=threads, runs=runs,
+                       batch=batch, threads=threads, runs=runs, options=_parse_options(extra),
                        command="onnxprune " + " ".join(sys.argv[1:]))
     _emit(report.to_dict(), sweep_table(report), as_json)
 

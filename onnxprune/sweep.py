@@ -3,6 +3,7 @@ JSON report, a Markdown report and plots, so a user can pick a compression from 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -18,7 +19,7 @@ from onnxprune.data import Dataset, load_data
 from onnxprune.errors import ConfigError, OnnxPruneError, OutputError
 from onnxprune.evaluate import evaluate
 from onnxprune.loading import load_model
-from onnxprune.methods import get_method
+from onnxprune.methods import MethodSpec, get_method, make_config
 from onnxprune.pipeline import Pruner, write_json
 from onnxprune.stats import model_stats
 from onnxprune.tables import human_bytes, table
@@ -61,6 +62,7 @@ class SweepReport:
     out_dir: str
     environment: dict[str, Any]
     dense: SweepPoint
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
     points: list[SweepPoint] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -88,6 +90,28 @@ def parse_list(text: str, kind: type = str) -> tuple:
         raise ConfigError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
 
 
+def method_options(specs: Sequence[MethodSpec], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-method options from ``key=value`` (for every swept method that has ``key``) or
+    ``method.key=value`` (for that method only); ConfigError for a key no swept method takes."""
+    per: dict[str, dict[str, Any]] = {spec.name: {} for spec in specs}
+    for key, value in options.items():
+        method, _, name = key.rpartition(".")
+        name = name.replace("-", "_")
+        if name == "sparsity":
+            raise ConfigError("a sweep sets the sparsity itself: use --sparsities")
+        if method and method not in per:
+            raise ConfigError(f"option {key!r}: {method!r} is not a swept method ({', '.join(per)})")
+        takers = [spec for spec in specs if (not method or spec.name == method)
+                  and name in {f.name for f in dataclasses.fields(spec.config_cls)}]
+        if not takers:
+            raise ConfigError(f"option {key!r}: no swept method has an option {name!r} (see onnxprune methods)")
+        for spec in takers:
+            per[spec.name][name] = value
+    for spec in specs:
+        make_config(spec, **per[spec.name])  # bad values fail before any work
+    return per
+
+
 def _measure(point: SweepPoint, path: Path, dense: Path, data: Dataset, batch: int, threads: int,
              runs: int) -> None:
     """Fill ``point`` with ORT accuracy/fidelity, latency against the dense model and size figures."""
@@ -103,7 +127,7 @@ def _measure(point: SweepPoint, path: Path, dense: Path, data: Dataset, batch: i
 def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | os.PathLike,
           calib: str | os.PathLike | None = None, methods: Sequence[str] = DEFAULT_METHODS,
           sparsities: Sequence[float] = DEFAULT_SPARSITIES, batch: int = 32, threads: int | None = None,
-          runs: int = 50, command: str | None = None) -> SweepReport:
+          runs: int = 50, command: str | None = None, options: dict[str, Any] | None = None) -> SweepReport:
     """Prune ``model`` with every method at every sparsity into ``out_dir`` and measure each output.
 
     A point that a method refuses (e.g. a sparsity leaving a group without channels) is kept in the
@@ -112,6 +136,7 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
     staged path through all the sparsities), so ``prune_s`` of a point excludes work done for others.
     """
     specs = [get_method(m) for m in methods]
+    per_method = method_options(specs, options or {})
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise ConfigError(f"sparsities must be in [0, 1), got {s}")
@@ -136,13 +161,14 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
         dense=SweepPoint("dense", 0.0, str(dense), accuracy=base.accuracy, agreement=100.0, max_abs_diff=0.0,
                          cosine=1.0, median_ms=base_speed.median_ms, p90_ms=base_speed.p90_ms, speedup=1.0,
                          file_bytes=base_stats.file_bytes, params=base_stats.params,
-                         nonzero_macs=base_stats.sparse_macs))
+                         nonzero_macs=base_stats.sparse_macs), options=per_method)
     order = sorted(set(sparsities), reverse=True)  # highest first: CHITA++ passes through the others
     with tqdm(total=len(specs) * len(order), desc="sweep", unit="model") as bar:
         for spec in specs:
             points = [SweepPoint(spec.name, s) for s in order]
             try:
-                pruner = Pruner(dense, spec.name, calib=calib_data if spec.needs_calib else None)
+                pruner = Pruner(dense, spec.name, calib=calib_data if spec.needs_calib else None,
+                                **per_method[spec.name])
                 pruner.session().expect(order)
             except OnnxPruneError as exc:
                 for point in points:
@@ -197,6 +223,8 @@ def markdown(report: SweepReport, plots: dict[str, str]) -> str:
              "Every model below was written to disk and measured by ONNX Runtime.", "",
              "| | |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in env.items()]
+    lines += [f"| options of {method} | `{', '.join(f'{k}={v}' for k, v in given.items())}` |"
+              for method, given in report.options.items() if given]
     lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join("-" if c is None else (f"{c:.2f}" if isinstance(c, float) else str(c)) for c in r)
               + " |" for r in rows(report)]

@@ -111,3 +111,15 @@ def test_console_script_refuses_in_place_output(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
     assert source.read_bytes() == before
+
+
+def test_demo_runs_every_method_on_the_bundled_cnn(tmp_path):
+    code, result = _invoke("demo", "--out", str(tmp_path), "--json")
+    assert code == 0, result
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"dense", "magnitude", "chita", "chita++", "l1-channel", "intrafusion"}
+    assert rows["dense"]["accuracy"] > 97.0
+    assert rows["chita"]["accuracy"] > rows["magnitude"]["accuracy"] > 80.0  # unstructured at 0.7
+    assert rows["intrafusion"]["accuracy"] > rows["l1-channel"]["accuracy"] + 20  # structured at 0.3
+    assert rows["l1-channel"]["params"] < 0.6 * rows["dense"]["params"]
+    assert len(list(tmp_path.glob("*.onnx"))) == 5

