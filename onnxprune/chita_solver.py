@@ -295,13 +295,16 @@ def _candidate(problem: Problem, constraint: Constraint, w: torch.Tensor, g: tor
 
 
 def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter: int = 100,
-        tol: float = 1e-5, lipschitz_constant: float | None = None, max_doublings: int = 4) -> IhtResult:
+        tol: float = 1e-5, lipschitz_constant: float | None = None, max_doublings: int = 4,
+        patience: int = 0) -> IhtResult:
     """Iterative hard thresholding ``w ← P(w − τ∇Q(w))`` with CHITA's step rule.
 
     Each iteration compares the exact line-search step on the current support with the largest step
     that keeps it: the exact step when it is the smaller; otherwise start from the support-changing step
     (at least 1/L) and double while the objective improves. The step along the support is always a
-    candidate, so the objective never increases. Stops when the relative decrease is below ``tol``.
+    candidate, so the objective never increases. Stops when the relative decrease is below ``tol`` or,
+    with ``patience`` > 0, once the support has not changed for that many iterations (for callers that
+    backsolve the exact weights on the support afterwards).
     """
     L = lipschitz_constant if lipschitz_constant is not None else lipschitz(problem)
     mask = constraint.project(w0)
@@ -309,6 +312,7 @@ def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter:
     r = problem.residual(w)
     value = problem.value(w, r)
     objectives = [value]
+    unchanged = 0
     for iteration in range(max_iter):
         g = problem.gradient(w, r)
         g_on = torch.where(mask, g, torch.zeros(()))
@@ -326,26 +330,27 @@ def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter:
                 if trial[0] >= best[0]:
                     break
                 best, tau = trial, tau * 2
+        unchanged = unchanged + 1 if torch.equal(best[2], mask) else 0
         new_value, w, mask, r = best
         if (iteration + 1) % _REFRESH == 0:
             r = problem.residual(w)
             new_value = problem.value(w, r)
         decrease, value = value - new_value, new_value
         objectives.append(value)
-        if decrease <= tol * abs(value):
+        if decrease <= tol * abs(value) or 0 < patience <= unchanged:
             break
     return IhtResult(w, mask, objectives)
 
 
 def solve(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5, max_rounds: int = 4,
-          max_iter: int = 100, tol: float = 1e-5, start: torch.Tensor | None = None) -> IhtResult:
+          max_iter: int = 100, tol: float = 1e-5, start: torch.Tensor | None = None, patience: int = 0) -> IhtResult:
     """IHT from the projection of the anchor (or ``start``), on an active set of about ``active_ratio`` × the
     budget (its largest coordinates) when that is much smaller than the problem; outside coordinates whose
     gradient would enter the support are added and the solve repeated, at most ``max_rounds`` times."""
     w0 = problem.anchor if start is None else start
     wide = constraint.scaled(active_ratio)
     if active_ratio <= 0 or constraint.grouped or wide.budget > 0.75 * problem.size:
-        return iht(problem, constraint, w0, max_iter=max_iter, tol=tol)
+        return iht(problem, constraint, w0, max_iter=max_iter, tol=tol, patience=patience)
     active = wide.project(w0)
     w = torch.where(constraint.project(w0), w0, torch.zeros(()))
     mask = torch.zeros(problem.size, dtype=torch.bool)
@@ -355,7 +360,7 @@ def solve(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5
         sub = problem.restrict(index)
         step_bound = lipschitz(sub)
         part = iht(sub, constraint.restrict(index), w[index], max_iter=max_iter, tol=tol,
-                   lipschitz_constant=step_bound)
+                   lipschitz_constant=step_bound, patience=patience)
         objectives += part.objectives
         w = torch.zeros_like(w)
         w[index] = part.w
@@ -561,7 +566,7 @@ def _same_segment(constraint: Constraint, first: torch.Tensor, second: torch.Ten
 
 
 def chita(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5, max_iter: int = 100,
-          tol: float = 1e-5, refinements: int = 1, swap_rounds: int = 5) -> IhtResult:
+          tol: float = 1e-5, refinements: int = 1, swap_rounds: int = 5, patience: int = 0) -> IhtResult:
     """CHITA: IHT (with active set) for the support, a swap local search on it, then the exact backsolve;
     ``refinements`` more rounds restart IHT from the backsolved weights and keep the result when better.
 
@@ -572,7 +577,7 @@ def chita(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5
     scale = (column_norms_sq(problem.at) + problem.ridge).sqrt()
     scaled = problem.rescale(scale)
     try:
-        result = solve(scaled, constraint, active_ratio=active_ratio, max_iter=max_iter, tol=tol)
+        result = solve(scaled, constraint, active_ratio=active_ratio, max_iter=max_iter, tol=tol, patience=patience)
         objectives, best = list(result.objectives), None
         for round_ in range(refinements + 1):
             mask, v = swap_search(scaled, constraint, result.mask, rounds=swap_rounds)
@@ -581,7 +586,8 @@ def chita(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5
                 break
             best = IhtResult(v, mask, list(objectives))
             if round_ < refinements:
-                result = solve(scaled, constraint, active_ratio=active_ratio, max_iter=max_iter, tol=tol, start=v)
+                result = solve(scaled, constraint, active_ratio=active_ratio, max_iter=max_iter, tol=tol, start=v,
+                               patience=patience)
                 objectives += result.objectives
     finally:
         scaled.rescale(1.0 / scale)

@@ -58,11 +58,12 @@ def _softmax_regression(seed: int, n: int = 200) -> tuple[np.ndarray, np.ndarray
     return per_sample.reshape(n, -1).double().numpy(), w.detach().reshape(-1).double().numpy()
 
 
+@pytest.mark.parametrize("patience", [0, 30])
 @pytest.mark.parametrize("seed", range(12))
-def test_chita_is_within_one_percent_of_the_best_subset(seed):
+def test_chita_is_within_one_percent_of_the_best_subset(seed, patience):
     A, anchor, ridge, keep = _regression(seed)
     problem = _problem(A, anchor, ridge)
-    result = solver.chita(problem, solver.Constraint.top_k(A.shape[1], keep))
+    result = solver.chita(problem, solver.Constraint.top_k(A.shape[1], keep), patience=patience)
     optimum = _best_subset(A, anchor, ridge, keep)
     assert problem.value(result.w) <= optimum * 1.01 + 1e-9
     assert int(result.mask.sum()) == keep and int((result.w != 0).sum()) <= keep
@@ -100,6 +101,16 @@ def test_iht_objective_never_increases(blocks):
     assert values[-1] < values[0] * 0.9
     recorded = solver.iht(problem, constraint, problem.anchor, max_iter=40, tol=0).objectives
     assert all(b <= a * (1 + 1e-6) for a, b in zip(recorded, recorded[1:]))
+
+
+def test_patience_stops_iht_once_the_support_settles():
+    problem = _random_problem(2)
+    constraint = solver.Constraint.top_k(problem.size, 60)
+    full = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0)
+    early = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0, patience=10)
+    assert len(early.objectives) < len(full.objectives) == 201
+    exact = [problem.value(solver.backsolve(problem, r.mask)) for r in (full, early)]
+    assert exact[1] <= exact[0] * 1.01  # the backsolve on the settled support is as good
 
 
 @pytest.mark.parametrize("keep", [10, 150])  # a support smaller and larger than n = 40 rows
