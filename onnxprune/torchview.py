@@ -62,11 +62,6 @@ def build_torch_view(model: onnx.ModelProto, weights: list[str] | None = None) -
     """Convert a canonical model to a TorchView in eval mode whose ``params`` hold ``weights``
     (default: every prunable weight); everything else is frozen."""
     converters.register()
-    unsupported = converters.unsupported_nodes(model)
-    if unsupported:
-        node, op, version = unsupported[0]
-        more = f" (and {len(unsupported) - 1} more)" if len(unsupported) > 1 else ""
-        raise ConversionError(f"op {op}-{version} in node {node!r}: no torch view{more}")
     prunable = {w.name: w for w in find_prunable(model)}
     names = list(prunable) if weights is None else list(weights)
     for name in names:
@@ -81,6 +76,11 @@ def build_torch_view(model: onnx.ModelProto, weights: list[str] | None = None) -
     try:
         graph_module = convert(lifted_model)
     except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... on unusual graphs
+        unsupported = converters.unsupported_nodes(model)  # name the nodes when converters refuse them
+        if unsupported:
+            node, op, version = unsupported[0]
+            more = f" (and {len(unsupported) - 1} more)" if len(unsupported) > 1 else ""
+            raise ConversionError(f"op {op}-{version} in node {node!r}: no torch view{more}") from None
         raise ConversionError(f"onnx2torch could not convert the model: {type(exc).__name__}: {exc}") from None
     graph_module.eval()
     for parameter in graph_module.parameters():
