@@ -1,7 +1,8 @@
 """onnxprune: post-training pruning of ONNX models, validated in ONNX Runtime.
 
-The Python API mirrors the CLI: ``prune`` writes a pruned model, ``evaluate`` and ``benchmark``
-measure written files in ONNX Runtime, ``inspect_model`` describes a model, ``sweep`` compares methods.
+The Python API mirrors the CLI: ``prune`` writes a pruned model (``Pruner`` writes several sparsities of
+one model, re-using work), ``evaluate`` and ``benchmark`` measure written files in ONNX Runtime,
+``inspect_model`` describes a model, ``sweep`` compares methods, ``search_sparsity`` meets a budget.
 Names are imported on first use, so ``import onnxprune`` (and the CLI's start) stays fast.
 """
 
@@ -14,17 +15,17 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "BenchResult": "bench", "benchmark": "bench",
-    "Canonical": "canonicalize", "canonicalize": "canonicalize",
+    "Canonical": "canonical", "canonicalize": "canonical",
     "Dataset": "data", "load_data": "data",
     "OnnxPruneError": "errors", "ModelError": "errors", "DataError": "errors", "ConfigError": "errors",
     "ConversionError": "errors", "OutputError": "errors", "ResourceError": "errors",
-    "EvalResult": "evaluate", "evaluate": "evaluate",
+    "EvalResult": "evaluation", "evaluate": "evaluation",
     "ModelInfo": "inspection", "inspect_model": "inspection",
     "load_model": "loading",
     "METHODS": "methods",
-    "PruneOutcome": "pipeline", "prune": "pipeline",
+    "PruneOutcome": "pipeline", "Pruner": "pipeline", "prune": "pipeline",
     "ModelStats": "stats", "model_stats": "stats",
-    "SweepReport": "sweep", "sweep": "sweep",
+    "SweepReport": "sweeps", "sweep": "sweeps",
     "Budget": "budget", "BudgetResult": "budget", "search_sparsity": "budget",
 }
 

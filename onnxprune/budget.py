@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from onnxprune.data import load_data
 from onnxprune.errors import ConfigError, OnnxPruneError
-from onnxprune.evaluate import evaluate
+from onnxprune.evaluation import evaluate
 from onnxprune.loading import load_model
 from onnxprune.methods import get_method, make_config
 from onnxprune.pipeline import Pruner, PruneOutcome

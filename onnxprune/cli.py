@@ -189,7 +189,7 @@ def _budget_search(model: str, output: str, method: str, calib: str | None, repo
 def eval_command(model: str, data: str, reference: str | None, batch_size: int, threads: int | None,
                  device: str, as_json: bool) -> None:
     """Accuracy (with labels) and fidelity to a reference, measured in ONNX Runtime."""
-    from onnxprune.evaluate import evaluate
+    from onnxprune.evaluation import evaluate
 
     result = evaluate(model, data, reference=reference, batch_size=batch_size, threads=threads, device=device)
     rows = [[k, v] for k, v in result.to_dict().items() if v is not None]
@@ -238,7 +238,7 @@ def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: s
           sparsities: str | None, batch: int, threads: int | None, runs: int, extra: tuple[str, ...],
           as_json: bool) -> None:
     """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
-    from onnxprune.sweep import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
+    from onnxprune.sweeps import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
 
     report = run_sweep(model, out_dir, data=data, calib=calib,
                        methods=parse_list(method_list) if method_list else DEFAULT_METHODS,

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from onnxprune.bench import benchmark
 from onnxprune.data import load_data
 from onnxprune.errors import ModelError
-from onnxprune.evaluate import evaluate
+from onnxprune.evaluation import evaluate
 from onnxprune.loading import load_model
 from onnxprune.methods import METHODS
 from onnxprune.pipeline import prune

@@ -8,7 +8,7 @@ from typing import Any
 
 import onnx
 
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.converters import unsupported_nodes
 from onnxprune.data import input_specs
 from onnxprune.loading import load_model

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from onnxprune.bench import make_feed
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.data import LABELS, Dataset, input_specs, load_data, validate
 from onnxprune.errors import ConfigError, ModelError
 from onnxprune.loading import check_model, load_model

@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from nets import random_data
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.prunable import find_prunable
 from onnxprune.runtime import make_session, run_batched
 

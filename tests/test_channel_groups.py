@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from nets import NETS, export, random_data
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.channel_groups import CHANNELWISE, CONSUMER, analyse_channels, find_groups
 from onnxprune.channel_surgery import ChannelMap, apply_channel_maps, fold_batchnorms
 from onnxprune.errors import ConfigError

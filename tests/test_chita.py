@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import nets
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.data import Dataset, load_data
 from onnxprune.errors import ConfigError, DataError, ResourceError
-from onnxprune.evaluate import evaluate
+from onnxprune.evaluation import evaluate
 from onnxprune.fisher import FlatLayout, choose_targets, gradient_matrix, parse_bytes, plan_memory, resolve_rows
 from onnxprune.loading import load_model
 from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, prune_chita, schedule

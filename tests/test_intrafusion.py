@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from nets import export, random_data
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.channel_groups import analyse_channels
 from onnxprune.channel_surgery import ChannelMap, apply_channel_maps, group_slabs, read_initializers
 from onnxprune.data import load_data
 from onnxprune.errors import ConfigError
-from onnxprune.evaluate import evaluate
+from onnxprune.evaluation import evaluate
 from onnxprune.loading import load_model
 from onnxprune.methods.intrafusion import IntraFusionConfig, prune_intrafusion
 from onnxprune.methods.l1_channel import ChannelConfig, prune_l1_channel

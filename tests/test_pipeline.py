@@ -123,3 +123,16 @@ def test_demo_runs_every_method_on_the_bundled_cnn(tmp_path):
     assert rows["intrafusion"]["accuracy"] > rows["l1-channel"]["accuracy"] + 20  # structured at 0.3
     assert rows["l1-channel"]["params"] < 0.6 * rows["dense"]["params"]
     assert len(list(tmp_path.glob("*.onnx"))) == 5
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    import importlib
+    import pkgutil
+    import types
+
+    import onnxprune
+
+    for info in pkgutil.walk_packages(onnxprune.__path__, "onnxprune."):
+        importlib.import_module(info.name)
+    shadowed = [n for n in onnxprune.__all__ if isinstance(getattr(onnxprune, n), types.ModuleType)]
+    assert shadowed == []

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from onnxprune.budget import Budget, search_sparsity
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.data import load_data
-from onnxprune.evaluate import evaluate
+from onnxprune.evaluation import evaluate
 from onnxprune.loading import load_model
 from onnxprune.methods import get_method, make_config
 from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, _path, prune_chita, schedule

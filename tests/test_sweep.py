@@ -14,8 +14,8 @@ from graphs import IR_VERSION
 from onnxprune.budget import Budget, search_sparsity
 from onnxprune.bench import benchmark
 from onnxprune.errors import ConfigError
-from onnxprune.evaluate import evaluate
-from onnxprune.sweep import pareto, sweep
+from onnxprune.evaluation import evaluate
+from onnxprune.sweeps import pareto, sweep
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, defs, helper, numpy_helper
 
 from nets import NETS, export, random_data
 from onnxprune import converters
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.errors import ConversionError
 from onnxprune.loading import load_model
 from onnxprune.prunable import find_prunable

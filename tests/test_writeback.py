@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from graphs import mlp_data, save, tiny_mlp
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.errors import ModelError, OutputError
 from onnxprune.loading import load_model
 from onnxprune.prunable import read_weights

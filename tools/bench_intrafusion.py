@@ -22,11 +22,11 @@ import numpy as np
 import onnx
 
 from onnxprune.bench import benchmark
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.channel_groups import find_groups
 from onnxprune.channel_surgery import fold_batchnorms
 from onnxprune.data import load_data
-from onnxprune.evaluate import evaluate
+from onnxprune.evaluation import evaluate
 from onnxprune.loading import load_model
 from onnxprune.pipeline import prune
 from onnxprune.stats import model_stats

@@ -28,7 +28,7 @@ import corpus
 from onnxprune.bench import make_feed
 from onnxprune.data import Dataset, input_specs
 from onnxprune.errors import OnnxPruneError
-from onnxprune.evaluate import evaluate
+from onnxprune.evaluation import evaluate
 from onnxprune.inspection import ModelInfo, inspect_model
 from onnxprune.loading import load_model
 from onnxprune.methods import METHODS, MethodSpec

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from onnxprune.canonicalize import canonicalize
+from onnxprune.canonical import canonicalize
 from onnxprune.data import Dataset, load_data
-from onnxprune.evaluate import evaluate
+from onnxprune.evaluation import evaluate
 from onnxprune.loading import load_model
 from onnxprune.methods.magnitude import magnitude_masks
 from onnxprune.prunable import find_prunable, read_weights

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from onnxprune.bench import benchmark
 from onnxprune.data import Dataset, load_data
 from onnxprune.errors import ConfigError, OnnxPruneError, OutputError
-from onnxprune.evaluate import evaluate
+from onnxprune.evaluation import evaluate
 from onnxprune.loading import load_model
 from onnxprune.methods import MethodSpec, get_method, make_config
 from onnxprune.pipeline import Pruner, write_json
