@@ -12,10 +12,12 @@ kinds, each handled by one table or function here:
 * real changes (attributes turned inputs, new attributes, new ops), written here: Reduce*-18
   (axes became an input), Split-18 (``num_outputs``), Pad-18 (``axes`` input) and Gelu-20.
 
-Two onnx2torch entries are replaced in place, and the version tables build on them: Reshape-14
-refuses ``allowzero=1``, which the dynamo exporter sets on every Reshape, and GlobalAveragePool-1
-averaged over every axis when shape inference could not tell the input's rank (legacy exports
-whose shapes are computed at run time).
+Older gaps are filled too: Dropout before opset 10 (Caffe2-era models) and AveragePool with
+asymmetric or SAME padding. Some onnx2torch entries are replaced in place, and the version tables
+build on them: Reshape-14 refuses ``allowzero=1``, which the dynamo exporter sets on every Reshape,
+GlobalAveragePool-1 averaged over every axis when shape inference could not tell the input's rank
+(legacy exports whose shapes are computed at run time), and AveragePool-7/10/11 refuse padding that
+torch's pooling cannot express.
 
 A converter raises NotImplementedError for what it cannot express, and ``unsupported_nodes`` tries
 every node's converter, so such a node is reported, with its name, before conversion starts.
@@ -200,6 +202,74 @@ class _PadOverAxes(nn.Module):
         return self.pad(input_tensor, pads, constant_value)
 
 
+class _InferenceDropout(nn.Module):
+    """Dropout-1/6/7 at inference: the input unchanged and, when the node has one, the mask ONNX
+    Runtime gives for these versions (zeros of the input's type)."""
+
+    def __init__(self, mask: bool):
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return (x, torch.zeros_like(x)) if self.mask else x
+
+
+def same_pads(sizes: list[int], kernel: list[int], strides: list[int], upper: bool) -> list[int]:
+    """ONNX SAME_UPPER/SAME_LOWER pads (all begins, then all ends) keeping ceil(size / stride) outputs;
+    the odd pixel goes to the end (UPPER) or the beginning (LOWER)."""
+    totals = [max((-(-n // s) - 1) * s + k - n, 0) for n, k, s in zip(sizes, kernel, strides)]
+    small = [t // 2 for t in totals]
+    large = [t - t // 2 for t in totals]
+    return small + large if upper else large + small
+
+
+class _PaddedAveragePool(nn.Module):
+    """AveragePool with pads torch's pooling cannot take (asymmetric or SAME): zero-pad, average full
+    windows, and without ``count_include_pad`` divide by the windows' share of real elements."""
+
+    def __init__(self, kernel: list[int], strides: list[int], pads: list[int] | None, auto_pad: str,
+                 count_include_pad: bool):
+        super().__init__()
+        self.kernel, self.strides, self.pads, self.auto_pad = kernel, strides, pads, auto_pad
+        self.count_include_pad = count_include_pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rank = x.dim() - 2
+        pads = self.pads or same_pads(list(x.shape[2:]), self.kernel, self.strides, self.auto_pad == "SAME_UPPER")
+        torch_pads = [p for axis in reversed(range(rank)) for p in (pads[axis], pads[axis + rank])]
+        pool = (nn.functional.avg_pool1d, nn.functional.avg_pool2d, nn.functional.avg_pool3d)[rank - 1]
+        mean = pool(nn.functional.pad(x, torch_pads), self.kernel, self.strides)
+        if self.count_include_pad:
+            return mean
+        ones = nn.functional.pad(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device), torch_pads)
+        return mean / pool(ones, self.kernel, self.strides)
+
+
+def _convert_dropout(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Dropout before opset 10, as ONNX Runtime runs it at inference."""
+    return _result(_InferenceDropout(len(node.output_values) > 1 and bool(node.output_values[1])), node)
+
+
+def _padding_aware(base: Converter) -> Converter:
+    """The AveragePool ``base`` converter, extended to asymmetric and SAME padding (without ceil_mode)."""
+
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        attributes = node.attributes
+        kernel = list(attributes["kernel_shape"])
+        rank = len(kernel)
+        pads = list(attributes.get("pads", [0] * 2 * rank))
+        auto_pad = attributes.get("auto_pad", "NOTSET")
+        padded = auto_pad in ("SAME_UPPER", "SAME_LOWER") or (auto_pad == "NOTSET" and pads[:rank] != pads[rank:])
+        if not padded or attributes.get("ceil_mode", 0) or not 1 <= rank <= 3:
+            return base(node, graph)
+        strides = list(attributes.get("strides", [1] * rank))
+        module = _PaddedAveragePool(kernel, strides, None if auto_pad != "NOTSET" else pads, auto_pad,
+                                    bool(attributes.get("count_include_pad", 0)))
+        return _result(module, node)
+
+    return convert
+
+
 def _constant_ints(node: OnnxNode, graph: OnnxGraph, index: int) -> list[int] | None:
     """The constant int list fed to input ``index`` of ``node``; None when the input is absent."""
     from onnx2torch.utils.common import get_const_value
@@ -269,16 +339,20 @@ def _convert_global_average_pool(node: OnnxNode, graph: OnnxGraph) -> OperationC
 
 
 def _replace_onnx2torch_entries() -> None:
-    """Replace two onnx2torch entries (add_converter refuses to, so this goes through its table):
-    Reshape-14 is extended to ``allowzero=1``, and GlobalAveragePool-1 no longer trusts the input
-    rank found by shape inference (an unknown rank made it average over every axis, batch included)."""
+    """Replace onnx2torch entries (add_converter refuses to, so this goes through its table):
+    Reshape-14 is extended to ``allowzero=1``, GlobalAveragePool-1 no longer trusts the input rank
+    found by shape inference (an unknown rank made it average over every axis, batch included), and
+    AveragePool-7/10/11 take asymmetric and SAME padding (TensorFlow and Caffe2 exports use them)."""
     from onnx2torch.node_converters import registry
 
-    reshape = registry.OperationDescription(domain="", operation_type="Reshape", version=14)
-    pool = registry.OperationDescription(domain="", operation_type="GlobalAveragePool", version=1)
+    def entry(op_type: str, version: int) -> Any:
+        return registry.OperationDescription(domain="", operation_type=op_type, version=version)
+
     table = registry._CONVERTER_REGISTRY
-    table[reshape] = _allowing_zero(table[reshape])
-    table[pool] = _convert_global_average_pool
+    table[entry("Reshape", 14)] = _allowing_zero(table[entry("Reshape", 14)])
+    table[entry("GlobalAveragePool", 1)] = _convert_global_average_pool
+    for version in (7, 10, 11):
+        table[entry("AveragePool", version)] = _padding_aware(table[entry("AveragePool", version)])
 
 
 def _restricted(op_type: str, base: Converter, checks: dict[str, AttributeCheck]) -> Converter:
@@ -325,6 +399,8 @@ def register() -> None:
     _add("Split", 18, _convert_split)
     _add("Pad", 18, _convert_pad)
     _add("Gelu", 20, _convert_gelu)
+    for version in (1, 6, 7):
+        _add("Dropout", version, _convert_dropout)
     for op_type, version, base, checks in RESTRICTED:
         _add(op_type, version, _restricted(op_type, get_converter(op_type, base), checks))
     for op_type, (base, versions) in TYPE_ONLY_UPGRADES.items():

@@ -58,6 +58,29 @@ def _lift_weights(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return lifted
 
 
+def _separate_outputs(model: onnx.ModelProto) -> None:
+    """Give every graph output taken from a multi-output node its own Identity node, in place.
+
+    onnx2torch returns a node's whole output tuple for any graph output it produces (and one entry
+    for several such outputs), so without this the view's outputs would not match the graph's."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | \
+        {t.name for t in graph.initializer}
+    for output in graph.output:
+        node = producer.get(output.name)
+        if node is None or len(node.output) < 2:
+            continue
+        inner = output.name + "__node_output"
+        while inner in taken:
+            inner += "_"
+        taken.add(inner)
+        node.output[list(node.output).index(output.name)] = inner
+        for reader in graph.node:
+            reader.input[:] = [inner if name == output.name else name for name in reader.input]
+        graph.node.append(onnx.helper.make_node("Identity", [inner], [output.name], name=inner + "_identity"))
+
+
 def build_torch_view(model: onnx.ModelProto, weights: list[str] | None = None) -> TorchView:
     """Convert a canonical model to a TorchView in eval mode whose ``params`` hold ``weights``
     (default: every prunable weight); everything else is frozen."""
@@ -70,6 +93,7 @@ def build_torch_view(model: onnx.ModelProto, weights: list[str] | None = None) -
     lifted_names = [n for n in names if prunable[n].op_type != "Conv"]
     conv_names = [n for n in names if prunable[n].op_type == "Conv"]
     lifted_model = _lift_weights(model, lifted_names)
+    _separate_outputs(lifted_model)
     from onnx2torch import convert
     from onnx2torch.onnx_graph import OnnxGraph
 

@@ -4,6 +4,7 @@ opsets, the parameter map, gradients, the extra converters op by op, and clean r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -189,6 +190,39 @@ def test_average_pool_19_and_22():
     for opset in (19, 22):
         node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], strides=[1, 1], dilations=[1, 1])
         _assert_parity(_graph_model([node], [_x()], ["y"], opset))
+
+
+@pytest.mark.parametrize("attributes, shape", [
+    ({"kernel_shape": [3, 3], "pads": [0, 0, 1, 1]}, (2, 3, 6, 7)),  # Caffe2 / TF-style asymmetric pads
+    ({"kernel_shape": [3, 3], "pads": [1, 0, 2, 1], "count_include_pad": 1}, (2, 3, 6, 7)),
+    ({"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"}, (2, 3, 7, 8)),
+    ({"kernel_shape": [3, 3], "strides": [2, 3], "auto_pad": "SAME_LOWER"}, (2, 3, 7, 8)),
+    ({"kernel_shape": [3], "strides": [2], "pads": [0, 2]}, (2, 3, 9)),
+])
+def test_average_pool_with_asymmetric_or_same_padding(attributes, shape):
+    for opset in (9, 11, 19):
+        _assert_parity(_graph_model([helper.make_node("AveragePool", ["x"], ["y"], **attributes)], [_x(shape)],
+                                    ["y"], opset))
+
+
+@pytest.mark.parametrize("outputs", [["y"], ["y", "mask"]])
+def test_dropout_before_opset_10_is_the_identity(outputs):
+    nodes = [helper.make_node("Dropout", ["x"], outputs, ratio=0.4), helper.make_node("Relu", ["y"], ["z"])]
+    model = _graph_model(nodes, [_x()], ["z"] + outputs[1:], 9)
+    _assert_parity(model)  # outputs match ONNX Runtime's, the mask included (zeros there)
+    out = build_torch_view(model)(torch.randn(2, 3, 4, 5))
+    assert len(out) == len(outputs) and all(o.shape == (2, 3, 4, 5) for o in out)
+
+
+def test_caffe2_models_convert():
+    """The opset-9 Caffe2 models shipped with onnx use Dropout-7 and asymmetric AveragePool padding."""
+    folder = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    for name in ("inception_v1", "bvlc_alexnet"):
+        model = canonicalize(load_model(folder / f"light_{name}.onnx")).model
+        assert converters.unsupported_nodes(model) == [], name
+    model = canonicalize(load_model(folder / "light_inception_v1.onnx")).model  # fixed batch of 1
+    result = check_parity(build_torch_view(model), model, random_data(model, samples=1), tolerance=TOLERANCE)
+    assert result.max_abs_diff < TOLERANCE
 
 
 def test_global_average_pool_of_unknown_rank():

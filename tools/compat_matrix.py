@@ -119,8 +119,9 @@ def run_method(entry: corpus.Entry, method: str, data: Dataset, folder: Path) ->
     finally:
         output.unlink(missing_ok=True)
     if spec.structured and not outcome.details.get("groups"):
-        reasons = sorted({s["reason"] for s in outcome.details.get("skipped", [])})
-        return "skipped", f"no channel group can be pruned: {'; '.join(reasons)}"
+        reasons = sorted({part for s in outcome.details.get("skipped", []) for part in s["reason"].split("; ")})
+        more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        return "skipped", f"no channel group can be pruned: {'; '.join(reasons[:3])}{more}"
     return "ok", figures(outcome.after.sparsity, (outcome.before.params, outcome.after.params), result.to_dict())
 
 
