@@ -17,7 +17,6 @@ from tqdm import tqdm
 from onnxprune.data import load_data
 from onnxprune.errors import ConfigError, OnnxPruneError
 from onnxprune.evaluation import evaluate
-from onnxprune.loading import load_model
 from onnxprune.methods import get_method, make_config
 from onnxprune.pipeline import Pruner, PruneOutcome
 from onnxprune.writeback import check_output_path
@@ -85,13 +84,11 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
         raise ConfigError("a budget search chooses the sparsity itself: drop --sparsity")
     make_config(get_method(method), sparsity=low, **options)  # bad options fail before any work
     check_output_path(output, [model_path])
-    original = load_model(model_path)
-    eval_data = load_data(Path(data), original)
-    calib_data = load_data(Path(calib), original) if calib is not None else None
+    pruner = Pruner(model_path, method, calib=calib, **options)  # loaded and checked once for every trial
+    eval_data = load_data(Path(data), pruner.canonical.model)
     if budget.max_accuracy_drop is not None and eval_data.labels is None:
         raise ConfigError("--max-accuracy-drop needs labels in --data; use --min-agreement without labels")
     dense_accuracy = evaluate(model_path, eval_data).accuracy
-    pruner = Pruner(model_path, method, calib=calib_data, **options)  # one setup for every trial
     work = Path(tempfile.mkdtemp(prefix=".onnxprune-budget-", dir=Path(output).resolve().parent))
     result = BudgetResult(method, budget, dense_accuracy, None, None, None, None)
     best: tuple[float, Path, PruneOutcome, BudgetTrial] | None = None

@@ -627,15 +627,23 @@ class _Analyser:
             return
         self.set_layout(node, node.output[0], layout)
 
-    def _axes(self, node: onnx.NodeProto, rank: int) -> list[int] | None:
-        """The axes attribute or constant axes input of a reduction; None when computed at run time."""
-        axes = _attr(node, "axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
+    def _int_list(self, node: onnx.NodeProto, name: str) -> tuple[bool, list[int] | None]:
+        """(known, values) of a list given as attribute ``name`` or, in newer opsets, as the node's
+        second input: values None when absent; known False when the input is computed at run time."""
+        values = _attr(node, name)
+        if values is None and len(node.input) > 1 and node.input[1]:
             value = self.value(node.input[1])
             if value is None:
-                return None
-            axes = value.reshape(-1).tolist()
-        return sorted({int(a) + rank if int(a) < 0 else int(a) for a in (axes or [])})
+                return False, None
+            values = value.reshape(-1).tolist()
+        return True, None if values is None else [int(v) for v in values]
+
+    def _axes(self, node: onnx.NodeProto, rank: int) -> list[int] | None:
+        """The axes attribute or constant axes input of a reduction; None when computed at run time."""
+        known, axes = self._int_list(node, "axes")
+        if not known:
+            return None
+        return sorted({a + rank if a < 0 else a for a in (axes or [])})
 
     def reduce(self, node: onnx.NodeProto) -> None:
         layout = self.layouts[node.input[0]]
@@ -758,12 +766,9 @@ class _Analyser:
 
     def _split_sizes(self, node: onnx.NodeProto, length: int) -> list[int] | None:
         """Entries per Split output: its attribute or constant input, else an equal split."""
-        sizes = _attr(node, "split")
-        if sizes is None and len(node.input) > 1 and node.input[1]:
-            value = self.value(node.input[1])
-            if value is None:
-                return None
-            sizes = value.reshape(-1).tolist()
+        known, sizes = self._int_list(node, "split")
+        if not known:
+            return None
         if sizes is None:
             parts = len(node.output)
             chunk = -(-length // parts)

@@ -170,12 +170,13 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
                 pruner = Pruner(dense, spec.name, calib=calib_data if spec.needs_calib else None,
                                 **per_method[spec.name])
                 pruner.session().expect(order)
-            except OnnxPruneError as exc:
+            except OnnxPruneError as exc:  # the method cannot run on this model: every point says why
                 for point in points:
                     point.error = str(exc)
-                pruner = None
                 bar.update(len(points))
-            for point in points if pruner is not None else []:
+                report.points += sorted(points, key=lambda p: p.sparsity)
+                continue
+            for point in points:
                 target = folder / f"{spec.name.replace('+', 'p')}_{point.sparsity:g}.onnx"
                 began = time.perf_counter()
                 try:

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _accuracy(model, view, names: list[str], test: Dataset, path: Path) -> float:
     """ORT accuracy of ``model`` with the view's current weights written back."""
-    weights = {n: view.params[n].detach().numpy().astype(read_weights(model, [n])[n].dtype) for n in names}
+    dtypes = {n: w.dtype for n, w in read_weights(model, names).items()}
+    weights = {n: view.params[n].detach().numpy().astype(dtypes[n]) for n in names}
     save_model(replace_initializers(model, weights), path)
     return evaluate(path, test).accuracy
 
