@@ -14,19 +14,19 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BenchResult": "bench", "benchmark": "bench",
-    "Canonical": "canonical", "canonicalize": "canonical",
+    "BenchResult": "validate.bench", "benchmark": "validate.bench",
+    "Canonical": "graph.canonical", "canonicalize": "graph.canonical",
     "Dataset": "data", "load_data": "data",
     "OnnxPruneError": "errors", "ModelError": "errors", "DataError": "errors", "ConfigError": "errors",
     "ConversionError": "errors", "OutputError": "errors", "ResourceError": "errors",
-    "EvalResult": "evaluation", "evaluate": "evaluation",
+    "EvalResult": "validate.evaluation", "evaluate": "validate.evaluation",
     "ModelInfo": "inspection", "inspect_model": "inspection",
-    "load_model": "loading",
+    "load_model": "graph.io",
     "METHODS": "methods",
     "PruneOutcome": "pipeline", "Pruner": "pipeline", "prune": "pipeline",
-    "ModelStats": "stats", "model_stats": "stats",
-    "SweepReport": "sweeps", "sweep": "sweeps",
-    "Budget": "budget", "BudgetResult": "budget", "search_sparsity": "budget",
+    "ModelStats": "graph.stats", "model_stats": "graph.stats",
+    "SweepReport": "workflows.sweeps", "sweep": "workflows.sweeps",
+    "Budget": "workflows.budget", "BudgetResult": "workflows.budget", "search_sparsity": "workflows.budget",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.tables import fmt, human_bytes, table
+from onnxprune.report import fmt, human_bytes, table
 
 log = logging.getLogger("onnxprune")
 
@@ -155,7 +155,7 @@ def _budget_search(model: str, output: str, method: str, calib: str | None, repo
                    max_accuracy_drop: float | None, min_agreement: float | None, options: dict[str, Any],
                    as_json: bool) -> None:
     """``prune`` with a budget: bisect the sparsity, write the best model within budget."""
-    from onnxprune.budget import Budget, search_sparsity
+    from onnxprune.workflows.budget import Budget, search_sparsity
     from onnxprune.errors import ConfigError
     from onnxprune.pipeline import write_json
 
@@ -189,7 +189,7 @@ def _budget_search(model: str, output: str, method: str, calib: str | None, repo
 def eval_command(model: str, data: str, reference: str | None, batch_size: int, threads: int | None,
                  device: str, as_json: bool) -> None:
     """Accuracy (with labels) and fidelity to a reference, measured in ONNX Runtime."""
-    from onnxprune.evaluation import evaluate
+    from onnxprune.validate.evaluation import evaluate
 
     result = evaluate(model, data, reference=reference, batch_size=batch_size, threads=threads, device=device)
     rows = [[k, v] for k, v in result.to_dict().items() if v is not None]
@@ -209,7 +209,7 @@ def eval_command(model: str, data: str, reference: str | None, batch_size: int, 
 def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int, warmup: int,
           data: str | None, device: str, as_json: bool) -> None:
     """Latency (median, p90) in ONNX Runtime; with --vs, the speed-up of MODEL over OTHER."""
-    from onnxprune.bench import benchmark
+    from onnxprune.validate.bench import benchmark
 
     r = benchmark(model, vs=vs, batch=batch, threads=threads, runs=runs, warmup=warmup, device=device, data=data)
     rows = [[r.model, r.median_ms, r.p90_ms]] + ([[r.vs, r.vs_median_ms, r.vs_p90_ms]] if r.vs else [])
@@ -238,7 +238,7 @@ def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: s
           sparsities: str | None, batch: int, threads: int | None, runs: int, extra: tuple[str, ...],
           as_json: bool) -> None:
     """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
-    from onnxprune.sweeps import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
+    from onnxprune.workflows.sweeps import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
 
     report = run_sweep(model, out_dir, data=data, calib=calib,
                        methods=parse_list(method_list) if method_list else DEFAULT_METHODS,
@@ -269,7 +269,7 @@ def methods() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def demo(out: str | None, as_json: bool) -> None:
     """The whole pipeline on the bundled CNN with every method: prune, eval, bench, one table."""
-    from onnxprune.demo import run_demo
+    from onnxprune.workflows.demo import run_demo
 
     result = run_demo(out)
     _emit(result.to_dict(), result.text(), as_json)

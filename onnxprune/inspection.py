@@ -8,11 +8,11 @@ from typing import Any
 
 import onnx
 
-from onnxprune.canonical import canonicalize
-from onnxprune.converters import unsupported_nodes
+from onnxprune.graph.canonical import canonicalize
+from onnxprune.view.onnx2torch_compat import unsupported_nodes
 from onnxprune.data import input_specs
-from onnxprune.loading import load_model
-from onnxprune.stats import ModelStats, model_stats
+from onnxprune.graph.io import load_model
+from onnxprune.graph.stats import ModelStats, model_stats
 
 
 @dataclass
@@ -50,7 +50,7 @@ def _value(value: onnx.ValueInfoProto) -> dict[str, Any]:
 
 def channel_groups(model: onnx.ModelProto) -> list[dict[str, Any]]:
     """The coupled channel groups structured pruning sees, as JSON-ready dicts."""
-    from onnxprune.channel_groups import find_groups
+    from onnxprune.channels.analysis import find_groups
 
     return [group.to_dict() for group in find_groups(model)]
 

@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxprune.bench import make_feed
-from onnxprune.canonical import canonicalize
+from onnxprune.validate.bench import make_feed
+from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import LABELS, Dataset, input_specs, load_data, validate
 from onnxprune.errors import ConfigError, ModelError
-from onnxprune.loading import check_model, load_model
+from onnxprune.graph.io import check_model, load_model
 from onnxprune.methods import get_method, make_config
 from onnxprune.methods.base import SparsitySession
-from onnxprune.prunable import find_prunable
-from onnxprune.runtime import make_session, run_batched
-from onnxprune.stats import ModelStats, model_stats
-from onnxprune.writeback import check_output_path, compress_sparse, save_model
+from onnxprune.graph.prunable import find_prunable
+from onnxprune.validate.runtime import make_session, run_batched
+from onnxprune.graph.stats import ModelStats, model_stats
+from onnxprune.graph.edit import check_output_path, compress_sparse, save_model
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from nets import random_data
-from onnxprune.canonical import canonicalize
-from onnxprune.prunable import find_prunable
-from onnxprune.runtime import make_session, run_batched
+from onnxprune.graph.canonical import canonicalize
+from onnxprune.graph.prunable import find_prunable
+from onnxprune.validate.runtime import make_session, run_batched
 
 RNG = np.random.default_rng(0)
 

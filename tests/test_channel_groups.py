@@ -14,13 +14,13 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from nets import NETS, export, random_data
-from onnxprune.canonical import canonicalize
-from onnxprune.channel_groups import CHANNELWISE, CONSUMER, analyse_channels, find_groups
-from onnxprune.channel_surgery import ChannelMap, apply_channel_maps, fold_batchnorms
+from onnxprune.graph.canonical import canonicalize
+from onnxprune.channels.analysis import CHANNELWISE, CONSUMER, analyse_channels, find_groups
+from onnxprune.channels.surgery import ChannelMap, apply_channel_maps, fold_batchnorms
 from onnxprune.errors import ConfigError
-from onnxprune.loading import load_model
+from onnxprune.graph.io import load_model
 from onnxprune.methods.l1_channel import ChannelConfig, prune_l1_channel
-from onnxprune.runtime import make_session
+from onnxprune.validate.runtime import make_session
 
 EXPORTS = {"legacy": (False, 13), "dynamo": (True, None)}
 

@@ -10,17 +10,17 @@ import pytest
 import torch
 
 import nets
-from onnxprune.canonical import canonicalize
+from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import Dataset, load_data
 from onnxprune.errors import ConfigError, DataError, ResourceError
-from onnxprune.evaluation import evaluate
-from onnxprune.fisher import FlatLayout, choose_targets, gradient_matrix, parse_bytes, plan_memory, resolve_rows
-from onnxprune.loading import load_model
+from onnxprune.validate.evaluation import evaluate
+from onnxprune.view.fisher import FlatLayout, choose_targets, gradient_matrix, parse_bytes, plan_memory, resolve_rows
+from onnxprune.graph.io import load_model
 from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, prune_chita, schedule
 from onnxprune.pipeline import prune
-from onnxprune.prunable import read_weights, select_prunable
-from onnxprune.torchview import build_torch_view
-from onnxprune.writeback import replace_initializers, save_model
+from onnxprune.graph.prunable import read_weights, select_prunable
+from onnxprune.view.torchview import build_torch_view
+from onnxprune.graph.edit import replace_initializers, save_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 MLP, MLP_CALIB, MLP_TEST = MODELS / "mlp.onnx", MODELS / "mlp_calib.npz", MODELS / "mlp_test.npz"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from onnxprune import chita_solver as solver
+from onnxprune.methods import chita_solver as solver
 
 
 def _problem(A: np.ndarray, anchor: np.ndarray, ridge: float, blocks=None, first_order=False) -> solver.Problem:

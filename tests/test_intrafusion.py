@@ -14,18 +14,18 @@ from hypothesis import strategies as st
 from torch import nn
 
 from nets import export, random_data
-from onnxprune.canonical import canonicalize
-from onnxprune.channel_groups import analyse_channels
-from onnxprune.channel_surgery import ChannelMap, apply_channel_maps, group_slabs, read_initializers
+from onnxprune.graph.canonical import canonicalize
+from onnxprune.channels.analysis import analyse_channels
+from onnxprune.channels.surgery import ChannelMap, apply_channel_maps, group_slabs, read_initializers
 from onnxprune.data import load_data
 from onnxprune.errors import ConfigError
-from onnxprune.evaluation import evaluate
-from onnxprune.loading import load_model
+from onnxprune.validate.evaluation import evaluate
+from onnxprune.graph.io import load_model
 from onnxprune.methods.intrafusion import IntraFusionConfig, prune_intrafusion
 from onnxprune.methods.l1_channel import ChannelConfig, prune_l1_channel
-from onnxprune.ot_fusion import fusion_maps, pairing_vectors, transport_plan
+from onnxprune.methods.ot_fusion import fusion_maps, pairing_vectors, transport_plan
 from onnxprune.pipeline import prune
-from onnxprune.runtime import make_session, run_batched
+from onnxprune.validate.runtime import make_session, run_batched
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from graphs import mlp_data, save, tiny_conv, tiny_mlp
 from onnxprune.cli import cli
 from onnxprune.pipeline import prune
-from onnxprune.prunable import read_weights
-from onnxprune.runtime import make_session
+from onnxprune.graph.prunable import read_weights
+from onnxprune.validate.runtime import make_session
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

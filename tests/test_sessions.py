@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxprune.budget import Budget, search_sparsity
-from onnxprune.canonical import canonicalize
+from onnxprune.workflows.budget import Budget, search_sparsity
+from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import load_data
-from onnxprune.evaluation import evaluate
-from onnxprune.loading import load_model
+from onnxprune.validate.evaluation import evaluate
+from onnxprune.graph.io import load_model
 from onnxprune.methods import get_method, make_config
 from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, _path, prune_chita, schedule
 from onnxprune.methods.l1_channel import ChannelConfig, prune_l1_channel
-from onnxprune.prunable import read_weights
-from onnxprune.writeback import save_model
+from onnxprune.graph.prunable import read_weights
+from onnxprune.graph.edit import save_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from graphs import save, tiny_conv, tiny_mlp
-from onnxprune.prunable import read_weights
-from onnxprune.stats import model_stats
-from onnxprune.writeback import replace_initializers
+from onnxprune.graph.prunable import read_weights
+from onnxprune.graph.stats import model_stats
+from onnxprune.graph.edit import replace_initializers
 
 
 def test_macs_and_params_match_hand_counts(tmp_path):

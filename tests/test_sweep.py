@@ -11,11 +11,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphs import IR_VERSION
-from onnxprune.budget import Budget, search_sparsity
-from onnxprune.bench import benchmark
+from onnxprune.workflows.budget import Budget, search_sparsity
+from onnxprune.validate.bench import benchmark
 from onnxprune.errors import ConfigError
-from onnxprune.evaluation import evaluate
-from onnxprune.sweeps import pareto, sweep
+from onnxprune.validate.evaluation import evaluate
+from onnxprune.workflows.sweeps import pareto, sweep
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -13,12 +13,12 @@ import torch
 from onnx import TensorProto, defs, helper, numpy_helper
 
 from nets import NETS, export, random_data
-from onnxprune import converters
-from onnxprune.canonical import canonicalize
+from onnxprune.view import onnx2torch_compat as converters
+from onnxprune.graph.canonical import canonicalize
 from onnxprune.errors import ConversionError
-from onnxprune.loading import load_model
-from onnxprune.prunable import find_prunable
-from onnxprune.torchview import TorchView, build_torch_view, check_parity
+from onnxprune.graph.io import load_model
+from onnxprune.graph.prunable import find_prunable
+from onnxprune.view.torchview import TorchView, build_torch_view, check_parity
 
 DYNAMO = None  # the opset of a dynamo export: its default
 EXPORTS = [pytest.param(False, 11, id="legacy-11"), pytest.param(False, 13, id="legacy-13"),

@@ -9,12 +9,12 @@ import onnx
 import pytest
 
 from graphs import mlp_data, save, tiny_mlp
-from onnxprune.canonical import canonicalize
+from onnxprune.graph.canonical import canonicalize
 from onnxprune.errors import ModelError, OutputError
-from onnxprune.loading import load_model
-from onnxprune.prunable import read_weights
-from onnxprune.runtime import make_session
-from onnxprune.writeback import compress_sparse, replace_initializers, save_model
+from onnxprune.graph.io import load_model
+from onnxprune.graph.prunable import read_weights
+from onnxprune.validate.runtime import make_session
+from onnxprune.graph.edit import compress_sparse, replace_initializers, save_model
 
 
 def _run(model, x):

@@ -29,7 +29,7 @@ def run_one(model: str, method: str, sparsity: float, options: dict[str, Any], t
     """Prune one model in this (fresh) process, evaluate the written file in ORT, report figures."""
     import torch
 
-    from onnxprune.evaluation import evaluate
+    from onnxprune.validate.evaluation import evaluate
     from onnxprune.pipeline import prune
 
     torch.set_num_threads(threads)
@@ -55,7 +55,7 @@ def run_one(model: str, method: str, sparsity: float, options: dict[str, Any], t
 
 def dense_accuracy(model: str, threads: int) -> float:
     """Test accuracy of the unpruned model in ONNX Runtime."""
-    from onnxprune.evaluation import evaluate
+    from onnxprune.validate.evaluation import evaluate
 
     return evaluate(MODELS / f"{model}.onnx", MODELS / f"{model}_test.npz", threads=threads, device="cpu").accuracy
 

@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.bench import benchmark
-from onnxprune.canonical import canonicalize
-from onnxprune.channel_groups import find_groups
-from onnxprune.channel_surgery import fold_batchnorms
+from onnxprune.validate.bench import benchmark
+from onnxprune.graph.canonical import canonicalize
+from onnxprune.channels.analysis import find_groups
+from onnxprune.channels.surgery import fold_batchnorms
 from onnxprune.data import load_data
-from onnxprune.evaluation import evaluate
-from onnxprune.loading import load_model
+from onnxprune.validate.evaluation import evaluate
+from onnxprune.graph.io import load_model
 from onnxprune.pipeline import prune
-from onnxprune.stats import model_stats
-from onnxprune.tables import table
+from onnxprune.graph.stats import model_stats
+from onnxprune.report import table
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE_SPARSITIES = (0.3, 0.5, 0.7)

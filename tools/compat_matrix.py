@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Iterator
 
 import corpus
-from onnxprune.bench import make_feed
+from onnxprune.validate.bench import make_feed
 from onnxprune.data import Dataset, input_specs
 from onnxprune.errors import OnnxPruneError
-from onnxprune.evaluation import evaluate
+from onnxprune.validate.evaluation import evaluate
 from onnxprune.inspection import ModelInfo, inspect_model
-from onnxprune.loading import load_model
+from onnxprune.graph.io import load_model
 from onnxprune.methods import METHODS, MethodSpec
 from onnxprune.pipeline import prune
 

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from onnxprune.canonical import canonicalize
+from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import Dataset, load_data
-from onnxprune.evaluation import evaluate
-from onnxprune.loading import load_model
+from onnxprune.validate.evaluation import evaluate
+from onnxprune.graph.io import load_model
 from onnxprune.methods.magnitude import magnitude_masks
-from onnxprune.prunable import find_prunable, read_weights
-from onnxprune.tables import table
-from onnxprune.torchview import build_torch_view
-from onnxprune.writeback import replace_initializers, save_model
+from onnxprune.graph.prunable import find_prunable, read_weights
+from onnxprune.report import table
+from onnxprune.view.torchview import build_torch_view
+from onnxprune.graph.edit import replace_initializers, save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

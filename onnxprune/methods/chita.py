@@ -20,16 +20,16 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
-from onnxprune import chita_solver as solver
+from onnxprune.methods import chita_solver as solver
 from onnxprune.data import LABELS, Dataset, input_specs, validate
 from onnxprune.errors import ConfigError, DataError
-from onnxprune.fisher import (TARGETS, FlatLayout, choose_targets, format_bytes, gradient_matrix,
+from onnxprune.view.fisher import (TARGETS, FlatLayout, choose_targets, format_bytes, gradient_matrix,
                               matrix_bytes, parse_bytes, plan_memory, resolve_rows)
 from onnxprune.methods.base import MethodConfig, MethodResult
 from onnxprune.methods.magnitude import ALLOCATIONS
-from onnxprune.prunable import PrunableWeight, read_weights, select_prunable
-from onnxprune.torchview import TorchView, build_torch_view, check_parity
-from onnxprune.writeback import replace_initializers
+from onnxprune.graph.prunable import PrunableWeight, read_weights, select_prunable
+from onnxprune.view.torchview import TorchView, build_torch_view, check_parity
+from onnxprune.graph.edit import replace_initializers
 
 log = logging.getLogger(__name__)
 

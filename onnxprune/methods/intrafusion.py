@@ -9,13 +9,13 @@ from functools import partial
 import numpy as np
 import onnx
 
-from onnxprune.channel_groups import ChannelGroup, Member
-from onnxprune.channel_surgery import ChannelMap
+from onnxprune.channels.analysis import ChannelGroup, Member
+from onnxprune.channels.surgery import ChannelMap
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
 from onnxprune.methods.base import MethodResult
 from onnxprune.methods.l1_channel import ChannelConfig, ChannelSession
-from onnxprune.ot_fusion import MARGINALS, NORMALIZATIONS, fusion_maps, pairing_vectors, transport_plan
+from onnxprune.methods.ot_fusion import MARGINALS, NORMALIZATIONS, fusion_maps, pairing_vectors, transport_plan
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from onnxprune.channel_groups import ChannelGroup, Member, analyse_channels
-from onnxprune.channel_surgery import (ChannelMap, apply_channel_maps, fold_batchnorms, group_slabs, member_slab,
+from onnxprune.channels.analysis import ChannelGroup, Member, analyse_channels
+from onnxprune.channels.surgery import (ChannelMap, apply_channel_maps, fold_batchnorms, group_slabs, member_slab,
                                        read_initializers)
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
@@ -92,8 +92,8 @@ def _taylor_saliency(model: onnx.ModelProto, tensors: set[str], calib: Dataset) 
     """
     import torch
 
-    from onnxprune.prunable import find_prunable
-    from onnxprune.torchview import build_torch_view
+    from onnxprune.graph.prunable import find_prunable
+    from onnxprune.view.torchview import build_torch_view
 
     names = [w.name for w in find_prunable(model) if w.name in tensors]
     view = build_torch_view(model, weights=names)

@@ -10,8 +10,8 @@ import onnx
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
 from onnxprune.methods.base import MethodConfig, MethodResult
-from onnxprune.prunable import read_weights, select_prunable
-from onnxprune.writeback import replace_initializers
+from onnxprune.graph.prunable import read_weights, select_prunable
+from onnxprune.graph.edit import replace_initializers
 
 ALLOCATIONS = ("global", "uniform")
 

@@ -14,15 +14,15 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from onnxprune.bench import benchmark
+from onnxprune.validate.bench import benchmark
 from onnxprune.data import Dataset, load_data
 from onnxprune.errors import ConfigError, OnnxPruneError, OutputError
-from onnxprune.evaluation import evaluate
-from onnxprune.loading import load_model
+from onnxprune.validate.evaluation import evaluate
+from onnxprune.graph.io import load_model
 from onnxprune.methods import MethodSpec, get_method, make_config
 from onnxprune.pipeline import Pruner, write_json
-from onnxprune.stats import model_stats
-from onnxprune.tables import human_bytes, table
+from onnxprune.graph.stats import model_stats
+from onnxprune.report import human_bytes, table
 
 DEFAULT_METHODS = ("magnitude", "chita++", "l1-channel", "intrafusion")
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)

@@ -11,8 +11,8 @@ import numpy as np
 
 from onnxprune.data import Dataset, load_data
 from onnxprune.errors import DataError
-from onnxprune.loading import load_model
-from onnxprune.runtime import make_session, provider_name, run_batched
+from onnxprune.graph.io import load_model
+from onnxprune.validate.runtime import make_session, provider_name, run_batched
 
 
 @dataclass

@@ -109,7 +109,7 @@ def name_nodes(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
 
 def densify_sparse_initializers(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     """Store sparse initializers (as written by ``--compress``) as ordinary dense initializers."""
-    from onnxprune.stats import sparse_to_dense
+    from onnxprune.graph.stats import sparse_to_dense
 
     sparse = list(model.graph.sparse_initializer)
     for tensor in sparse:

@@ -16,10 +16,10 @@ from tqdm import tqdm
 
 from onnxprune.data import load_data
 from onnxprune.errors import ConfigError, OnnxPruneError
-from onnxprune.evaluation import evaluate
+from onnxprune.validate.evaluation import evaluate
 from onnxprune.methods import get_method, make_config
 from onnxprune.pipeline import Pruner, PruneOutcome
-from onnxprune.writeback import check_output_path
+from onnxprune.graph.edit import check_output_path
 
 log = logging.getLogger(__name__)
 

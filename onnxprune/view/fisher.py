@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError, DataError, ResourceError
-from onnxprune.torchview import TorchView
+from onnxprune.view.torchview import TorchView
 
 log = logging.getLogger(__name__)
 

@@ -10,17 +10,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from onnxprune.bench import benchmark
+from onnxprune.validate.bench import benchmark
 from onnxprune.data import load_data
 from onnxprune.errors import ModelError
-from onnxprune.evaluation import evaluate
-from onnxprune.loading import load_model
+from onnxprune.validate.evaluation import evaluate
+from onnxprune.graph.io import load_model
 from onnxprune.methods import METHODS
 from onnxprune.pipeline import prune
-from onnxprune.stats import model_stats
-from onnxprune.tables import human_bytes, table
+from onnxprune.graph.stats import model_stats
+from onnxprune.report import human_bytes, table
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 EVAL_SAMPLES = 2000  # first test images: enough to rank methods, fast enough for a two-minute demo
 DEMO_SPARSITY = {False: 0.7, True: 0.3}  # unstructured / structured
 # Per-method settings: fewer gradient rows and stages keep CHITA within the demo's time budget on two

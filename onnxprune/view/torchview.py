@@ -16,11 +16,11 @@ import onnx
 import torch
 from torch import nn
 
-from onnxprune import converters
+from onnxprune.view import onnx2torch_compat as compat
 from onnxprune.data import Dataset
 from onnxprune.errors import ConversionError
-from onnxprune.prunable import find_prunable
-from onnxprune.runtime import make_session, run_batched
+from onnxprune.graph.prunable import find_prunable
+from onnxprune.validate.runtime import make_session, run_batched
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _separate_outputs(model: onnx.ModelProto) -> None:
 def build_torch_view(model: onnx.ModelProto, weights: list[str] | None = None) -> TorchView:
     """Convert a canonical model to a TorchView in eval mode whose ``params`` hold ``weights``
     (default: every prunable weight); everything else is frozen."""
-    converters.register()
+    compat.register()
     prunable = {w.name: w for w in find_prunable(model)}
     names = list(prunable) if weights is None else list(weights)
     for name in names:
@@ -100,7 +100,7 @@ def build_torch_view(model: onnx.ModelProto, weights: list[str] | None = None) -
     try:
         graph_module = convert(lifted_model)
     except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... on unusual graphs
-        unsupported = converters.unsupported_nodes(model)  # name the nodes when converters refuse them
+        unsupported = compat.unsupported_nodes(model)  # name the nodes when converters refuse them
         if unsupported:
             node, op, version = unsupported[0]
             more = f" (and {len(unsupported) - 1} more)" if len(unsupported) > 1 else ""

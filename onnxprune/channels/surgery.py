@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.channel_groups import CONSUMER, ChannelAnalysis, ChannelGroup, Member, ShapeFix
+from onnxprune.channels.analysis import CONSUMER, ChannelAnalysis, ChannelGroup, Member, ShapeFix
 from onnxprune.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import onnxruntime as ort
 
 from onnxprune.data import Dataset, input_specs, load_data
 from onnxprune.errors import ConfigError
-from onnxprune.loading import load_model
-from onnxprune.runtime import make_session, provider_name
+from onnxprune.graph.io import load_model
+from onnxprune.validate.runtime import make_session, provider_name
 
 MIN_RUNS = 50
 

@@ -1,0 +1,1 @@
+"""ONNX in and out, no torch: loading, canonical form, prunable weights, edits, statistics."""

@@ -1,0 +1,1 @@
+"""ONNX Runtime on written files: sessions, accuracy and fidelity, latency."""

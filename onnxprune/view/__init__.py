@@ -1,0 +1,1 @@
+"""The torch view of an ONNX graph, used for gradients only."""

@@ -1,0 +1,1 @@
+"""Work built on pruning: sweeps over methods and sparsities, accuracy budgets, the demo."""
