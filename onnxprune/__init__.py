@@ -3,13 +3,19 @@
 The Python API mirrors the CLI: ``prune`` writes a pruned model (``Pruner`` writes several sparsities of
 one model, re-using work), ``evaluate`` and ``benchmark`` measure written files in ONNX Runtime,
 ``inspect_model`` describes a model, ``sweep`` compares methods, ``search_sparsity`` meets a budget.
-Names are imported on first use, so ``import onnxprune`` (and the CLI's start) stays fast.
+Names are imported on first use, so ``import onnxprune`` (and the CLI's start) stays fast. Importing
+onnxprune before torch makes idle OpenMP threads wait passively (see ``onnxprune.threads``) unless
+``OMP_WAIT_POLICY`` is already set.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from onnxprune.threads import prefer_passive_waits
+
+prefer_passive_waits()
 
 __version__ = "0.1.0"
 
@@ -26,6 +32,7 @@ _EXPORTS = {
     "PruneOutcome": "pipeline", "Pruner": "pipeline", "prune": "pipeline",
     "ModelStats": "graph.stats", "model_stats": "graph.stats",
     "SweepReport": "workflows.sweeps", "sweep": "workflows.sweeps",
+    "set_threads": "threads", "thread_count": "threads",
     "Budget": "workflows.budget", "BudgetResult": "workflows.budget", "search_sparsity": "workflows.budget",
 }
 

@@ -52,13 +52,19 @@ def _emit(data: dict[str, Any], text: str, as_json: bool) -> None:
 @click.group(cls=_Group)
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("--threads", "thread_total", type=int, help="Threads for torch and ONNX Runtime [default: the idle "
+              "cores of this process].")
 @click.version_option(package_name="onnxprune")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: int, thread_total: int | None) -> None:
     """Prune ONNX models post-training and validate them in ONNX Runtime."""
     ctx.obj = {"debug": debug}
     level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if thread_total is not None:
+        from onnxprune.threads import set_threads
+
+        set_threads(thread_total)
 
 
 @cli.command()
@@ -183,7 +189,7 @@ def _budget_search(model: str, output: str, method: str, calib: str | None, repo
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Evaluation data (.npz / .npy).")
 @click.option("--reference", type=click.Path(dir_okay=False), help="Reference model for fidelity figures.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
-@click.option("--threads", type=int, help="ORT intra-op threads.")
+@click.option("--threads", type=int, help="ORT intra-op threads [default: onnxprune --threads].")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_command(model: str, data: str, reference: str | None, batch_size: int, threads: int | None,
@@ -200,7 +206,7 @@ def eval_command(model: str, data: str, reference: str | None, batch_size: int, 
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--vs", type=click.Path(dir_okay=False), help="Second model, timed interleaved (ABAB).")
 @click.option("--batch", default=1, show_default=True, type=int)
-@click.option("--threads", type=int, help="ORT intra-op threads (default min(4, cores)).")
+@click.option("--threads", type=int, help="ORT intra-op threads [default: onnxprune --threads].")
 @click.option("--runs", default=100, show_default=True, type=int, help="Timed runs (>= 50).")
 @click.option("--warmup", default=10, show_default=True, type=int)
 @click.option("--data", type=click.Path(dir_okay=False), help="Take inputs from this data file.")
@@ -229,7 +235,7 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
               "intrafusion].")
 @click.option("--sparsities", help="Comma-separated sparsities [default: 0.3,0.5,0.7,0.9].")
 @click.option("--batch", default=32, show_default=True, type=int, help="Batch size for latency.")
-@click.option("--threads", type=int, help="ORT intra-op threads (default min(4, cores)).")
+@click.option("--threads", type=int, help="ORT intra-op threads [default: onnxprune --threads].")
 @click.option("--runs", default=50, show_default=True, type=int, help="Timed runs per model (>= 50).")
 @click.option("-O", "--option", "extra", multiple=True, metavar="[METHOD.]KEY=VALUE",
               help="Method option for every swept method that has it (round_to=8), or for one (chita++.stages=5).")
@@ -276,7 +282,10 @@ def demo(out: str | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; idle OpenMP threads wait passively unless the user chose otherwise."""
+    from onnxprune.threads import prefer_passive_waits
+
+    prefer_passive_waits()
     cli(prog_name="onnxprune")
 
 

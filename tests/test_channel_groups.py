@@ -19,7 +19,8 @@ from onnxprune.channels.analysis import CHANNELWISE, CONSUMER, analyse_channels,
 from onnxprune.channels.surgery import ChannelMap, apply_channel_maps, fold_batchnorms
 from onnxprune.errors import ConfigError
 from onnxprune.graph.io import load_model
-from onnxprune.methods.l1_channel import ChannelConfig, prune_l1_channel
+from onnxprune.methods.l1_channel import ChannelConfig
+from onnxprune.methods import prune_model
 from onnxprune.validate.runtime import make_session
 
 EXPORTS = {"legacy": (False, 13), "dynamo": (True, None)}
@@ -146,7 +147,7 @@ def test_pruned_graphs_run_and_dead_channels_are_exact(exported, name):
     model = exported(name, "legacy")
     inputs = random_data(model, 4).inputs
     assert assert_dead_channels_exact(model, inputs) >= 2
-    pruned = prune_l1_channel(model, ChannelConfig(sparsity=0.5)).model
+    pruned = prune_model("l1-channel", model, ChannelConfig(sparsity=0.5)).model
     out = run(pruned, inputs)
     assert out.shape == (4, 10)
     before = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
@@ -166,7 +167,7 @@ def test_dynamo_exports_fix_reshape_targets(exported):
         assert any(f.kind == "entry" for f in analysis.fixes), name
         inputs = random_data(model, 3).inputs
         assert assert_dead_channels_exact(model, inputs) >= 3
-        assert run(prune_l1_channel(model, ChannelConfig(sparsity=0.5)).model, inputs).shape == (3, 10)
+        assert run(prune_model("l1-channel", model, ChannelConfig(sparsity=0.5)).model, inputs).shape == (3, 10)
 
 
 # ----- flatten into Gemm, Split, shared weights, BatchNorm folding --------------------------------
@@ -200,7 +201,7 @@ def test_flatten_into_gemm_expands_each_channel(tmp_path, exporter):
     assert (fc_b.block, fc_b.offset) == (16, 6 * 16)
     inputs = random_data(model, 4).inputs
     assert assert_dead_channels_exact(model, inputs) == 3
-    pruned = prune_l1_channel(model, ChannelConfig(sparsity=0.5)).model
+    pruned = prune_model("l1-channel", model, ChannelConfig(sparsity=0.5)).model
     weights = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
     fc1 = next(m.tensor for m in a.members if m.role == CONSUMER)
     assert weights[fc1] == (6, (3 + 2) * 16)  # 12 -> 6 outputs, 11 -> 5 channels x 16 inputs each
@@ -238,7 +239,7 @@ def test_split_cuts_a_group_and_fixes_its_sizes():
     assert [f.kind for f in analysis.fixes] == ["split"]
     inputs = {"x": rng.standard_normal((2, 2, 4, 4)).astype(np.float32)}
     assert assert_dead_channels_exact(model, inputs) == 4
-    pruned = prune_l1_channel(model, ChannelConfig(sparsity=0.4)).model
+    pruned = prune_model("l1-channel", model, ChannelConfig(sparsity=0.4)).model
     split = next(t for t in pruned.graph.initializer if t.name == "split")
     assert numpy_helper.to_array(split).tolist() == [2, 3]
     assert run(pruned, inputs).shape == (2, 4, 4, 4)
@@ -273,7 +274,7 @@ def test_batchnorm_folding_is_exact_on_the_bundled_cnn():
     data = load_data(root / "cnn_test.npz", model).take(64)
     assert np.abs(run(folded, data.inputs) - run(model, data.inputs)).max() <= 1e-4
     # pruning nothing reproduces the dense model: folding and surgery lose nothing
-    same = prune_l1_channel(model, ChannelConfig(sparsity=0.0)).model
+    same = prune_model("l1-channel", model, ChannelConfig(sparsity=0.0)).model
     assert np.abs(run(same, data.inputs) - run(model, data.inputs)).max() <= 1e-4
 
 
@@ -302,8 +303,8 @@ def test_unknown_op_makes_its_group_unprunable():
     assert "LRN node 'lrn'" in lrn.reason and "unknown channel semantics" in lrn.reason
     assert groups[2].size == 5 and groups[2].prunable
     with pytest.raises(ConfigError, match="group 0 cannot be pruned: LRN node 'lrn'"):
-        prune_l1_channel(model, ChannelConfig(sparsity=0.5, group=0))
-    result = prune_l1_channel(model, ChannelConfig(sparsity=0.5))
+        prune_model("l1-channel", model, ChannelConfig(sparsity=0.5, group=0))
+    result = prune_model("l1-channel", model, ChannelConfig(sparsity=0.5))
     skipped = {s["group"]: s["reason"] for s in result.details["skipped"]}
     assert "LRN" in skipped[0] and "graph output" in skipped[1]
     assert [g["group"] for g in result.details["groups"]] == [2]
@@ -328,7 +329,7 @@ def test_custom_domain_op_is_refused_with_its_name():
 def test_bad_group_index_and_empty_group_are_config_errors(exported):
     model = exported("resnet")
     with pytest.raises(ConfigError, match="group 9 does not exist; this model has 5 channel group"):
-        prune_l1_channel(model, ChannelConfig(sparsity=0.5, group=9))
+        prune_model("l1-channel", model, ChannelConfig(sparsity=0.5, group=9))
     with pytest.raises(ConfigError, match="group must be a group index"):
         ChannelConfig(group="first")
     with pytest.raises(ConfigError, match="round_to must be >= 1"):
@@ -352,5 +353,5 @@ def test_weight_tied_across_a_graph_input_axis_is_not_pruned():
     model = canonicalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)).model
     tied = [g for g in find_groups(model) if any(m.tensor == "tied" for m in g.members)]
     assert tied and all(not g.prunable and "also read by" in g.reason for g in tied)
-    result = prune_l1_channel(model, ChannelConfig(sparsity=0.5))
+    result = prune_model("l1-channel", model, ChannelConfig(sparsity=0.5))
     assert [list(t.dims) for t in result.model.graph.initializer if t.name == "tied"] == [[16, 16]]

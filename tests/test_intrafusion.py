@@ -21,8 +21,9 @@ from onnxprune.data import load_data
 from onnxprune.errors import ConfigError
 from onnxprune.validate.evaluation import evaluate
 from onnxprune.graph.io import load_model
-from onnxprune.methods.intrafusion import IntraFusionConfig, prune_intrafusion
-from onnxprune.methods.l1_channel import ChannelConfig, prune_l1_channel
+from onnxprune.methods import prune_model
+from onnxprune.methods.intrafusion import IntraFusionConfig
+from onnxprune.methods.l1_channel import ChannelConfig
 from onnxprune.methods.ot_fusion import fusion_maps, pairing_vectors, transport_plan
 from onnxprune.pipeline import prune
 from onnxprune.validate.runtime import make_session, run_batched
@@ -132,7 +133,7 @@ def test_intrafusion_beats_l1_on_the_most_sensitive_group(cnn, tmp_path):
     assert dense > 95
     groups = [g for g in analyse_channels(model).groups if g.prunable]
     assert [g.size for g in groups] == [32, 32, 64, 64, 128, 128]
-    l1 = {g.index: accuracy(prune_l1_channel(model, ChannelConfig(sparsity=0.5, group=g.index)).model, data)
+    l1 = {g.index: accuracy(prune_model("l1-channel", model, ChannelConfig(sparsity=0.5, group=g.index)).model, data)
           for g in groups}
     sensitive = min(l1, key=l1.get)
     assert l1[sensitive] < dense - 20
@@ -149,17 +150,17 @@ def test_intrafusion_beats_l1_on_the_most_sensitive_group(cnn, tmp_path):
 
 def test_whole_network_round_to_and_importances(cnn):
     model, data = cnn
-    rounded = prune_intrafusion(model, IntraFusionConfig(sparsity=0.3, round_to=8))
+    rounded = prune_model("intrafusion", model, IntraFusionConfig(sparsity=0.3, round_to=8))
     assert [g["kept"] for g in rounded.details["groups"]] == [24, 24, 48, 48, 96, 96]
     assert accuracy(rounded.model, data) > 50
     calib = load_data(MODELS / "cnn_calib.npz", model).take(128)
     for importance in ("l2", "random", "taylor"):
         config = ChannelConfig(sparsity=0.3, group=4, importance=importance, seed=1)
-        result = prune_l1_channel(model, config, calib)
+        result = prune_model("l1-channel", model, config, calib)
         assert result.details["importance"] == importance
         assert accuracy(result.model, data) > 50, importance
     with pytest.raises(ConfigError, match="needs calibration data"):
-        prune_l1_channel(model, ChannelConfig(sparsity=0.3, importance="taylor"))
+        prune_model("l1-channel", model, ChannelConfig(sparsity=0.3, importance="taylor"))
 
 
 # ----- bad input: clear errors, nothing written --------------------------------------------------
@@ -185,8 +186,8 @@ def test_sparsity_leaving_no_channel(tmp_path):
     model = canonicalize(load_model(path)).model
     squeeze = next(g for g in analyse_channels(model).groups if g.size == 4)
     with pytest.raises(ConfigError, match=f"sparsity 0.9 would leave no channel in group {squeeze.index} "):
-        prune_intrafusion(model, IntraFusionConfig(sparsity=0.9, group=squeeze.index))
-    result = prune_intrafusion(model, IntraFusionConfig(sparsity=0.9))
+        prune_model("intrafusion", model, IntraFusionConfig(sparsity=0.9, group=squeeze.index))
+    result = prune_model("intrafusion", model, IntraFusionConfig(sparsity=0.9))
     skipped = {s["group"]: s["reason"] for s in result.details["skipped"]}
     assert "would leave no channel" in skipped[squeeze.index]
     assert run(result.model, random_data(model, 2).inputs).shape == (2, 10)

@@ -13,9 +13,9 @@ from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import load_data
 from onnxprune.validate.evaluation import evaluate
 from onnxprune.graph.io import load_model
-from onnxprune.methods import get_method, make_config
+from onnxprune.methods import get_method, make_config, prune_model
 from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, _path, prune_chita, schedule
-from onnxprune.methods.l1_channel import ChannelConfig, prune_l1_channel
+from onnxprune.methods.l1_channel import ChannelConfig
 from onnxprune.graph.prunable import read_weights
 from onnxprune.graph.edit import save_model
 
@@ -59,7 +59,7 @@ def test_chita_plus_session_passes_through_expected_sparsities(mlp, tmp_path):
     assert levels == [0.3313, 0.5, 0.7009, 0.8]  # the waypoint replaces the schedule's 0.5528
     low = session.prune(0.5)
     assert low.details["stages"] == [] and abs(_sparsity(low.model) - 0.5) < 1e-3
-    magnitude = get_method("magnitude").run(model, make_config(get_method("magnitude"), sparsity=0.8), None)
+    magnitude = prune_model("magnitude", model, make_config(get_method("magnitude"), sparsity=0.8))
     for name, result in (("chita", high.model), ("magnitude", magnitude.model)):
         save_model(result, tmp_path / f"{name}.onnx")
     accuracy = {n: evaluate(tmp_path / f"{n}.onnx", test).accuracy for n in ("chita", "magnitude")}
@@ -85,7 +85,7 @@ def test_channel_session_matches_fresh_runs():
     model = canonicalize(load_model(MODELS / "cnn.onnx")).model
     session = get_method("l1-channel").open(model, ChannelConfig(round_to=4), None)
     for sparsity in (0.5, 0.25):
-        again = prune_l1_channel(model, ChannelConfig(sparsity=sparsity, round_to=4)).model
+        again = prune_model("l1-channel", model, ChannelConfig(sparsity=sparsity, round_to=4)).model
         assert session.prune(sparsity).model.SerializeToString() == again.SerializeToString()
 
 

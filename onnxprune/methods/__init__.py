@@ -1,29 +1,26 @@
-"""The registry of pruning methods; each method lives in its own module with one entry point."""
+"""The registry of pruning methods. Each method lives in its own module with one config class and one
+session factory; a module (and what it imports: torch, POT) is loaded only when its method is used."""
 
 from __future__ import annotations
 
 from onnxprune.errors import ConfigError
-from onnxprune.methods.base import MethodConfig, MethodResult, MethodSpec, make_config
-from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, ChitaSession, prune_chita, prune_chita_plus
-from onnxprune.methods.intrafusion import IntraFusionConfig, intrafusion_session, prune_intrafusion
-from onnxprune.methods.l1_channel import ChannelConfig, l1_channel_session, prune_l1_channel
-from onnxprune.methods.magnitude import MagnitudeConfig, prune_magnitude
+from onnxprune.methods.base import MethodConfig, MethodResult, MethodSpec, make_config, prune_model
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("magnitude", prune_magnitude, MagnitudeConfig, structured=False, needs_calib=False,
-                   summary="zero the smallest |w| (global threshold)"),
-        MethodSpec("chita", prune_chita, ChitaConfig, structured=False, needs_calib=True,
-                   summary="second-order IHT + backsolve on the empirical Fisher (one shot)", session=ChitaSession),
-        MethodSpec("chita++", prune_chita_plus, ChitaPlusConfig, structured=False, needs_calib=True,
-                   summary="CHITA in stages of rising sparsity, re-linearised each stage", session=ChitaSession),
-        MethodSpec("l1-channel", prune_l1_channel, ChannelConfig, structured=True, needs_calib=False,
-                   summary="remove the least important channels of each group (L1 of BN-folded weights)",
-                   session=l1_channel_session),
-        MethodSpec("intrafusion", prune_intrafusion, IntraFusionConfig, structured=True, needs_calib=False,
-                   summary="fuse every channel into the kept ones by exact optimal transport (data-free)",
-                   session=intrafusion_session),
+        MethodSpec("magnitude", "onnxprune.methods.magnitude", "MagnitudeConfig", "magnitude_session",
+                   structured=False, needs_calib=False, summary="zero the smallest |w| (global threshold)"),
+        MethodSpec("chita", "onnxprune.methods.chita", "ChitaConfig", "ChitaSession", structured=False,
+                   needs_calib=True, summary="second-order IHT + backsolve on the empirical Fisher (one shot)"),
+        MethodSpec("chita++", "onnxprune.methods.chita", "ChitaPlusConfig", "ChitaSession", structured=False,
+                   needs_calib=True, summary="CHITA in stages of rising sparsity, re-linearised each stage"),
+        MethodSpec("l1-channel", "onnxprune.methods.l1_channel", "ChannelConfig", "l1_channel_session",
+                   structured=True, needs_calib=False,
+                   summary="remove the least important channels of each group (L1 of BN-folded weights)"),
+        MethodSpec("intrafusion", "onnxprune.methods.intrafusion", "IntraFusionConfig", "intrafusion_session",
+                   structured=True, needs_calib=False,
+                   summary="fuse every channel into the kept ones by exact optimal transport (data-free)"),
     )
 }
 
@@ -35,4 +32,4 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "MethodConfig", "MethodResult", "MethodSpec", "get_method", "make_config"]
+__all__ = ["METHODS", "MethodConfig", "MethodResult", "MethodSpec", "get_method", "make_config", "prune_model"]

@@ -12,8 +12,7 @@ import onnx
 from onnxprune.channels.analysis import ChannelGroup, Member
 from onnxprune.channels.surgery import ChannelMap
 from onnxprune.data import Dataset
-from onnxprune.errors import ConfigError
-from onnxprune.methods.base import MethodResult
+from onnxprune.methods.base import MethodResult, OneOf
 from onnxprune.methods.l1_channel import ChannelConfig, ChannelSession
 from onnxprune.methods.ot_fusion import MARGINALS, NORMALIZATIONS, fusion_maps, pairing_vectors, transport_plan
 
@@ -32,12 +31,7 @@ class IntraFusionConfig(ChannelConfig):
     normalization: str = "published"
     marginals: str = "uniform"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.normalization not in NORMALIZATIONS:
-            raise ConfigError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {self.normalization!r}")
-        if self.marginals not in MARGINALS:
-            raise ConfigError(f"marginals must be one of {', '.join(MARGINALS)}, not {self.marginals!r}")
+    constraints = {"normalization": OneOf(NORMALIZATIONS), "marginals": OneOf(MARGINALS)}
 
 
 def _fusion_plan(config: IntraFusionConfig, group: ChannelGroup, slabs: list[tuple[Member, np.ndarray]],
@@ -55,8 +49,3 @@ def intrafusion_session(model: onnx.ModelProto, config: IntraFusionConfig,
     return ChannelSession(model, config, calib, partial(_fusion_plan, config),
                           {"normalization": config.normalization, "marginals": config.marginals})
 
-
-def prune_intrafusion(model: onnx.ModelProto, config: IntraFusionConfig, calib: Dataset | None = None) -> MethodResult:
-    """Prune each group (all prunable groups, or ``config.group``) to its most important channels,
-    fusing every channel into them by optimal transport."""
-    return intrafusion_session(model, config, calib).prune(config.sparsity)

@@ -19,7 +19,7 @@ from onnxprune.channels.surgery import (ChannelMap, apply_channel_maps, fold_bat
                                        read_initializers)
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
-from onnxprune.methods.base import MethodConfig, MethodResult
+from onnxprune.methods.base import Interval, MethodConfig, MethodResult, OneOf
 
 IMPORTANCES = ("l1", "l2", "taylor", "random")
 
@@ -43,19 +43,7 @@ class ChannelConfig(MethodConfig):
     round_to: int = 1
     importance: str = "l1"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.group, str):
-            try:
-                self.group = int(self.group)
-            except ValueError:
-                raise ConfigError(f"group must be a group index (an integer), not {self.group!r}") from None
-        if self.group is not None and self.group < 0:
-            raise ConfigError(f"group must be >= 0, not {self.group}")
-        if int(self.round_to) < 1:
-            raise ConfigError(f"round_to must be >= 1, not {self.round_to}")
-        if self.importance not in IMPORTANCES:
-            raise ConfigError(f"importance must be one of {', '.join(IMPORTANCES)}, not {self.importance!r}")
+    constraints = {"group": Interval(0, None, what="a group index (an integer)"), "round_to": Interval(1, None), "importance": OneOf(IMPORTANCES)}
 
 
 def kept_channels(size: int, sparsity: float, round_to: int = 1) -> int:
@@ -93,7 +81,10 @@ def _taylor_saliency(model: onnx.ModelProto, tensors: set[str], calib: Dataset) 
     import torch
 
     from onnxprune.graph.prunable import find_prunable
+    from onnxprune.threads import apply_to_torch
     from onnxprune.view.torchview import build_torch_view
+
+    apply_to_torch()
 
     names = [w.name for w in find_prunable(model) if w.name in tensors]
     view = build_torch_view(model, weights=names)
@@ -200,7 +191,3 @@ def l1_channel_session(model: onnx.ModelProto, config: ChannelConfig, calib: Dat
     """A session that keeps the selected channels as they are."""
     return ChannelSession(model, config, calib, _selection_plan)
 
-
-def prune_l1_channel(model: onnx.ModelProto, config: ChannelConfig, calib: Dataset | None = None) -> MethodResult:
-    """Remove the least important channels of each group (all prunable groups, or ``config.group``)."""
-    return l1_channel_session(model, config, calib).prune(config.sparsity)

@@ -8,8 +8,7 @@ import numpy as np
 import onnx
 
 from onnxprune.data import Dataset
-from onnxprune.errors import ConfigError
-from onnxprune.methods.base import MethodConfig, MethodResult
+from onnxprune.methods.base import MethodConfig, MethodResult, OneOf, Rerun
 from onnxprune.graph.prunable import read_weights, select_prunable
 from onnxprune.graph.edit import replace_initializers
 
@@ -25,10 +24,7 @@ class MagnitudeConfig(MethodConfig):
     skip_first: bool = False
     skip_last: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.allocation not in ALLOCATIONS:
-            raise ConfigError(f"allocation must be one of {', '.join(ALLOCATIONS)}, not {self.allocation!r}")
+    constraints = {"allocation": OneOf(ALLOCATIONS)}
 
 
 def keep_mask(scores: np.ndarray, keep: int) -> np.ndarray:
@@ -56,10 +52,15 @@ def magnitude_masks(weights: dict[str, np.ndarray], sparsity: float, allocation:
     return out
 
 
-def prune_magnitude(model: onnx.ModelProto, config: MagnitudeConfig, calib: Dataset | None = None) -> MethodResult:
+def _prune(model: onnx.ModelProto, config: MagnitudeConfig, calib: Dataset | None = None) -> MethodResult:
     """Zero the smallest-magnitude prunable weights of ``model``; data-free."""
     names = [w.name for w in select_prunable(model, config.skip_first, config.skip_last)]
     weights = read_weights(model, names)
     masks = magnitude_masks(weights, config.sparsity, config.allocation)
     pruned = {n: np.where(masks[n], weights[n], 0).astype(weights[n].dtype) for n in names}
     return MethodResult(replace_initializers(model, pruned), {"allocation": config.allocation})
+
+
+def magnitude_session(model: onnx.ModelProto, config: MagnitudeConfig, calib: Dataset | None = None) -> Rerun:
+    """Magnitude pruning keeps nothing between sparsities: each one is pruned afresh."""
+    return Rerun(_prune, model, config, calib)

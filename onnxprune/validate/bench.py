@@ -15,6 +15,7 @@ import onnxruntime as ort
 from onnxprune.data import Dataset, input_specs, load_data
 from onnxprune.errors import ConfigError
 from onnxprune.graph.io import load_model
+from onnxprune.threads import thread_count
 from onnxprune.validate.runtime import make_session, provider_name
 
 MIN_RUNS = 50
@@ -88,17 +89,17 @@ def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = N
         raise ConfigError(f"runs must be >= {MIN_RUNS} for a stable median, got {runs}")
     if batch < 1 or warmup < 0:
         raise ConfigError(f"batch must be >= 1 and warmup >= 0, got batch={batch}, warmup={warmup}")
-    threads = threads or min(4, os.cpu_count() or 1)
+    threads = threads or thread_count()
     model = load_model(model_path)
     dataset = load_data(Path(data), model) if data is not None else None
     feed = make_feed(input_specs(model), batch, dataset)
-    sessions = [make_session(model_path, threads=threads, device=device, spinning=False)]
+    sessions = [make_session(model_path, threads=threads, device=device)]
     if vs is not None:
         other = load_model(vs)
         other_names = sorted(s.name for s in input_specs(other))
         if other_names != sorted(feed):
             raise ConfigError(f"--vs model has inputs {other_names}, the model has {sorted(feed)}")
-        sessions.append(make_session(vs, threads=threads, device=device, spinning=False))
+        sessions.append(make_session(vs, threads=threads, device=device))
     calls = [_timer(s, feed) for s in sessions]
     for _ in range(warmup):
         for call in calls:

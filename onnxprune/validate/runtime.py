@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError, ModelError, first_line
+from onnxprune.threads import thread_count
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,10 @@ def _gpu_present() -> bool:
 
 
 def make_session(model: str | Path | onnx.ModelProto, *, threads: int | None = None,
-                 device: str = "auto", spinning: bool = True) -> ort.InferenceSession:
-    """An InferenceSession on ``device`` ('auto': CUDA if a GPU is present, else CPU). ``spinning=False``
-    stops idle intra-op threads from busy-waiting, which would slow another session timed beside it."""
+                 device: str = "auto", spinning: bool = False) -> ort.InferenceSession:
+    """An InferenceSession on ``device`` ('auto': CUDA if a GPU is present, else CPU) with ``threads``
+    intra-op threads (default: onnxprune's thread count). Idle threads do not busy-wait unless
+    ``spinning``: spinning threads slow another session timed beside them, and collapse under CPU load."""
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     if threads is not None and threads < 1:
@@ -37,9 +39,8 @@ def make_session(model: str | Path | onnx.ModelProto, *, threads: int | None = N
     options.log_severity_level = 4  # failures come back as exceptions; ORT log lines would break one-line errors
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+    options.intra_op_num_threads = threads or thread_count()
+    options.inter_op_num_threads = 1
     use_cuda = device == "cuda" or (device == "auto" and _gpu_present())
     providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
