@@ -42,7 +42,7 @@ class _Group(click.Group):
 def _emit(data: dict[str, Any], text: str, as_json: bool) -> None:
     """Print one JSON object or the human-readable text."""
     if as_json:
-        from onnxprune.pipeline import json_default
+        from onnxprune.report import json_default
 
         click.echo(json.dumps(data, default=json_default))
     else:
@@ -163,7 +163,7 @@ def _budget_search(model: str, output: str, method: str, calib: str | None, repo
     """``prune`` with a budget: bisect the sparsity, write the best model within budget."""
     from onnxprune.workflows.budget import Budget, search_sparsity
     from onnxprune.errors import ConfigError
-    from onnxprune.pipeline import write_json
+    from onnxprune.report import write_json
 
     budget = Budget(max_accuracy_drop, min_agreement)
     if data is None:

@@ -6,7 +6,6 @@ passes ``onnx.checker`` and runs in ONNX Runtime with the input's output shapes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -21,13 +20,14 @@ from onnxprune.validate.bench import make_feed
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import LABELS, Dataset, input_specs, load_data, validate
 from onnxprune.errors import ConfigError, ModelError
-from onnxprune.graph.io import check_model, load_model
+from onnxprune.graph.io import check_model, check_output_path, load_model, save_model
 from onnxprune.methods import get_method, make_config
 from onnxprune.methods.base import SparsitySession
 from onnxprune.graph.prunable import find_prunable
 from onnxprune.validate.runtime import make_session, run_batched
 from onnxprune.graph.stats import ModelStats, model_stats
-from onnxprune.graph.edit import check_output_path, compress_sparse, save_model
+from onnxprune.graph.edit import compress_sparse
+from onnxprune.report import write_json
 
 log = logging.getLogger(__name__)
 
@@ -184,31 +184,3 @@ def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str 
     check_outputs(output, report, model_path)
     pruner = Pruner(model_path, method, calib=calib, use_onnxslim=use_onnxslim, **options)
     return pruner.write(output, report=report, compress=compress)
-
-
-def write_json(data: dict[str, Any], path: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
-    """Write a JSON report atomically (temporary file + rename)."""
-    import tempfile
-
-    target = check_output_path(path, inputs)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=json_default)
-            handle.write("\n")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
-def json_default(value: Any) -> Any:
-    """JSON for numpy scalars/arrays, paths and tuples in reports."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,8 +1,13 @@
-"""Plain-text tables for terminal reports."""
+"""What reports are made of: plain-text tables, byte counts, JSON written atomically."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -47,3 +52,29 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | No
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
+    """Write a JSON report atomically, refusing to overwrite any of ``inputs``."""
+    from onnxprune.graph.io import atomic_write, check_output_path
+
+    target = check_output_path(path, inputs)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=2, default=json_default)
+            handle.write("\n")
+
+    atomic_write(target, write)
+    return target
+
+
+def json_default(value: Any) -> Any:
+    """JSON for numpy scalars/arrays, paths and tuples in reports."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -20,7 +20,8 @@ from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, prune_chita, s
 from onnxprune.pipeline import prune
 from onnxprune.graph.prunable import read_weights, select_prunable
 from onnxprune.view.torchview import build_torch_view
-from onnxprune.graph.edit import replace_initializers, save_model
+from onnxprune.graph.edit import replace_initializers
+from onnxprune.graph.io import save_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 MLP, MLP_CALIB, MLP_TEST = MODELS / "mlp.onnx", MODELS / "mlp_calib.npz", MODELS / "mlp_test.npz"

@@ -17,7 +17,7 @@ from onnxprune.methods import get_method, make_config, prune_model
 from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, _path, prune_chita, schedule
 from onnxprune.methods.l1_channel import ChannelConfig
 from onnxprune.graph.prunable import read_weights
-from onnxprune.graph.edit import save_model
+from onnxprune.graph.io import save_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

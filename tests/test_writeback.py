@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 import onnx
@@ -14,7 +15,8 @@ from onnxprune.errors import ModelError, OutputError
 from onnxprune.graph.io import load_model
 from onnxprune.graph.prunable import read_weights
 from onnxprune.validate.runtime import make_session
-from onnxprune.graph.edit import compress_sparse, replace_initializers, save_model
+from onnxprune.graph.edit import compress_sparse, replace_initializers
+from onnxprune.graph.io import save_model
 
 
 def _run(model, x):
@@ -83,3 +85,18 @@ def test_compressed_file_is_smaller_and_runs_identically(tmp_path):
     again = canonicalize(compressed).model
     assert len(again.graph.sparse_initializer) == 0
     assert np.array_equal(read_weights(again)["fc1.weight"], sparse["fc1.weight"])
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    """A temporary file starts at 0600; the written model and report must get the umask's ordinary mode, so
+    that a serving process under another user can read them."""
+    from onnxprune.report import write_json
+
+    old = os.umask(0o022)
+    try:
+        model = save_model(tiny_mlp(), tmp_path / "m.onnx")
+        report = write_json({"a": 1}, tmp_path / "r.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(model.stat().st_mode) == 0o644
+    assert stat.S_IMODE(report.stat().st_mode) == 0o644

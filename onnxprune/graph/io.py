@@ -1,18 +1,25 @@
-"""Read an ONNX file safely: existence, parse, external data confined to the model's folder, checker."""
+"""ONNX files in and out. Reading: existence, parse, external data confined to the model's folder,
+checker. Writing: atomic (a temporary file in the target's folder, then a rename) with the file mode any
+ordinary file gets, so nothing is ever half-written or unreadable to other users."""
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import onnx
 from onnx import numpy_helper
 from google.protobuf.message import DecodeError
 
-from onnxprune.errors import ModelError, first_line
+from onnxprune.errors import ModelError, OutputError, first_line
 
 log = logging.getLogger(__name__)
+
+# Above this many bytes a model is written with its weights in one external-data file beside it.
+_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def _external_locations(model: onnx.ModelProto) -> list[tuple[str, str]]:
@@ -106,3 +113,86 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         first = first_line(exc)
         raise ModelError(f"{what} fails onnx.checker: {first}") from None
+
+
+def ordinary_mode(path: Path) -> None:
+    """Give ``path`` the mode a newly created file gets under the current umask (a temporary file starts
+    at 0600, which a rename would keep)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``target``, then rename it onto ``target``: the
+    target is either left as it was or replaced by the complete new file."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        ordinary_mode(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputError(f"could not write {str(target)!r}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
+    """Validate an output path before any work: not an input file, its folder exists."""
+    out = Path(output)
+    for source in inputs:
+        if out.resolve() == Path(source).resolve():
+            raise OutputError(f"output {str(out)!r} is the input file; onnxprune never overwrites its input")
+    if out.exists() and out.is_dir():
+        raise OutputError(f"output path {str(out)!r} is a folder; give a file name ending in .onnx")
+    if not out.parent.is_dir():
+        problem = "is not a folder" if out.parent.exists() else "does not exist"
+        raise OutputError(f"output folder {str(out.parent)!r} {problem}")
+    return out
+
+
+def save_model(model: onnx.ModelProto, output: str | os.PathLike,
+               inputs: list[str | os.PathLike] = ()) -> Path:
+    """Write ``model`` to ``output`` atomically: a temporary file in the same folder, then rename.
+
+    The target is either left as it was or replaced by the complete new file; never half-written.
+    Models over ~1.8 GB get their weights in ``<output>.data`` (also written before the rename).
+    """
+    out = check_output_path(output, inputs)
+    external = model.ByteSize() > _EXTERNAL_DATA_THRESHOLD
+
+    def write(tmp: Path) -> None:
+        if not external:
+            with open(tmp, "wb") as handle:
+                handle.write(model.SerializeToString())
+            return
+        data_tmp = tmp.with_name(tmp.name + ".data")
+        try:
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_tmp.name)
+            _relink_external(tmp, data_tmp.name, out.name + ".data")
+            ordinary_mode(data_tmp)
+            os.replace(data_tmp, out.parent / (out.name + ".data"))
+        finally:
+            if data_tmp.exists():
+                data_tmp.unlink()
+
+    atomic_write(out, write)
+    log.info("wrote %s (%d bytes)", out, out.stat().st_size)
+    return out
+
+
+def _relink_external(model_path: Path, old: str, new: str) -> None:
+    """Point the saved model's external-data references from the temporary data file to the final one."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    with open(model_path, "wb") as handle:
+        handle.write(model.SerializeToString())

@@ -19,7 +19,7 @@ from onnxprune.errors import ConfigError, OnnxPruneError
 from onnxprune.validate.evaluation import evaluate
 from onnxprune.methods import get_method, make_config
 from onnxprune.pipeline import Pruner, PruneOutcome
-from onnxprune.graph.edit import check_output_path
+from onnxprune.graph.io import check_output_path
 
 log = logging.getLogger(__name__)
 

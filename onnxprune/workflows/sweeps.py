@@ -20,7 +20,8 @@ from onnxprune.errors import ConfigError, OnnxPruneError, OutputError
 from onnxprune.validate.evaluation import evaluate
 from onnxprune.graph.io import load_model
 from onnxprune.methods import MethodSpec, get_method, make_config
-from onnxprune.pipeline import Pruner, write_json
+from onnxprune.pipeline import Pruner
+from onnxprune.report import write_json
 from onnxprune.graph.stats import model_stats
 from onnxprune.report import human_bytes, table
 
