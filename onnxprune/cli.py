@@ -67,20 +67,33 @@ def cli(ctx: click.Context, debug: bool, verbose: int, thread_total: int | None)
         set_threads(thread_total)
 
 
+_INPUT_SHAPE = click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D0,D1,...",
+                            help="Shape of an input with dynamic dims (repeat per input), e.g. x=1,3,736,736.")
+
+
+def _shapes(texts: tuple[str, ...]) -> dict[str, tuple[int, ...]] | None:
+    from onnxprune.data import parse_input_shapes
+
+    return parse_input_shapes(texts) or None
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
+@_INPUT_SHAPE
+@click.option("--data", type=click.Path(dir_okay=False), help="Count MACs at the shapes of this data's samples.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def inspect(model: str, as_json: bool) -> None:
+def inspect(model: str, input_shape: tuple[str, ...], data: str | None, as_json: bool) -> None:
     """Opset, inputs/outputs, parameters, prunable tensors, MACs, channel groups, unconvertible ops."""
     from onnxprune.inspection import inspect_model
 
-    info = inspect_model(model)
+    info = inspect_model(model, _shapes(input_shape), data)
     lines = [f"{info.path}: opset {info.opset}, IR {info.ir_version}, producer {info.producer or '?'}"]
     for kind, values in (("input", info.inputs), ("output", info.outputs)):
         lines += [f"  {kind:6} {v['name']}: {v['dtype']} {v['shape']}" for v in values]
     s = info.stats
+    macs = fmt(s.macs) if s.macs is not None else "unknown (dynamic dims: give --input-shape or --data)"
     lines.append(f"  parameters {fmt(s.params)}, prunable {fmt(s.prunable_params)} (sparsity {s.sparsity:.1%}), "
-                 f"MACs/sample {fmt(s.macs)}, file {human_bytes(s.file_bytes)}")
+                 f"MACs/sample {macs}, file {human_bytes(s.file_bytes)}")
     lines += [f"  canonicalization: {c}" for c in info.canonical_changes]
     lines.append(table(["tensor", "op", "shape", "size", "sparsity"],
                        [[t.name, t.op_type, "x".join(map(str, t.shape)), t.size, f"{t.sparsity:.1%}"]
@@ -113,6 +126,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("-m", "--method", default="magnitude", show_default=True, help="See `onnxprune methods`.")
 @click.option("-s", "--sparsity", type=float, default=None, help="Fraction to remove, in [0, 1) (default 0.5).")
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data (.npz / .npy).")
+@_INPUT_SHAPE
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the outcome as JSON here.")
 @click.option("--compress", is_flag=True, help="Store sparse weights as sparse initializers (smaller file).")
 @click.option("--onnxslim", "use_onnxslim", is_flag=True, help="Simplify the graph with onnxslim first.")
@@ -133,9 +147,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
               "the input model on --data (no labels needed).")
 @click.option("--data", type=click.Path(dir_okay=False), help="Evaluation data for a budget search.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def prune(model: str, output: str, method: str, calib: str | None, report: str | None, compress: bool,
-          use_onnxslim: bool, extra: tuple[str, ...], max_accuracy_drop: float | None, min_agreement: float | None,
-          data: str | None, as_json: bool, **flags: Any) -> None:
+def prune(model: str, output: str, method: str, calib: str | None, input_shape: tuple[str, ...], report: str | None,
+          compress: bool, use_onnxslim: bool, extra: tuple[str, ...], max_accuracy_drop: float | None,
+          min_agreement: float | None, data: str | None, as_json: bool, **flags: Any) -> None:
     """Prune MODEL with a method and write the result to OUTPUT (never overwriting MODEL)."""
     from onnxprune.pipeline import prune as run_prune
 
@@ -146,10 +160,11 @@ def prune(model: str, output: str, method: str, calib: str | None, report: str |
                        as_json)
         return
     outcome = run_prune(model, output, method, calib=calib, report=report, compress=compress,
-                        use_onnxslim=use_onnxslim, **options)
+                        use_onnxslim=use_onnxslim, input_shapes=_shapes(input_shape), **options)
     b, a = outcome.before, outcome.after
     rows = [["parameters", b.params, a.params], ["prunable sparsity", f"{b.sparsity:.1%}", f"{a.sparsity:.1%}"],
-            ["MACs / sample", b.macs, a.macs], ["MACs skipping zeros", b.sparse_macs, a.sparse_macs],
+            ["MACs / sample", b.macs if b.macs is not None else "unknown", a.macs if a.macs is not None else "unknown"],
+            ["MACs skipping zeros", b.sparse_macs, a.sparse_macs],
             ["file size", human_bytes(b.file_bytes), human_bytes(a.file_bytes)]]
     text = "\n".join([f"wrote {outcome.output} ({method}, sparsity {outcome.config['sparsity']})",
                       table(["", "before", "after"], rows),
@@ -191,15 +206,26 @@ def _budget_search(model: str, output: str, method: str, calib: str | None, repo
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--threads", type=int, help="ORT intra-op threads [default: onnxprune --threads].")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--iou-threshold", default=0.5, show_default=True, type=float,
+              help="Threshold for the IoU of outputs that are maps in [0, 1].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_command(model: str, data: str, reference: str | None, batch_size: int, threads: int | None,
-                 device: str, as_json: bool) -> None:
-    """Accuracy (with labels) and fidelity to a reference, measured in ONNX Runtime."""
+                 device: str, iou_threshold: float, as_json: bool) -> None:
+    """Accuracy (with labels) and fidelity of every output to a reference, measured in ONNX Runtime:
+    agreement for class scores, IoU for maps in [0, 1], cosine and relative L2 for all."""
     from onnxprune.validate.evaluation import evaluate
 
-    result = evaluate(model, data, reference=reference, batch_size=batch_size, threads=threads, device=device)
-    rows = [[k, v] for k, v in result.to_dict().items() if v is not None]
-    _emit(result.to_dict(), table(["metric", "value"], rows, title=f"{model} on {data}"), as_json)
+    result = evaluate(model, data, reference=reference, batch_size=batch_size, threads=threads, device=device,
+                      iou_threshold=iou_threshold)
+    rows = [[k, v] for k, v in result.to_dict().items() if v is not None and k != "outputs"]
+    text = table(["metric", "value"], rows, title=f"{model} on {data}")
+    if result.outputs:
+        text += "\n" + table(["output", "shape", "kind", "agree %", f"IoU@{iou_threshold:g}", "cosine", "rel L2",
+                              "max |diff|"],
+                             [[o.name, "x".join(map(str, o.shape)), o.kind, o.agreement, o.iou, f"{o.cosine:.4f}",
+                               f"{o.rel_l2:.4g}", f"{o.max_abs_diff:.4g}"] for o in result.outputs],
+                             title=f"fidelity to {reference}")
+    _emit(result.to_dict(), text, as_json)
 
 
 @cli.command()
@@ -210,14 +236,16 @@ def eval_command(model: str, data: str, reference: str | None, batch_size: int, 
 @click.option("--runs", default=100, show_default=True, type=int, help="Timed runs (>= 50).")
 @click.option("--warmup", default=10, show_default=True, type=int)
 @click.option("--data", type=click.Path(dir_okay=False), help="Take inputs from this data file.")
+@_INPUT_SHAPE
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int, warmup: int,
-          data: str | None, device: str, as_json: bool) -> None:
+          data: str | None, input_shape: tuple[str, ...], device: str, as_json: bool) -> None:
     """Latency (median, p90) in ONNX Runtime; with --vs, the speed-up of MODEL over OTHER."""
     from onnxprune.validate.bench import benchmark
 
-    r = benchmark(model, vs=vs, batch=batch, threads=threads, runs=runs, warmup=warmup, device=device, data=data)
+    r = benchmark(model, vs=vs, batch=batch, threads=threads, runs=runs, warmup=warmup, device=device, data=data,
+                  input_shapes=_shapes(input_shape))
     rows = [[r.model, r.median_ms, r.p90_ms]] + ([[r.vs, r.vs_median_ms, r.vs_p90_ms]] if r.vs else [])
     text = table(["model", "median ms", "p90 ms"], rows,
                  title=f"{r.provider} provider, batch {r.batch}, {r.threads} threads, {r.runs} runs")

@@ -134,5 +134,46 @@ def load_data(path: str | Path, model: onnx.ModelProto) -> Dataset:
     return validate(_read_arrays(path, specs), specs, source=path.name)
 
 
+def parse_input_shapes(texts: list[str] | tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """``NAME=D0,D1,...`` strings (``--input-shape``) as {name: shape}; DataError naming a bad one."""
+    shapes = {}
+    for text in texts:
+        name, sep, dims = text.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.replace("x", ",").split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name.strip() or not shape or min(shape) < 1:
+            raise DataError(f"--input-shape {text!r}: expected NAME=D0,D1,... with positive sizes, "
+                            "e.g. image=1,3,736,736")
+        shapes[name.strip()] = shape
+    return shapes
+
+
+def check_input_shapes(shapes: dict[str, tuple[int, ...]], specs: list[InputSpec]) -> None:
+    """Each given shape names a model input, has its rank and agrees with its fixed dims."""
+    by_name = {s.name: s for s in specs}
+    for name, shape in shapes.items():
+        spec = by_name.get(name)
+        if spec is None:
+            raise DataError(f"--input-shape names {name!r}, which is not a model input "
+                            f"({', '.join(by_name)})")
+        if len(shape) != len(spec.shape) or any(d is not None and d != g for d, g in zip(spec.shape, shape)):
+            raise DataError(f"--input-shape {name}={','.join(map(str, shape))} does not fit the model's "
+                            f"{_fmt(spec.shape)}")
+
+
+def sample_shapes(data: Dataset) -> dict[str, tuple[int, ...]]:
+    """The shape of one sample of every input (batch 1), as the data holds them."""
+    return {name: (1, *array.shape[1:]) for name, array in data.inputs.items()}
+
+
+def unknown_dims(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]] | None = None) -> list[str]:
+    """Inputs with a dynamic dimension beyond the batch axis that ``shapes`` does not fix, as 'name [dims]'."""
+    shapes = shapes or {}
+    return [f"{s.name} [{', '.join(['N'] + ['?' if d is None else str(d) for d in s.shape[1:]])}]" for s in specs
+            if s.name not in shapes and any(d is None for d in s.shape[1:])]
+
+
 def _fmt(shape: tuple[int | None, ...]) -> str:
     return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"

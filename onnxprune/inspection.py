@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,7 +11,7 @@ import onnx
 
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.view.onnx2torch_compat import unsupported_nodes
-from onnxprune.data import input_specs
+from onnxprune.data import check_input_shapes, input_specs, load_data, sample_shapes
 from onnxprune.graph.io import load_model
 from onnxprune.graph.stats import ModelStats, model_stats
 
@@ -55,11 +56,17 @@ def channel_groups(model: onnx.ModelProto) -> list[dict[str, Any]]:
     return [group.to_dict() for group in find_groups(model)]
 
 
-def inspect_model(path: str | os.PathLike) -> ModelInfo:
-    """Load, canonicalize and describe the model at ``path``."""
+def inspect_model(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                  data: str | os.PathLike | None = None) -> ModelInfo:
+    """Load, canonicalize and describe the model at ``path``; MACs at ``input_shapes`` or at the shapes of
+    ``data``'s samples where inputs have dynamic dims (unknown otherwise)."""
     original = load_model(path)
     canonical = canonicalize(original)
     model = canonical.model
+    if input_shapes:
+        check_input_shapes(input_shapes, input_specs(model))
+    elif data is not None:
+        input_shapes = sample_shapes(load_data(Path(data), model))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     specs = {s.name for s in input_specs(model)}
     return ModelInfo(
@@ -67,6 +74,6 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
         producer=f"{model.producer_name} {model.producer_version}".strip(),
         inputs=[_value(v) for v in model.graph.input if v.name in specs],
         outputs=[_value(v) for v in model.graph.output],
-        stats=model_stats(model, path), canonical_changes=canonical.changes,
+        stats=model_stats(model, path, input_shapes), canonical_changes=canonical.changes,
         unsupported=[{"node": n, "op": op, "version": v} for n, op, v in unsupported_nodes(model)],
         groups=channel_groups(model))

@@ -18,7 +18,8 @@ import onnx
 
 from onnxprune.validate.bench import make_feed
 from onnxprune.graph.canonical import canonicalize
-from onnxprune.data import LABELS, Dataset, input_specs, load_data, validate
+from onnxprune.data import (LABELS, Dataset, check_input_shapes, input_specs, load_data, sample_shapes, unknown_dims,
+                            validate)
 from onnxprune.errors import ConfigError, ModelError
 from onnxprune.graph.io import check_model, check_output_path, load_model, save_model
 from onnxprune.methods import get_method, make_config
@@ -54,21 +55,33 @@ class PruneOutcome:
         return data
 
 
-def sample_feed(model: onnx.ModelProto, sample: Dataset | None) -> dict[str, np.ndarray]:
-    """A few inputs for the ORT checks: from the calibration data, else random; a fixed batch is kept."""
+def sample_feed(model: onnx.ModelProto, sample: Dataset | None,
+                shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """A few inputs for the ORT checks: from the calibration data, else random at ``shapes`` (dynamic dims
+    not given there are 1); a fixed batch is kept."""
     specs = input_specs(model)
     fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
     if sample is not None:
         return sample.take(fixed or min(4, len(sample))).inputs
-    return make_feed(specs, fixed or 1, None)
+    shapes = shapes or {}
+    feed = make_feed([dataclasses.replace(s, shape=shapes.get(s.name, s.shape)) for s in specs],
+                     fixed or next((v[0] for v in shapes.values()), 1), None)
+    return feed
 
 
-def run_input_model(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_input_model(model: onnx.ModelProto, feed: dict[str, np.ndarray],
+                    shapes: dict[str, tuple[int, ...]] | None = None) -> list[np.ndarray]:
     """The input model's ORT outputs, computed before any method runs so that a model ORT cannot run
     is refused up front instead of reaching a method."""
     try:
         return run_batched(make_session(model, device="cpu"), Dataset(feed))
     except ModelError as exc:
+        unknown = unknown_dims(input_specs(model), shapes)
+        if unknown:
+            example = unknown[0].split(" ")[0]
+            raise ConfigError(f"the model does not run on sample inputs with its dynamic dims set to 1 ({exc}); "
+                              f"its inputs {', '.join(unknown)} need real sizes: pass --calib DATA.npz or "
+                              f"--input-shape {example}=D0,D1,...") from None
         raise ModelError(f"the input model does not run in ONNX Runtime on sample inputs ({exc})") from None
 
 
@@ -118,7 +131,7 @@ class Pruner:
 
     def __init__(self, model_path: str | os.PathLike, method: str = "magnitude", *,
                  calib: str | os.PathLike | Dataset | None = None, use_onnxslim: bool = False,
-                 **options: Any) -> None:
+                 input_shapes: dict[str, tuple[int, ...]] | None = None, **options: Any) -> None:
         self.spec = get_method(method)
         self.config = make_config(self.spec, **options)
         self.model_path = model_path
@@ -134,9 +147,13 @@ class Pruner:
         if self.spec.needs_calib and self.calib is None:
             raise ConfigError(f"method {method!r} needs calibration data: pass --calib DATA.npz")
         check_prunable(model)
-        self.feed = sample_feed(model, self.calib)
-        self.reference = run_input_model(model, self.feed)
-        self.before = model_stats(model, model_path)
+        if input_shapes:
+            check_input_shapes(input_shapes, input_specs(model))
+        # the shapes MACs are counted at and sample inputs are made with: given, else one calibration sample
+        self.shapes = dict(input_shapes or (sample_shapes(self.calib) if self.calib is not None else {}))
+        self.feed = sample_feed(model, self.calib, self.shapes)
+        self.reference = run_input_model(model, self.feed, self.shapes)
+        self.before = model_stats(model, model_path, self.shapes)
         self.load_s = time.perf_counter() - start
         self._session: SparsitySession | None = None
 
@@ -168,7 +185,7 @@ class Pruner:
         timings["write"] = time.perf_counter() - start
         outcome = PruneOutcome(output=str(written), method=self.spec.name, config=asdict(config),
                                canonical_changes=self.canonical.changes, before=self.before,
-                               after=model_stats(pruned, written), details=result.details, timings=timings,
+                               after=model_stats(pruned, written, self.shapes), details=result.details, timings=timings,
                                compressed=compressed)
         if report is not None:
             write_json(outcome.to_dict(), report, inputs=[self.model_path])
@@ -177,10 +194,12 @@ class Pruner:
 
 def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str = "magnitude", *,
           calib: str | os.PathLike | Dataset | None = None, report: str | os.PathLike | None = None,
-          compress: bool = False, use_onnxslim: bool = False, **options: Any) -> PruneOutcome:
+          compress: bool = False, use_onnxslim: bool = False, input_shapes: dict[str, tuple[int, ...]] | None = None,
+          **options: Any) -> PruneOutcome:
     """Prune ``model_path`` with ``method`` (options: the method's config fields, e.g. sparsity=0.5)
     and write the result atomically to ``output``; returns the outcome with before/after stats."""
     make_config(get_method(method), **options)  # bad options and paths fail before loading anything
     check_outputs(output, report, model_path)
-    pruner = Pruner(model_path, method, calib=calib, use_onnxslim=use_onnxslim, **options)
+    pruner = Pruner(model_path, method, calib=calib, use_onnxslim=use_onnxslim, input_shapes=input_shapes,
+                    **options)
     return pruner.write(output, report=report, compress=compress)

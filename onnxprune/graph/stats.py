@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.graph.prunable import find_prunable
+
+log = logging.getLogger(__name__)
 
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
@@ -32,14 +35,15 @@ class TensorStats:
 
 @dataclass
 class ModelStats:
-    """Whole-model figures. ``macs`` counts Conv/Gemm/MatMul multiply-accumulates per sample (symbolic
-    dims taken as 1); ``sparse_macs`` skips multiplications by weights that are exactly zero."""
+    """Whole-model figures. ``macs`` counts Conv/Gemm/MatMul multiply-accumulates per sample (a dynamic
+    batch taken as 1, other dynamic dims at the input shapes given); ``sparse_macs`` skips multiplications
+    by weights that are exactly zero. Both are None ("unknown") when some shape cannot be known."""
 
     params: int
     prunable_params: int
     prunable_nonzero: int
-    macs: int
-    sparse_macs: int
+    macs: int | None
+    sparse_macs: int | None
     file_bytes: int | None
     tensors: list[TensorStats] = field(default_factory=list)
 
@@ -49,19 +53,39 @@ class ModelStats:
         return 1.0 - self.prunable_nonzero / self.prunable_params if self.prunable_params else 0.0
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int] | None:
-    """Static shape of a value, symbolic dims as 1; None when the rank is unknown."""
+def _dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
+    """Shape of a value, unknown dims as None; None when the rank is unknown."""
     if not value.type.tensor_type.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in value.type.tensor_type.shape.dim]
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in value.type.tensor_type.shape.dim]
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    """Known shapes of every value after shape inference (inputs, intermediates, outputs, initializers)."""
+def _at_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph inputs have the given shapes, a dynamic batch axis 1 elsewhere."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    inits = {t.name for t in fixed.graph.initializer}
+    for value in fixed.graph.input:
+        if value.name in inits or not value.type.tensor_type.HasField("shape"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        wanted = input_shapes.get(value.name)
+        for axis, dim in enumerate(dims):
+            size = wanted[axis] if wanted is not None and axis < len(wanted) else (1 if axis == 0 else None)
+            if size is not None and not (dim.HasField("dim_value") and dim.dim_value > 0 and wanted is None):
+                dim.Clear()
+                dim.dim_value = size
+    return fixed
+
+
+def _shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, list[int | None]]:
+    """Shapes of every value at the given input shapes (inputs, intermediates, outputs, initializers)."""
+    fixed = _at_shapes(model, input_shapes)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
     except Exception:  # a graph shape inference cannot handle still gets parameter counts
-        inferred = model
+        inferred = fixed
     shapes = {}
     for value in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         dims = _dims(value)
@@ -69,26 +93,35 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
             shapes[value.name] = dims
     for tensor in model.graph.initializer:
         shapes[tensor.name] = list(tensor.dims)
+    if not all(_known(v) for v in shapes.values()):  # ONNX Runtime's symbolic inference follows shape arithmetic
+        from onnxprune.channels.analysis import tensor_shapes
+
+        for name, dims in tensor_shapes(inferred).items():
+            if dims is not None and not _known(shapes.get(name)) and all(isinstance(d, int) for d in dims):
+                shapes[name] = list(dims)
     return shapes
 
 
-def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]], nonzero: dict[str, int]) -> tuple[int, int]:
-    """(dense, sparse) MACs of one Conv/ConvTranspose/Gemm/MatMul node; (0, 0) when shapes are unknown."""
+def _known(*shapes: list[int | None] | None) -> bool:
+    return all(s is not None and all(d is not None for d in s) for s in shapes)
+
+
+def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int | None]],
+               nonzero: dict[str, int]) -> tuple[int, int] | None:
+    """(dense, sparse) MACs of one Conv/ConvTranspose/Gemm/MatMul node, (0, 0) for other nodes, None when
+    a shape it needs is unknown."""
     if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
-        weight, out = shapes.get(node.input[1]), shapes.get(node.output[0])
-        data = shapes.get(node.input[0])
-        if weight is None or out is None or data is None:
-            return 0, 0
+        weight, out, data = shapes.get(node.input[1]), shapes.get(node.output[0]), shapes.get(node.input[0])
+        if not _known(weight, out, data):
+            return None
         spatial = int(np.prod(out[2:] if node.op_type == "Conv" else data[2:]))
-        batch = out[0] if out else 1
-        per_weight = spatial * batch
+        per_weight = spatial * (out[0] if out else 1)
         return per_weight * int(np.prod(weight)), per_weight * nonzero.get(node.input[1], int(np.prod(weight)))
     if node.op_type in ("Gemm", "MatMul") and len(node.input) >= 2:
-        a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
-        out = shapes.get(node.output[0])
-        if a is None or b is None or out is None or len(b) < 1:
-            return 0, 0
-        k = a[-1] if not (node.op_type == "Gemm" and _attr(node, "transA")) else a[0]
+        a, b, out = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
+        if not _known(a, b, out) or len(b) < 1:
+            return None
+        k = a[-1] if not (node.op_type == "Gemm" and attr_int(node, "transA")) else a[0]
         dense = int(np.prod(out)) * k
         if node.input[1] in nonzero:
             return dense, int(dense * nonzero[node.input[1]] / max(1, int(np.prod(b))))
@@ -96,12 +129,14 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]], nonzero: dict
     return 0, 0
 
 
-def _attr(node: onnx.NodeProto, name: str) -> int:
+def attr_int(node: onnx.NodeProto, name: str) -> int:
     return next((a.i for a in node.attribute if a.name == name), 0)
 
 
-def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> ModelStats:
-    """Parameters, sparsity, MACs and (given the file) its size on disk, including external data."""
+def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None,
+                input_shapes: dict[str, tuple[int, ...]] | None = None) -> ModelStats:
+    """Parameters, sparsity, MACs (at ``input_shapes`` where inputs have dynamic dims beyond the batch) and
+    (given the file) its size on disk, including external data."""
     inits = {t.name: t for t in model.graph.initializer}
     dense_values = {name: numpy_helper.to_array(t) for name, t in inits.items() if t.data_type in _FLOAT}
     for sparse in model.graph.sparse_initializer:
@@ -111,12 +146,17 @@ def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None) -
     tensors = []
     for weight in find_prunable(model):
         tensors.append(TensorStats(weight.name, weight.op_type, weight.shape, weight.size, nonzero[weight.name]))
-    shapes = _shapes(model)
-    macs = sparse_macs = 0
+    shapes = _shapes(model, input_shapes or {})
+    macs: int | None = 0
+    sparse_macs: int | None = 0
     for node in model.graph.node:
-        dense, sparse = _node_macs(node, shapes, nonzero)
-        macs += dense
-        sparse_macs += sparse
+        counted = _node_macs(node, shapes, nonzero)
+        if counted is None:
+            log.info("MACs unknown: the shapes around node %r are not known (give --input-shape)", node.name)
+            macs = sparse_macs = None
+            break
+        macs += counted[0]
+        sparse_macs += counted[1]
     return ModelStats(params=params, prunable_params=sum(t.size for t in tensors),
                       prunable_nonzero=sum(t.nonzero for t in tensors), macs=macs, sparse_macs=sparse_macs,
                       file_bytes=file_size(path) if path is not None else None, tensors=tensors)

@@ -4,6 +4,7 @@ idle threads do not steal the other's cores. CUDA runs use IO binding."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxprune.data import Dataset, input_specs, load_data
+from onnxprune.data import Dataset, InputSpec, check_input_shapes, load_data
 from onnxprune.errors import ConfigError
 from onnxprune.graph.io import load_model
 from onnxprune.threads import thread_count
@@ -60,6 +61,20 @@ def _timer(session: ort.InferenceSession, feed: dict[str, np.ndarray]):
     return run
 
 
+def session_inputs(session: ort.InferenceSession) -> list[InputSpec]:
+    """The inputs of a loaded session as specs (dynamic dims None), so the file need not be parsed again."""
+    specs = []
+    for arg in session.get_inputs():
+        dtype = np.dtype(_ORT_TYPES.get(arg.type, np.float32))
+        specs.append(InputSpec(arg.name, dtype, tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)))
+    return specs
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+              "tensor(bool)": np.bool_}
+
+
 def make_feed(model_inputs: list, batch: int, data: Dataset | None, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of ``batch`` samples: taken (repeated) from ``data`` or random, dynamic non-batch dims = 1."""
     fixed = {s.shape[0] for s in model_inputs if s.shape and s.shape[0] is not None}
@@ -83,23 +98,28 @@ def make_feed(model_inputs: list, batch: int, data: Dataset | None, seed: int = 
 
 def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = None, batch: int = 1,
               threads: int | None = None, runs: int = 100, warmup: int = 10, device: str = "auto",
-              data: str | os.PathLike | None = None) -> BenchResult:
-    """Time ``model_path`` (and ``vs``, interleaved) on ``batch`` samples of ``data`` or random inputs."""
+              data: str | os.PathLike | None = None,
+              input_shapes: dict[str, tuple[int, ...]] | None = None) -> BenchResult:
+    """Time ``model_path`` (and ``vs``, interleaved) on ``batch`` samples of ``data`` or random inputs
+    (dynamic dims beyond the batch from ``input_shapes``, else 1)."""
     if runs < MIN_RUNS:
         raise ConfigError(f"runs must be >= {MIN_RUNS} for a stable median, got {runs}")
     if batch < 1 or warmup < 0:
         raise ConfigError(f"batch must be >= 1 and warmup >= 0, got batch={batch}, warmup={warmup}")
     threads = threads or thread_count()
-    model = load_model(model_path)
-    dataset = load_data(Path(data), model) if data is not None else None
-    feed = make_feed(input_specs(model), batch, dataset)
-    sessions = [make_session(model_path, threads=threads, device=device)]
+    sessions = [make_session(str(model_path), threads=threads, device=device)]
+    dataset = load_data(Path(data), load_model(model_path)) if data is not None else None
+    specs = session_inputs(sessions[0])
+    if input_shapes:
+        check_input_shapes(input_shapes, specs)
+        specs = [dataclasses.replace(s, shape=(s.shape[0], *input_shapes[s.name][1:])) if s.name in input_shapes
+                 else s for s in specs]
+    feed = make_feed(specs, batch, dataset)
     if vs is not None:
-        other = load_model(vs)
-        other_names = sorted(s.name for s in input_specs(other))
+        sessions.append(make_session(str(vs), threads=threads, device=device))
+        other_names = sorted(s.name for s in session_inputs(sessions[1]))
         if other_names != sorted(feed):
             raise ConfigError(f"--vs model has inputs {other_names}, the model has {sorted(feed)}")
-        sessions.append(make_session(vs, threads=threads, device=device))
     calls = [_timer(s, feed) for s in sessions]
     for _ in range(warmup):
         for call in calls:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from onnxprune.data import load_data
 from onnxprune.errors import ConfigError, OnnxPruneError
-from onnxprune.validate.evaluation import evaluate
+from onnxprune.validate.evaluation import CLASS_SCORES, accuracy, evaluate, output_kind, reference_outputs
 from onnxprune.methods import get_method, make_config
 from onnxprune.pipeline import Pruner, PruneOutcome
 from onnxprune.graph.io import check_output_path
@@ -88,7 +88,11 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
     eval_data = load_data(Path(data), pruner.canonical.model)
     if budget.max_accuracy_drop is not None and eval_data.labels is None:
         raise ConfigError("--max-accuracy-drop needs labels in --data; use --min-agreement without labels")
-    dense_accuracy = evaluate(model_path, eval_data).accuracy
+    dense = reference_outputs(pruner.canonical.model, eval_data)  # run once, compared with every trial
+    if budget.min_agreement is not None and output_kind(dense[0]) != CLASS_SCORES:
+        raise ConfigError(f"--min-agreement needs class scores as the first output; this model's has shape "
+                          f"{list(dense[0].shape)}")
+    dense_accuracy = accuracy(dense[0], eval_data.labels) if eval_data.labels is not None else None
     work = Path(tempfile.mkdtemp(prefix=".onnxprune-budget-", dir=Path(output).resolve().parent))
     result = BudgetResult(method, budget, dense_accuracy, None, None, None, None)
     best: tuple[float, Path, PruneOutcome, BudgetTrial] | None = None
@@ -102,7 +106,7 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
         except OnnxPruneError as exc:
             result.trials.append(BudgetTrial(sparsity, None, None, False, str(exc)))
             return False
-        quality = evaluate(path, eval_data, reference=model_path)
+        quality = evaluate(path, eval_data, reference=dense)
         if budget.max_accuracy_drop is not None:
             within = dense_accuracy - quality.accuracy <= budget.max_accuracy_drop
         else:

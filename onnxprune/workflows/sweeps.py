@@ -12,18 +12,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from onnxprune.validate.bench import benchmark
-from onnxprune.data import Dataset, load_data
+from onnxprune.data import Dataset, load_data, sample_shapes
 from onnxprune.errors import ConfigError, OnnxPruneError, OutputError
-from onnxprune.validate.evaluation import evaluate
+from onnxprune.threads import thread_count
+from onnxprune.validate.evaluation import accuracy, evaluate, reference_outputs
 from onnxprune.graph.io import load_model
 from onnxprune.methods import MethodSpec, get_method, make_config
 from onnxprune.pipeline import Pruner
-from onnxprune.report import write_json
-from onnxprune.graph.stats import model_stats
-from onnxprune.report import human_bytes, table
+from onnxprune.graph.stats import ModelStats, model_stats
+from onnxprune.report import human_bytes, table, write_json
 
 DEFAULT_METHODS = ("magnitude", "chita++", "l1-channel", "intrafusion")
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
@@ -113,12 +114,12 @@ def method_options(specs: Sequence[MethodSpec], options: dict[str, Any]) -> dict
     return per
 
 
-def _measure(point: SweepPoint, path: Path, dense: Path, data: Dataset, batch: int, threads: int,
-             runs: int) -> None:
-    """Fill ``point`` with ORT accuracy/fidelity, latency against the dense model and size figures."""
-    quality = evaluate(path, data, reference=dense, threads=threads)
+def _measure(point: SweepPoint, path: Path, stats: ModelStats, dense: Path, dense_outputs: list[np.ndarray],
+             data: Dataset, batch: int, threads: int, runs: int) -> None:
+    """Fill ``point`` with ORT accuracy/fidelity (against the dense outputs computed once), latency
+    against the dense model and the written model's size figures."""
+    quality = evaluate(path, data, reference=dense_outputs, threads=threads)
     speed = benchmark(path, vs=dense, batch=batch, threads=threads, runs=runs, warmup=5)
-    stats = model_stats(load_model(path), path)
     point.accuracy, point.agreement = quality.accuracy, quality.agreement
     point.max_abs_diff, point.cosine = quality.max_abs_diff, quality.cosine
     point.median_ms, point.p90_ms, point.speedup = speed.median_ms, speed.p90_ms, speed.ratio
@@ -152,14 +153,16 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
     original = load_model(dense)
     eval_data = load_data(Path(data), original)
     calib_data = load_data(Path(calib), original) if calib is not None else None
-    threads = threads or min(4, os.cpu_count() or 1)
+    threads = threads or thread_count()
     start = time.perf_counter()
-    base = evaluate(dense, eval_data, threads=threads)
+    dense_outputs = reference_outputs(dense, eval_data, threads=threads)  # run once, compared with every point
+    base_accuracy = accuracy(dense_outputs[0], eval_data.labels) if eval_data.labels is not None else None
     base_speed = benchmark(dense, batch=batch, threads=threads, runs=runs, warmup=5)
-    base_stats = model_stats(original, dense)
+    shapes = sample_shapes(eval_data)  # MACs of models with dynamic dims at the evaluation data's shapes
+    base_stats = model_stats(original, dense, shapes)
     report = SweepReport(
         model=str(dense), out_dir=str(folder), environment=environment(threads, base_speed.provider, command),
-        dense=SweepPoint("dense", 0.0, str(dense), accuracy=base.accuracy, agreement=100.0, max_abs_diff=0.0,
+        dense=SweepPoint("dense", 0.0, str(dense), accuracy=base_accuracy, agreement=100.0, max_abs_diff=0.0,
                          cosine=1.0, median_ms=base_speed.median_ms, p90_ms=base_speed.p90_ms, speedup=1.0,
                          file_bytes=base_stats.file_bytes, params=base_stats.params,
                          nonzero_macs=base_stats.sparse_macs), options=per_method)
@@ -169,7 +172,7 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
             points = [SweepPoint(spec.name, s) for s in order]
             try:
                 pruner = Pruner(dense, spec.name, calib=calib_data if spec.needs_calib else None,
-                                **per_method[spec.name])
+                                input_shapes=shapes, **per_method[spec.name])
                 pruner.session().expect(order)
             except OnnxPruneError as exc:  # the method cannot run on this model: every point says why
                 for point in points:
@@ -181,10 +184,10 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
                 target = folder / f"{spec.name.replace('+', 'p')}_{point.sparsity:g}.onnx"
                 began = time.perf_counter()
                 try:
-                    pruner.write(target, point.sparsity)
+                    outcome = pruner.write(target, point.sparsity)
                     point.prune_s = time.perf_counter() - began
                     point.model = str(target)
-                    _measure(point, target, dense, eval_data, batch, threads, runs)
+                    _measure(point, target, outcome.after, dense, dense_outputs, eval_data, batch, threads, runs)
                 except OnnxPruneError as exc:
                     point.error = str(exc)
                 bar.update()
