@@ -12,6 +12,7 @@ from typing import Callable
 
 import onnx
 from onnx import numpy_helper
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from google.protobuf.message import DecodeError
 
 from onnxprune.errors import ModelError, OutputError, first_line
@@ -24,12 +25,7 @@ _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 def _external_locations(model: onnx.ModelProto) -> list[tuple[str, str]]:
     """(tensor name, location) of every initializer stored as external data."""
-    found = []
-    for tensor in _all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            entries = {e.key: e.value for e in tensor.external_data}
-            found.append((tensor.name, entries.get("location", "")))
-    return found
+    return [(t.name, ExternalDataInfo(t).location) for t in _all_tensors(model) if uses_external_data(t)]
 
 
 def _all_tensors(model: onnx.ModelProto):
