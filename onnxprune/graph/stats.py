@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.graph.protos import attr, dims
 from onnxprune.graph.prunable import find_prunable
 
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
@@ -49,11 +50,10 @@ class ModelStats:
         return 1.0 - self.prunable_nonzero / self.prunable_params if self.prunable_params else 0.0
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int] | None:
+def _static_dims(value: onnx.ValueInfoProto) -> list[int] | None:
     """Static shape of a value, symbolic dims as 1; None when the rank is unknown."""
-    if not value.type.tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in value.type.tensor_type.shape.dim]
+    found = dims(value)
+    return None if found is None else [d if isinstance(d, int) and d > 0 else 1 for d in found]
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
@@ -64,9 +64,9 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
         inferred = model
     shapes = {}
     for value in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        dims = _dims(value)
-        if dims is not None:
-            shapes[value.name] = dims
+        static = _static_dims(value)
+        if static is not None:
+            shapes[value.name] = static
     for tensor in model.graph.initializer:
         shapes[tensor.name] = list(tensor.dims)
     return shapes
@@ -88,16 +88,12 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]], nonzero: dict
         out = shapes.get(node.output[0])
         if a is None or b is None or out is None or len(b) < 1:
             return 0, 0
-        k = a[-1] if not (node.op_type == "Gemm" and _attr(node, "transA")) else a[0]
+        k = a[-1] if not (node.op_type == "Gemm" and attr(node, "transA", 0)) else a[0]
         dense = int(np.prod(out)) * k
         if node.input[1] in nonzero:
             return dense, int(dense * nonzero[node.input[1]] / max(1, int(np.prod(b))))
         return dense, dense
     return 0, 0
-
-
-def _attr(node: onnx.NodeProto, name: str) -> int:
-    return next((a.i for a in node.attribute if a.name == name), 0)
 
 
 def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> ModelStats:
