@@ -68,8 +68,7 @@ class Walker:
 
     def __init__(self, model: onnx.ModelProto):
         graph = model.graph
-        self.graph = graph
-        self.model = model
+        self.model, self.graph = model, graph
         self.inits = {t.name: t for t in graph.initializer}
         self.shapes = tensor_shapes(model)
         self.position = {node.name: i for i, node in enumerate(graph.node)}
@@ -90,6 +89,7 @@ class Walker:
         return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
 
     def rank(self, name: str) -> int | None:
+        """The rank of a tensor, None when its shape is unknown."""
         dims = self.shapes.get(name)
         return None if dims is None else len(dims)
 

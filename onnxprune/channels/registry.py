@@ -37,12 +37,15 @@ class Entry:
     producer: bool = False
 
     def covers(self, version: int) -> bool:
+        """Whether the rule applies at opset ``version``."""
         return self.since <= version and (self.until is None or version <= self.until)
 
     def overlaps(self, other: "Entry") -> bool:
+        """Whether some opset version is in both ranges."""
         return (self.until is None or other.since <= self.until) and (other.until is None or self.since <= other.until)
 
     def versions(self) -> str:
+        """The range in words, for error messages."""
         return f"opset {self.since} and later" if self.until is None else f"opsets {self.since} to {self.until}"
 
 
@@ -98,7 +101,7 @@ def unregister_op(op_type: str, *, domain: str = "", since: int | None = None) -
     """Forget the rule of ``op_type`` in ``domain`` starting at opset ``since`` (None: every range)."""
     key = (domain_key(domain), op_type)
     entries = _RULES.get(key, [])
-    kept = [e for e in entries if since is not None and e.since != since]
+    kept = [] if since is None else [e for e in entries if e.since != since]
     if len(kept) == len(entries):
         raise ConfigError(f"no rule registered for {_op_name(*key)}" + (f" from opset {since}" if since else ""))
     _RULES[key] = kept
