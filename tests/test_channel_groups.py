@@ -15,8 +15,10 @@ from torch import nn
 
 from nets import NETS, export, random_data
 from onnxprune.graph.canonical import canonicalize
-from onnxprune.channels.analysis import CHANNELWISE, CONSUMER, analyse_channels, find_groups
-from onnxprune.channels.surgery import ChannelMap, apply_channel_maps, fold_batchnorms
+from onnxprune.channels.analysis import analyse_channels, find_groups
+from onnxprune.channels.batchnorm import fold_batchnorms
+from onnxprune.channels.model import CHANNELWISE, CONSUMER
+from onnxprune.channels.surgery import ChannelMap, apply_channel_maps
 from onnxprune.errors import ConfigError
 from onnxprune.graph.io import load_model
 from onnxprune.methods.l1_channel import ChannelConfig

@@ -24,7 +24,7 @@ import onnx
 from onnxprune.validate.bench import benchmark
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.channels.analysis import find_groups
-from onnxprune.channels.surgery import fold_batchnorms
+from onnxprune.channels.batchnorm import fold_batchnorms
 from onnxprune.data import load_data
 from onnxprune.validate.evaluation import evaluate
 from onnxprune.graph.io import load_model

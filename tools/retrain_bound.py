@@ -32,7 +32,8 @@ from onnxprune.methods.magnitude import magnitude_masks
 from onnxprune.graph.prunable import find_prunable, read_weights
 from onnxprune.report import table
 from onnxprune.view.torchview import build_torch_view
-from onnxprune.graph.edit import replace_initializers, save_model
+from onnxprune.graph.edit import replace_initializers
+from onnxprune.graph.io import save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -1,7 +1,7 @@
-"""Graph surgery for structured pruning: fold BatchNorm into its producer, rewrite every member
-of a channel group with a channel map, fix the shape constants that spell channel counts, then
-re-run shape inference and the ONNX checker. Names, opset, dynamic axes and metadata survive;
-only the tensors of pruned groups change shape."""
+"""Graph surgery for structured pruning: rewrite every member of a channel group with a channel
+map, fix the shape constants that spell channel counts, then re-run shape inference and the ONNX
+checker. Names, opset, dynamic axes and metadata survive; only the tensors of pruned groups change
+shape. (BatchNorm folding, done before the analysis, is in ``channels/batchnorm.py``.)"""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from onnxprune.channels.analysis import CONSUMER, ChannelAnalysis, ChannelGroup, Member, ShapeFix
+from onnxprune.channels.model import CONSUMER, ChannelAnalysis, ChannelGroup, Member, ShapeFix
 from onnxprune.errors import ModelError, first_line
+from onnxprune.graph.protos import attr, names_in_use, opset_of, reader_counts, set_attr, unique_name
 
 log = logging.getLogger(__name__)
-
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-
 
 @dataclass(frozen=True)
 class ChannelMap:
@@ -42,142 +40,6 @@ class ChannelMap:
         matrix = np.zeros((size, len(keep)))
         matrix[np.asarray(keep), np.arange(len(keep))] = 1.0
         return cls(matrix, matrix)
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
-
-
-def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
-    for index, attribute in enumerate(node.attribute):
-        if attribute.name == name:
-            del node.attribute[index]
-            break
-    node.attribute.append(helper.make_attribute(name, value))
-
-
-def _readers(graph: onnx.GraphProto) -> dict[str, int]:
-    """How many node inputs (and graph outputs) read each tensor name."""
-    count: dict[str, int] = defaultdict(int)
-    for node in graph.node:
-        for name in node.input:
-            count[name] += 1
-    for output in graph.output:
-        count[output.name] += 1
-    return count
-
-
-def _unique_name(taken: set[str], base: str) -> str:
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    taken.add(name)
-    return name
-
-
-def _batchnorm_factors(bn: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, shift) with BN(x) = scale * x + shift, per channel, in float64."""
-    scale, bias, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
-    factor = scale / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
-    return factor, bias - mean * factor
-
-
-def _foldable(bn: onnx.NodeProto, producer: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto],
-              readers: dict[str, int]) -> bool:
-    """True when ``bn`` is an inference BatchNorm right after a Conv/Gemm whose weights only it uses."""
-    if producer is None or producer.op_type not in ("Conv", "Gemm") or producer.domain not in ("", "ai.onnx"):
-        return False
-    if int(_attr(bn, "training_mode", 0)) or any(bn.output[1:]) or not int(_attr(bn, "spatial", 1)):
-        return False
-    if len(bn.input) < 5 or any(n not in inits for n in bn.input[1:5]) or readers[bn.input[0]] != 1:
-        return False
-    params = [p for p in producer.input[1:] if p]
-    if any(p not in inits or readers[p] != 1 for p in params) or producer.input[0] in inits:
-        return False
-    if inits[producer.input[1]].data_type not in _FLOATS:
-        return False
-    if producer.op_type == "Gemm" and len(params) > 1:
-        n_axis = 0 if int(_attr(producer, "transB", 0)) else 1
-        channels = int(inits[producer.input[1]].dims[n_axis])
-        return int(np.prod(inits[params[1]].dims, dtype=np.int64)) in (1, channels)
-    return True
-
-
-def fold_batchnorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """A copy of ``model`` with every foldable BatchNorm merged into the Conv/Gemm before it.
-
-    The producer takes over the BatchNorm's output name, so graph outputs keep their names.
-    Returns the new model and how many BatchNorms were folded.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    inits = {t.name: t for t in graph.initializer}
-    readers = _readers(graph)
-    producer_of = {o: n for n in graph.node for o in n.output}
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
-        {i.name for i in graph.input}
-    folded: list[onnx.NodeProto] = []
-    for bn in graph.node:
-        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
-            continue
-        producer = producer_of.get(bn.input[0])
-        if bn.input[0] in {o.name for o in graph.output} or not _foldable(bn, producer, inits, readers):
-            continue
-        _fold_into(producer, bn, inits, graph, taken)
-        producer.output[0] = bn.output[0]
-        folded.append(bn)
-    if not folded:
-        return out, 0
-    for bn in folded:
-        graph.node.remove(bn)
-    still_read = {name for node in graph.node for name in node.input}
-    for tensor in [t for t in graph.initializer if t.name not in still_read]:
-        graph.initializer.remove(tensor)
-    gone = {bn.input[0] for bn in folded}
-    for value in [v for v in graph.value_info if v.name in gone]:
-        graph.value_info.remove(value)
-    return out, len(folded)
-
-
-def _fold_into(producer: onnx.NodeProto, bn: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
-               graph: onnx.GraphProto, taken: set[str]) -> None:
-    """Rewrite the producer's weight and bias so that it computes BN(producer(x))."""
-    factor, shift = _batchnorm_factors(bn, inits)
-    weight_tensor = inits[producer.input[1]]
-    dtype = helper.tensor_dtype_to_np_dtype(weight_tensor.data_type)
-    weight = numpy_helper.to_array(weight_tensor).astype(np.float64)
-    if producer.op_type == "Conv":
-        axis, bias_scale = 0, 1.0
-    else:
-        axis = 0 if int(_attr(producer, "transB", 0)) else 1
-        bias_scale = float(_attr(producer, "beta", 1.0))
-        _set_attr(producer, "beta", 1.0)
-    shape = [1] * weight.ndim
-    shape[axis] = -1
-    weight = weight * factor.reshape(shape)
-    has_bias = len(producer.input) > 2 and producer.input[2]
-    bias = np.zeros_like(factor)
-    if has_bias:
-        bias = bias + bias_scale * numpy_helper.to_array(inits[producer.input[2]]).astype(np.float64).reshape(-1)
-    bias = bias * factor + shift
-    weight_tensor.CopyFrom(numpy_helper.from_array(weight.astype(dtype), weight_tensor.name))
-    if has_bias:
-        inits[producer.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(dtype), producer.input[2]))
-        return
-    name = _unique_name(taken, f"{producer.input[1]}_folded_bias")
-    tensor = numpy_helper.from_array(bias.astype(dtype), name)
-    graph.initializer.append(tensor)
-    inits[name] = tensor
-    while len(producer.input) < 2:
-        producer.input.append("")
-    if len(producer.input) == 2:
-        producer.input.append(name)
-    else:
-        producer.input[2] = name
 
 
 def member_slab(array: np.ndarray, member: Member, size: int) -> np.ndarray:
@@ -262,7 +124,7 @@ def _write_constant(graph: onnx.GraphProto, node: onnx.NodeProto, slot: int, val
         tensor = next(t for t in graph.initializer if t.name == name)
         tensor.CopyFrom(numpy_helper.from_array(value, name))
         return
-    new_name = _unique_name(taken, f"{name or node.name + '_split'}_pruned")
+    new_name = unique_name(taken, f"{name or node.name + '_split'}_pruned")
     graph.initializer.append(numpy_helper.from_array(value, new_name))
     if name:
         readers[name] -= 1
@@ -276,9 +138,9 @@ def _apply_fixes(model: onnx.ModelProto, analysis: ChannelAnalysis, kept: dict[i
     graph = model.graph
     nodes = {n.name: n for n in graph.node}
     inits = {t.name: t for t in graph.initializer}
-    readers = _readers(graph)
-    taken = set(inits) | {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    readers = reader_counts(graph)
+    taken = names_in_use(graph)
+    opset = opset_of(model)
     entries: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)
     for fix in analysis.fixes:
         values = _fix_values(fix, kept)
@@ -286,11 +148,11 @@ def _apply_fixes(model: onnx.ModelProto, analysis: ChannelAnalysis, kept: dict[i
         if fix.kind == "entry":
             entries[(fix.node, fix.slot)][fix.position] = values[0]
         elif fix.kind == "group":
-            _set_attr(node, "group", values[0])
+            set_attr(node, "group", values[0])
         elif fix.kind == "split":
             sizes = np.asarray(values, dtype=np.int64)
-            if _attr(node, "split") is not None or opset < 13:
-                _set_attr(node, "split", [int(v) for v in values])
+            if attr(node, "split") is not None or opset < 13:
+                set_attr(node, "split", [int(v) for v in values])
             else:
                 _write_constant(graph, node, 1, sizes, readers, taken)
                 kept_attributes = [a for a in node.attribute if a.name != "num_outputs"]

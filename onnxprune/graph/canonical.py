@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.errors import ModelError, first_line
+from onnxprune.graph.protos import unique_name
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,7 @@ def name_nodes(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     renamed = 0
     for index, node in enumerate(model.graph.node):
         if not node.name or node.name in seen:
-            base = f"{node.op_type}_{index}"
-            name, k = base, 1
-            while name in seen:
-                name, k = f"{base}_{k}", k + 1
-            node.name = name
+            node.name = unique_name(seen, f"{node.op_type}_{index}")
             renamed += 1
         seen.add(node.name)
     if renamed:

@@ -11,7 +11,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.graph.protos import attr, dims
 from onnxprune.graph.prunable import find_prunable
+from onnxprune.graph.shapes import tensor_shapes
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,8 @@ class ModelStats:
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
     """Shape of a value, unknown dims as None; None when the rank is unknown."""
-    if not value.type.tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in value.type.tensor_type.shape.dim]
+    found = dims(value)
+    return None if found is None else [d if isinstance(d, int) and d > 0 else None for d in found]
 
 
 def _at_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -69,9 +69,8 @@ def _at_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]])
     for value in fixed.graph.input:
         if value.name in inits or not value.type.tensor_type.HasField("shape"):
             continue
-        dims = value.type.tensor_type.shape.dim
         wanted = input_shapes.get(value.name)
-        for axis, dim in enumerate(dims):
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             size = wanted[axis] if wanted is not None and axis < len(wanted) else (1 if axis == 0 else None)
             if size is not None and not (dim.HasField("dim_value") and dim.dim_value > 0 and wanted is None):
                 dim.Clear()
@@ -88,17 +87,15 @@ def _shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) ->
         inferred = fixed
     shapes = {}
     for value in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        dims = _dims(value)
-        if dims is not None:
-            shapes[value.name] = dims
+        found = _dims(value)
+        if found is not None:
+            shapes[value.name] = found
     for tensor in model.graph.initializer:
         shapes[tensor.name] = list(tensor.dims)
     if not all(_known(v) for v in shapes.values()):  # ONNX Runtime's symbolic inference follows shape arithmetic
-        from onnxprune.channels.analysis import tensor_shapes
-
-        for name, dims in tensor_shapes(inferred).items():
-            if dims is not None and not _known(shapes.get(name)) and all(isinstance(d, int) for d in dims):
-                shapes[name] = list(dims)
+        for name, found in tensor_shapes(inferred).items():
+            if found is not None and not _known(shapes.get(name)) and all(isinstance(d, int) for d in found):
+                shapes[name] = list(found)
     return shapes
 
 
@@ -121,16 +118,12 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int | None]],
         a, b, out = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
         if not _known(a, b, out) or len(b) < 1:
             return None
-        k = a[-1] if not (node.op_type == "Gemm" and attr_int(node, "transA")) else a[0]
+        k = a[-1] if not (node.op_type == "Gemm" and attr(node, "transA", 0)) else a[0]
         dense = int(np.prod(out)) * k
         if node.input[1] in nonzero:
             return dense, int(dense * nonzero[node.input[1]] / max(1, int(np.prod(b))))
         return dense, dense
     return 0, 0
-
-
-def attr_int(node: onnx.NodeProto, name: str) -> int:
-    return next((a.i for a in node.attribute if a.name == name), 0)
 
 
 def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None,

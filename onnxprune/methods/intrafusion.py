@@ -9,7 +9,7 @@ from functools import partial
 import numpy as np
 import onnx
 
-from onnxprune.channels.analysis import ChannelGroup, Member
+from onnxprune.channels.model import ChannelGroup, Member
 from onnxprune.channels.surgery import ChannelMap
 from onnxprune.data import Dataset
 from onnxprune.methods.base import MethodResult, OneOf

@@ -14,9 +14,10 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from onnxprune.channels.analysis import ChannelGroup, Member, analyse_channels
-from onnxprune.channels.surgery import (ChannelMap, apply_channel_maps, fold_batchnorms, group_slabs, member_slab,
-                                       read_initializers)
+from onnxprune.channels.analysis import analyse_channels
+from onnxprune.channels.batchnorm import fold_batchnorms
+from onnxprune.channels.model import ChannelGroup, Member
+from onnxprune.channels.surgery import ChannelMap, apply_channel_maps, group_slabs, member_slab, read_initializers
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
 from onnxprune.methods.base import Interval, MethodConfig, MethodResult, OneOf
