@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import DataError, first_line
+from onnxprune.graph.protos import dims
 
 LABELS = "labels"
 
@@ -47,11 +48,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     for value in model.graph.input:
         if value.name in inits:
             continue
-        tensor_type = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                     for d in tensor_type.shape.dim)
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        specs.append(InputSpec(value.name, dtype, dims))
+        shape = tuple(d if isinstance(d, int) and d > 0 else None for d in dims(value) or ())
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+        specs.append(InputSpec(value.name, dtype, shape))
     return specs
 
 

@@ -13,6 +13,7 @@ from onnxprune.graph.canonical import canonicalize
 from onnxprune.view.onnx2torch_compat import unsupported_nodes
 from onnxprune.data import check_input_shapes, input_specs, load_data, sample_shapes
 from onnxprune.graph.io import load_model
+from onnxprune.graph.protos import dims, opset_of
 from onnxprune.graph.stats import ModelStats, model_stats
 
 
@@ -39,8 +40,7 @@ class ModelInfo:
 
 def _shape(value: onnx.ValueInfoProto) -> list[int | str]:
     """Dims of a graph input/output, symbolic ones by name ('?' when unnamed)."""
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in value.type.tensor_type.shape.dim]
+    return ["?" if d is None else d for d in dims(value) or ()]
 
 
 def _value(value: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def inspect_model(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ..
         check_input_shapes(input_shapes, input_specs(model))
     elif data is not None:
         input_shapes = sample_shapes(load_data(Path(data), model))
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = opset_of(model)
     specs = {s.name for s in input_specs(model)}
     return ModelInfo(
         path=str(path), opset=opset, ir_version=model.ir_version,
