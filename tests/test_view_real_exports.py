@@ -160,3 +160,13 @@ def test_parity_tolerance_scales_with_the_output():
     with pytest.raises(ConversionError, match=r"output 'y'.*max abs diff .*max\|y\|.*relative L2"):
         check_parity(view, model, data)
     check_parity(view, model, data, tolerance=Tolerance(atol=1e-4, rtol=0.05, rel_l2=0.05))
+
+
+def test_layer_norm_17_with_statistics_and_prelu():
+    """Dynamo BERT writes LayerNormalization-17 (its statistics outputs listed when kept); face and
+    detection models PRelu with a per-channel slope: both under vmap over grad."""
+    nodes = _conv() + [_constant("ln.scale", _floats(8) + 1), _constant("ln.bias", _floats(8)),
+                       helper.make_node("LayerNormalization", ["a", "ln.scale", "ln.bias"], ["n", "mean", "inv_std"],
+                                        axis=-1, epsilon=1e-5),
+                       _constant("slope", _floats(6, 1, 1)), helper.make_node("PRelu", ["n", "slope"], ["p"])]
+    _check(_model(nodes + _head("p", 6), 17), _data())

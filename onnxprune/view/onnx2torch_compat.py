@@ -19,8 +19,10 @@ GlobalAveragePool-1 averaged over every axis when shape inference could not tell
 (legacy exports whose shapes are computed at run time), AveragePool-7/10/11 refuse padding that
 torch's pooling cannot express, Slice-10/11/13 read their constant inputs with ``.numpy()`` at run
 time (which fails under ``torch.func.grad``, where every tensor an op touches is a grad-tracking
-wrapper), Clip-11/12/13 refuse an absent min before a given max or computed bounds, and
-BatchNormalization-9/14/15 need the input's rank from shape inference.
+wrapper), Clip-11/12/13 refuse an absent min before a given max or computed bounds,
+BatchNormalization-9/14/15 and LayerNormalization-17 need the input's rank from shape inference
+(and the latter refuses its statistics outputs), and PRelu indexes with a boolean mask, which
+``torch.func.vmap`` refuses.
 
 A converter raises NotImplementedError for what it cannot express, and ``unsupported_nodes`` tries
 every node's converter, so such a node is reported, with its name, before conversion starts.
@@ -69,6 +71,7 @@ REPLACED: tuple[tuple[str, int], ...] = (
     ("Reshape", 14), ("GlobalAveragePool", 1), ("AveragePool", 7), ("AveragePool", 10), ("AveragePool", 11),
     ("Slice", 10), ("Slice", 11), ("Slice", 13), ("Clip", 11), ("Clip", 12), ("Clip", 13),
     ("BatchNormalization", 9), ("BatchNormalization", 14), ("BatchNormalization", 15),
+    ("PRelu", 7), ("PRelu", 9), ("PRelu", 16), ("LayerNormalization", 17),
 )
 _depth = 0  # nesting of patched_registry blocks
 
@@ -281,6 +284,32 @@ class _InferenceBatchNorm(nn.Module):
         return nn.functional.batch_norm(x, mean, var, scale, bias, training=False, eps=self.epsilon)
 
 
+class _PRelu(nn.Module):
+    """PRelu with the slope broadcast against the input, without boolean-mask indexing (vmap refuses it)."""
+
+    def forward(self, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, x * slope)
+
+
+class _LayerNorm(nn.Module):
+    """LayerNormalization-17 over the axes from ``axis`` on, of any input rank, with the optional Mean
+    and InvStdDev outputs (normalized axes kept as 1)."""
+
+    def __init__(self, axis: int, epsilon: float, statistics: bool):
+        super().__init__()
+        self.axis, self.epsilon, self.statistics = axis, epsilon, statistics
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dims = tuple(range(self.axis % x.dim(), x.dim()))
+        mean = x.mean(dims, keepdim=True)
+        centred = x - mean
+        inv_std = torch.rsqrt((centred * centred).mean(dims, keepdim=True) + self.epsilon)
+        y = centred * inv_std * scale
+        y = y if bias is None else y + bias
+        return (y, mean, inv_std) if self.statistics else y
+
+
 def same_pads(sizes: list[int], kernel: list[int], strides: list[int], upper: bool) -> list[int]:
     """ONNX SAME_UPPER/SAME_LOWER pads (all begins, then all ends) keeping ceil(size / stride) outputs;
     the odd pixel goes to the end (UPPER) or the beginning (LOWER)."""
@@ -385,6 +414,18 @@ def _convert_clip(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return _result(_Clip(), node)
 
 
+def _convert_prelu(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """PRelu-7/9/16: the slope broadcasts against the input."""
+    return _result(_PRelu(), node)
+
+
+def _convert_layer_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """LayerNormalization-17, scale and bias as inputs, statistics outputs when the node lists them."""
+    module = _LayerNorm(int(node.attributes.get("axis", -1)), float(node.attributes.get("epsilon", 1e-5)),
+                        statistics=len(node.output_values) > 1)
+    return _result(module, node)
+
+
 def _convert_batch_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     """BatchNormalization-9/14/15 at inference; training mode (batch statistics, running-statistics
     outputs, which ONNX Runtime also computes when a node lists them) is refused."""
@@ -472,7 +513,8 @@ def _replace_onnx2torch_entries(table: dict[Any, Converter]) -> None:
     Reshape-14 is extended to ``allowzero=1``, GlobalAveragePool-1 no longer trusts the input rank
     found by shape inference (an unknown rank made it average over every axis, batch included),
     AveragePool-7/10/11 take asymmetric and SAME padding (TensorFlow and Caffe2 exports use them),
-    Slice reads constant inputs once, Clip takes tensor bounds, BatchNormalization any input rank."""
+    Slice reads constant inputs once, Clip takes tensor bounds, BatchNormalization and
+    LayerNormalization any input rank (and LayerNormalization its statistics outputs), PRelu runs under vmap."""
     table[_entry("Reshape", 14)] = _allowing_zero(table[_entry("Reshape", 14)])
     table[_entry("GlobalAveragePool", 1)] = _convert_global_average_pool
     for version in (7, 10, 11):
@@ -483,6 +525,9 @@ def _replace_onnx2torch_entries(table: dict[Any, Converter]) -> None:
         table[_entry("Clip", version)] = _convert_clip
     for version in (9, 14, 15):
         table[_entry("BatchNormalization", version)] = _convert_batch_norm
+    for version in (7, 9, 16):
+        table[_entry("PRelu", version)] = _convert_prelu
+    table[_entry("LayerNormalization", 17)] = _convert_layer_norm
 
 
 def _restricted(op_type: str, base: Converter, checks: dict[str, AttributeCheck]) -> Converter:
