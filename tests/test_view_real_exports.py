@@ -45,7 +45,8 @@ def _head(features: str, width: int, dtype=np.float32) -> list[onnx.NodeProto]:
     """features[N, C, H, W] → GlobalAveragePool → Flatten → Gemm(C → CLASSES, with bias) → y."""
     return [helper.make_node("GlobalAveragePool", [features], ["pooled"]),
             helper.make_node("Flatten", ["pooled"], ["flat"]),
-            _constant("fc.weight", _floats(CLASSES, width, dtype=dtype)), _constant("fc.bias", _floats(CLASSES, dtype=dtype)),
+            _constant("fc.weight", _floats(CLASSES, width, dtype=dtype)),
+            _constant("fc.bias", _floats(CLASSES, dtype=dtype)),
             helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["y"], transB=1)]
 
 
@@ -95,7 +96,8 @@ def _batch_norm(x: str, **attributes) -> list[onnx.NodeProto]:
     """BatchNormalization of the 6 channels of ``x`` with Constant-node statistics → b."""
     return [_constant("bn.scale", _floats(6) + 1), _constant("bn.bias", _floats(6)), _constant("bn.mean", _floats(6)),
             _constant("bn.var", np.abs(_floats(6)) + 0.5),
-            helper.make_node("BatchNormalization", [x, "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"], **attributes)]
+            helper.make_node("BatchNormalization", [x, "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"],
+                             **attributes)]
 
 
 def test_batch_norm_12_as_paddle2onnx_writes_it():

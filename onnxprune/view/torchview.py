@@ -74,14 +74,12 @@ def _float32_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
 
 
-def _as_float32(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` computing in float32: float16, bfloat16 and double initializers, constant
+def _to_float32(model: onnx.ModelProto) -> None:
+    """Make ``model`` compute in float32, in place: float16, bfloat16 and double initializers, constant
     values, Cast targets and declared types become float32 (gradients in low precision are noise)."""
-    converted = onnx.ModelProto()
-    converted.CopyFrom(model)
-    graph = converted.graph
-    for index, tensor in enumerate(graph.initializer):
-        graph.initializer[index].CopyFrom(_float32_tensor(tensor))
+    graph = model.graph
+    for tensor in graph.initializer:
+        tensor.CopyFrom(_float32_tensor(tensor))
     for value in [*graph.input, *graph.output, *graph.value_info]:
         if value.type.tensor_type.elem_type in _OTHER_FLOATS:
             value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
@@ -91,7 +89,6 @@ def _as_float32(model: onnx.ModelProto) -> onnx.ModelProto:
                 attribute.t.CopyFrom(_float32_tensor(attribute.t))
             elif node.op_type == "Cast" and attribute.name == "to" and attribute.i in _OTHER_FLOATS:
                 attribute.i = onnx.TensorProto.FLOAT
-    return converted
 
 
 def _separate_outputs(model: onnx.ModelProto) -> None:
@@ -127,15 +124,15 @@ def build_torch_view(model: onnx.ModelProto, weights: list[str] | None = None) -
             raise ConversionError(f"{name!r} is not a prunable weight of this model")
     lifted_names = [n for n in names if prunable[n].op_type != "Conv"]
     conv_names = [n for n in names if prunable[n].op_type == "Conv"]
-    float32 = _as_float32(model)
-    lifted_model = _lift_weights(float32, lifted_names)
+    lifted_model = _lift_weights(model, lifted_names)
+    _to_float32(lifted_model)
     _separate_outputs(lifted_model)
     try:
         graph_module, module_of = compat.convert(lifted_model)
     except ConversionError:
         raise
     except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... on unusual graphs
-        refused = compat.refused_nodes(float32)  # name the nodes when converters refuse them
+        refused = compat.refused_nodes(lifted_model)  # name the nodes when converters refuse them
         if refused:
             first = refused[0]
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
@@ -159,8 +156,9 @@ def build_torch_view(model: onnx.ModelProto, weights: list[str] | None = None) -
                 conv.weight = shared  # one initializer read by several Conv nodes stays one parameter
         shared.requires_grad_(True)
         conv_params[name] = shared
-    tensors = {t.name: t for t in float32.graph.initializer}
-    lifted = {n: torch.from_numpy(onnx.numpy_helper.to_array(tensors[n]).copy()) for n in lifted_names}
+    tensors = {t.name: t for t in model.graph.initializer}
+    lifted = {n: torch.from_numpy(onnx.numpy_helper.to_array(_float32_tensor(tensors[n])).copy())
+              for n in lifted_names}
     inputs = [i.name for i in model.graph.input if i.name not in tensors]
     outputs = [o.name for o in model.graph.output]
     view = TorchView(graph_module, inputs, outputs, lifted, conv_params)
