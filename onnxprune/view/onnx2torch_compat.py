@@ -12,29 +12,38 @@ kinds, each handled by one table or function here:
 * real changes (attributes turned inputs, new attributes, new ops), written here: Reduce*-18
   (axes became an input), Split-18 (``num_outputs``), Pad-18 (``axes`` input) and Gelu-20.
 
-Older gaps are filled too: Dropout before opset 10 (Caffe2-era models) and AveragePool with
-asymmetric or SAME padding. Some onnx2torch entries are replaced in place, and the version tables
+Older gaps are filled too: Dropout before opset 10 (Caffe2-era models), AveragePool with
+asymmetric or SAME padding and Slice-1. Some onnx2torch entries are replaced, and the version tables
 build on them: Reshape-14 refuses ``allowzero=1``, which the dynamo exporter sets on every Reshape,
 GlobalAveragePool-1 averaged over every axis when shape inference could not tell the input's rank
-(legacy exports whose shapes are computed at run time), and AveragePool-7/10/11 refuse padding that
-torch's pooling cannot express.
+(legacy exports whose shapes are computed at run time), AveragePool-7/10/11 refuse padding that
+torch's pooling cannot express, Slice-10/11/13 read their constant inputs with ``.numpy()`` at run
+time (which fails under ``torch.func.grad``, where every tensor an op touches is a grad-tracking
+wrapper), Clip-11/12/13 refuse an absent min before a given max or computed bounds,
+BatchNormalization-9/14/15 and LayerNormalization-17 need the input's rank from shape inference
+(and the latter refuses its statistics outputs), and PRelu indexes with a boolean mask, which
+``torch.func.vmap`` refuses.
 
 A converter raises NotImplementedError for what it cannot express, and ``unsupported_nodes`` tries
 every node's converter, so such a node is reported, with its name, before conversion starts.
-Everything is registered once through onnx2torch's own registry (``add_converter``); an op version
-onnx2torch already converts is left to onnx2torch. Versions past opset 26, the newest ONNX Runtime
-1.31 loads, are not covered.
+The converters live in onnx2torch's private registry only inside ``patched_registry()``, which
+restores it exactly on exit; every use of onnx2torch's private names is in this module, checked by
+``check_onnx2torch``. Versions past opset 26, the newest ONNX Runtime 1.31 loads, are not covered.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 import onnx
 import torch
 from torch import nn
+
+from onnxprune.errors import ConversionError
 
 if TYPE_CHECKING:  # onnx2torch itself is imported on first use: it pulls in torchvision
     from onnx2torch.onnx_graph import OnnxGraph
@@ -45,7 +54,26 @@ Converter = Callable[["OnnxNode", "OnnxGraph"], "OperationConverterResult"]
 
 log = logging.getLogger(__name__)
 
-_REGISTERED = False
+# (module, name) of every private onnx2torch name used here: a newer onnx2torch that moves one fails
+# loudly in ``check_onnx2torch`` instead of converting wrongly.
+PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
+    ("onnx2torch.node_converters.registry", "_CONVERTER_REGISTRY"),
+    ("onnx2torch.node_converters.registry", "OperationDescription"),
+    ("onnx2torch.node_converters.global_average_pool", "OnnxGlobalAveragePool"),
+    ("onnx2torch.onnx_graph", "OnnxGraph"),
+    ("onnx2torch.utils.common", "get_const_value"),
+    ("onnx2torch.utils.common", "OnnxMapping"),
+    ("onnx2torch.utils.common", "OperationConverterResult"),
+    ("onnx2torch.utils.safe_shape_inference", "safe_shape_inference"),
+)
+# The onnx2torch entries replaced by ``_replace_onnx2torch_entries``: each must exist.
+REPLACED: tuple[tuple[str, int], ...] = (
+    ("Reshape", 14), ("GlobalAveragePool", 1), ("AveragePool", 7), ("AveragePool", 10), ("AveragePool", 11),
+    ("Slice", 10), ("Slice", 11), ("Slice", 13), ("Clip", 11), ("Clip", 12), ("Clip", 13),
+    ("BatchNormalization", 9), ("BatchNormalization", 14), ("BatchNormalization", 15),
+    ("PRelu", 7), ("PRelu", 9), ("PRelu", 16), ("LayerNormalization", 17),
+)
+_depth = 0  # nesting of patched_registry blocks
 
 # op -> (version whose converter is reused, newer versions that only widen the accepted types).
 # Cast-19 adds ``saturate`` and Cast-24 ``round_mode``; both act only on float8 targets, which
@@ -214,6 +242,74 @@ class _InferenceDropout(nn.Module):
         return (x, torch.zeros_like(x)) if self.mask else x
 
 
+class _ConstantSlice(nn.Module):
+    """Slice with constant starts/ends/axes/steps, held as Python ints so that nothing is read from a
+    tensor at run time; a negative step flips the axis and slices it forwards, as ONNX defines it."""
+
+    def __init__(self, starts: list[int], ends: list[int], axes: list[int], steps: list[int]):
+        super().__init__()
+        self.starts, self.ends, self.axes, self.steps = starts, ends, axes, steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index: list[slice] = [slice(None)] * x.dim()
+        flips = []
+        for start, end, axis, step in zip(self.starts, self.ends, self.axes, self.steps):
+            axis %= x.dim()
+            if step < 0:
+                flips.append(axis)
+                start, end, step = -start - 1, -end - 1, -step
+            index[axis] = slice(start, end, step)
+        return (torch.flip(x, flips) if flips else x)[tuple(index)]
+
+
+class _Clip(nn.Module):
+    """Clip-11+: min and max are optional tensor inputs (absent: no bound on that side)."""
+
+    def forward(self, input_tensor: torch.Tensor, min_value: torch.Tensor | None = None,
+                max_value: torch.Tensor | None = None) -> torch.Tensor:
+        if min_value is None and max_value is None:
+            return input_tensor
+        return torch.clamp(input_tensor, min_value, max_value)
+
+
+class _InferenceBatchNorm(nn.Module):
+    """BatchNormalization with the running statistics, for inputs of any rank >= 2 (channels on axis 1)."""
+
+    def __init__(self, epsilon: float):
+        super().__init__()
+        self.epsilon = epsilon
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                var: torch.Tensor) -> torch.Tensor:
+        return nn.functional.batch_norm(x, mean, var, scale, bias, training=False, eps=self.epsilon)
+
+
+class _PRelu(nn.Module):
+    """PRelu with the slope broadcast against the input, without boolean-mask indexing (vmap refuses it)."""
+
+    def forward(self, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, x * slope)
+
+
+class _LayerNorm(nn.Module):
+    """LayerNormalization-17 over the axes from ``axis`` on, of any input rank, with the optional Mean
+    and InvStdDev outputs (normalized axes kept as 1)."""
+
+    def __init__(self, axis: int, epsilon: float, statistics: bool):
+        super().__init__()
+        self.axis, self.epsilon, self.statistics = axis, epsilon, statistics
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dims = tuple(range(self.axis % x.dim(), x.dim()))
+        mean = x.mean(dims, keepdim=True)
+        centred = x - mean
+        inv_std = torch.rsqrt((centred * centred).mean(dims, keepdim=True) + self.epsilon)
+        y = centred * inv_std * scale
+        y = y if bias is None else y + bias
+        return (y, mean, inv_std) if self.statistics else y
+
+
 def same_pads(sizes: list[int], kernel: list[int], strides: list[int], upper: bool) -> list[int]:
     """ONNX SAME_UPPER/SAME_LOWER pads (all begins, then all ends) keeping ceil(size / stride) outputs;
     the odd pixel goes to the end (UPPER) or the beginning (LOWER)."""
@@ -292,6 +388,53 @@ def _result(module: nn.Module, node: OnnxNode, inputs: tuple[str, ...] | None = 
         inputs=node.input_values if inputs is None else inputs, outputs=node.output_values))
 
 
+def _convert_slice_1(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Slice-1: starts, ends and optional axes are attributes."""
+    starts = list(node.attributes["starts"])
+    axes = list(node.attributes.get("axes", range(len(starts))))
+    return _result(_ConstantSlice(starts, list(node.attributes["ends"]), axes, [1] * len(starts)), node)
+
+
+def _constant_slicing(base: Converter) -> Converter:
+    """The Slice-10+ ``base`` converter, with constant starts/ends/axes/steps read at conversion time."""
+
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        try:
+            starts, ends, axes, steps = (_constant_ints(node, graph, i) for i in range(1, 5))
+        except NotImplementedError:  # computed bounds: onnx2torch's Slice reads them at run time
+            return base(node, graph)
+        axes = axes if axes is not None else list(range(len(starts)))
+        return _result(_ConstantSlice(starts, ends, axes, steps or [1] * len(starts)), node, node.input_values[:1])
+
+    return convert
+
+
+def _convert_clip(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Clip-11/12/13: bounds are inputs, constant or computed, each optional."""
+    return _result(_Clip(), node)
+
+
+def _convert_prelu(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """PRelu-7/9/16: the slope broadcasts against the input."""
+    return _result(_PRelu(), node)
+
+
+def _convert_layer_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """LayerNormalization-17, scale and bias as inputs, statistics outputs when the node lists them."""
+    module = _LayerNorm(int(node.attributes.get("axis", -1)), float(node.attributes.get("epsilon", 1e-5)),
+                        statistics=len(node.output_values) > 1)
+    return _result(module, node)
+
+
+def _convert_batch_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """BatchNormalization-9/14/15 at inference; training mode (batch statistics, running-statistics
+    outputs, which ONNX Runtime also computes when a node lists them) is refused."""
+    if node.attributes.get("training_mode", 0) or any(node.output_values[1:]):
+        raise NotImplementedError("BatchNormalization in training mode (batch statistics); export the model "
+                                  "in eval mode")
+    return _result(_InferenceBatchNorm(float(node.attributes.get("epsilon", 1e-5))), node)
+
+
 def _convert_reduce(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     """Reduce*-18: axes moved from an attribute to the second input."""
     module = _Reduce(node.operation_type, _constant_ints(node, graph, 1),
@@ -338,21 +481,53 @@ def _convert_global_average_pool(node: OnnxNode, graph: OnnxGraph) -> OperationC
     return _result(OnnxGlobalAveragePool(), node)
 
 
-def _replace_onnx2torch_entries() -> None:
-    """Replace onnx2torch entries (add_converter refuses to, so this goes through its table):
-    Reshape-14 is extended to ``allowzero=1``, GlobalAveragePool-1 no longer trusts the input rank
-    found by shape inference (an unknown rank made it average over every axis, batch included), and
-    AveragePool-7/10/11 take asymmetric and SAME padding (TensorFlow and Caffe2 exports use them)."""
+def check_onnx2torch() -> None:
+    """ConversionError naming the private onnx2torch names this module uses that the installed
+    onnx2torch lacks, or whose registry layout differs from the one the patches are written for."""
+    missing = [f"{module}.{name}" for module, name in PRIVATE_NAMES
+               if not hasattr(importlib.import_module(module), name)]
+    if not missing:
+        from onnx2torch.node_converters import registry
+
+        if registry.OperationDescription._fields != ("domain", "operation_type", "version"):
+            missing.append("registry.OperationDescription(domain, operation_type, version)")
+        elif not isinstance(registry._CONVERTER_REGISTRY, dict):
+            missing.append("registry._CONVERTER_REGISTRY as a dict")
+        else:
+            missing += [f"the {op}-{version} converter" for op, version in REPLACED
+                        if _entry(op, version) not in registry._CONVERTER_REGISTRY]
+    if missing:
+        raise ConversionError(f"the installed onnx2torch changed what the torch view relies on ({', '.join(missing)}); "
+                              "install the onnx2torch version onnxprune pins (1.5)")
+
+
+def _entry(op_type: str, version: int) -> Any:
+    """onnx2torch's registry key of ``op_type``-``version`` in the default domain."""
     from onnx2torch.node_converters import registry
 
-    def entry(op_type: str, version: int) -> Any:
-        return registry.OperationDescription(domain="", operation_type=op_type, version=version)
+    return registry.OperationDescription(domain="", operation_type=op_type, version=version)
 
-    table = registry._CONVERTER_REGISTRY
-    table[entry("Reshape", 14)] = _allowing_zero(table[entry("Reshape", 14)])
-    table[entry("GlobalAveragePool", 1)] = _convert_global_average_pool
+
+def _replace_onnx2torch_entries(table: dict[Any, Converter]) -> None:
+    """Replace onnx2torch entries (add_converter refuses to, so this goes through its table):
+    Reshape-14 is extended to ``allowzero=1``, GlobalAveragePool-1 no longer trusts the input rank
+    found by shape inference (an unknown rank made it average over every axis, batch included),
+    AveragePool-7/10/11 take asymmetric and SAME padding (TensorFlow and Caffe2 exports use them),
+    Slice reads constant inputs once, Clip takes tensor bounds, BatchNormalization and
+    LayerNormalization any input rank (and LayerNormalization its statistics outputs), PRelu runs under vmap."""
+    table[_entry("Reshape", 14)] = _allowing_zero(table[_entry("Reshape", 14)])
+    table[_entry("GlobalAveragePool", 1)] = _convert_global_average_pool
     for version in (7, 10, 11):
-        table[entry("AveragePool", version)] = _padding_aware(table[entry("AveragePool", version)])
+        table[_entry("AveragePool", version)] = _padding_aware(table[_entry("AveragePool", version)])
+    for version in (10, 11, 13):
+        table[_entry("Slice", version)] = _constant_slicing(table[_entry("Slice", version)])
+    for version in (11, 12, 13):
+        table[_entry("Clip", version)] = _convert_clip
+    for version in (9, 14, 15):
+        table[_entry("BatchNormalization", version)] = _convert_batch_norm
+    for version in (7, 9, 16):
+        table[_entry("PRelu", version)] = _convert_prelu
+    table[_entry("LayerNormalization", 17)] = _convert_layer_norm
 
 
 def _restricted(op_type: str, base: Converter, checks: dict[str, AttributeCheck]) -> Converter:
@@ -386,50 +561,95 @@ def _add(op_type: str, version: int, converter: Converter) -> None:
         add_converter(operation_type=op_type, version=version)(converter)
 
 
-def register() -> None:
-    """Register the extra converters (idempotent): new ones first, then the reused ones built on them."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from onnx2torch.node_converters.registry import get_converter
+def _patch() -> None:
+    """Put the extra converters into onnx2torch's registry: replacements and new ones first, then the
+    reused ones built on them."""
+    from onnx2torch.node_converters import registry
 
-    _replace_onnx2torch_entries()
+    _replace_onnx2torch_entries(registry._CONVERTER_REGISTRY)
     for op_type in REDUCE_18:
         _add(op_type, 18, _convert_reduce)
     _add("Split", 18, _convert_split)
     _add("Pad", 18, _convert_pad)
     _add("Gelu", 20, _convert_gelu)
+    _add("Slice", 1, _convert_slice_1)
     for version in (1, 6, 7):
         _add("Dropout", version, _convert_dropout)
     for op_type, version, base, checks in RESTRICTED:
-        _add(op_type, version, _restricted(op_type, get_converter(op_type, base), checks))
+        _add(op_type, version, _restricted(op_type, registry.get_converter(op_type, base), checks))
     for op_type, (base, versions) in TYPE_ONLY_UPGRADES.items():
         for version in versions:
-            _add(op_type, version, get_converter(op_type, base))
-    _REGISTERED = True
+            _add(op_type, version, registry.get_converter(op_type, base))
 
 
-def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
-    """(node name, op type, opset version) of every main-graph node onnx2torch cannot convert:
-    no converter for its op version, or a converter that refuses this node's attributes or inputs."""
+@contextmanager
+def patched_registry() -> Iterator[None]:
+    """onnx2torch's registry with this module's converters inside the block, restored exactly on exit
+    (nested blocks share the outermost one's patch)."""
+    global _depth
+    check_onnx2torch()
+    from onnx2torch.node_converters import registry
+
+    table = registry._CONVERTER_REGISTRY
+    saved = dict(table) if _depth == 0 else None
+    if saved is not None:
+        _patch()
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if saved is not None:
+            table.clear()
+            table.update(saved)
+
+
+def convert(model: onnx.ModelProto) -> tuple[torch.fx.GraphModule, dict[str, str]]:
+    """onnx2torch's conversion of ``model`` with this module's converters, and the submodule name of
+    every node, by ONNX node name."""
+    from onnx2torch import convert as onnx2torch_convert
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    with patched_registry():
+        graph_module = onnx2torch_convert(model)
+    return graph_module, {node.proto.name: unique for unique, node in OnnxGraph(model.graph).nodes.items()}
+
+
+class Refusal(NamedTuple):
+    """A main-graph node without a torch view, and why."""
+
+    node: str
+    op_type: str
+    version: int
+    reason: str
+
+
+def refused_nodes(model: onnx.ModelProto) -> list[Refusal]:
+    """Every main-graph node onnx2torch cannot convert: no converter for its op version, or a
+    converter that refuses this node's attributes or inputs."""
     from onnx2torch.node_converters.registry import get_converter
     from onnx2torch.onnx_graph import OnnxGraph
     from onnx2torch.utils.safe_shape_inference import safe_shape_inference
 
-    register()
     try:
         model = safe_shape_inference(model)  # some converters read input shapes, as in onnx2torch.convert
     except Exception as exc:  # shape inference raises several types; the converters may not need it
         log.debug("shape inference before trying the converters failed: %s", exc)
     graph = OnnxGraph(model.graph)
     opsets = {o.domain or "": o.version for o in model.opset_import}
-    missing = []
-    for node in graph.nodes.values():
-        domain = node.domain or ""
-        version = opsets.get(domain, opsets.get("ai.onnx", 0)) if domain in ("", "ai.onnx") else opsets.get(domain, 0)
-        try:
-            get_converter(operation_type=node.operation_type, version=version, domain=domain)(node, graph)
-        except Exception as exc:  # converters raise NotImplementedError, KeyError, ValueError, ... when they refuse
-            log.info("no torch view for node %r (%s-%d): %s", node.name, node.operation_type, version, exc)
-            missing.append((node.name, node.operation_type, version))
-    return missing
+    refused = []
+    with patched_registry():
+        for node in graph.nodes.values():
+            domain = node.domain or ""
+            version = opsets.get(domain, opsets.get("ai.onnx", 0)) if domain in ("", "ai.onnx") else opsets.get(domain, 0)
+            try:
+                get_converter(operation_type=node.operation_type, version=version, domain=domain)(node, graph)
+            except Exception as exc:  # converters raise NotImplementedError, KeyError, ValueError, ... when they refuse
+                log.info("no torch view for node %r (%s-%d): %s", node.name, node.operation_type, version, exc)
+                refused.append(Refusal(node.name, node.operation_type, version, f"{type(exc).__name__}: {exc}"))
+    return refused
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
+    """(node name, op type, opset version) of every node in ``refused_nodes``."""
+    return [(r.node, r.op_type, r.version) for r in refused_nodes(model)]
