@@ -43,6 +43,7 @@ import onnx
 import torch
 from torch import nn
 
+from onnxprune.graph.protos import opset_of
 from onnxprune.errors import ConversionError
 
 if TYPE_CHECKING:  # onnx2torch itself is imported on first use: it pulls in torchvision
@@ -636,12 +637,11 @@ def refused_nodes(model: onnx.ModelProto) -> list[Refusal]:
     except Exception as exc:  # shape inference raises several types; the converters may not need it
         log.debug("shape inference before trying the converters failed: %s", exc)
     graph = OnnxGraph(model.graph)
-    opsets = {o.domain or "": o.version for o in model.opset_import}
     refused = []
     with patched_registry():
         for node in graph.nodes.values():
             domain = node.domain or ""
-            version = opsets.get(domain, opsets.get("ai.onnx", 0)) if domain in ("", "ai.onnx") else opsets.get(domain, 0)
+            version = opset_of(model, domain)
             try:
                 get_converter(operation_type=node.operation_type, version=version, domain=domain)(node, graph)
             except Exception as exc:  # converters raise NotImplementedError, KeyError, ValueError, ... when they refuse

@@ -23,6 +23,7 @@ from torch import nn
 
 from onnxprune.view import onnx2torch_compat as compat
 from onnxprune.data import Dataset
+from onnxprune.graph.protos import names_in_use, unique_name
 from onnxprune.errors import ConversionError
 from onnxprune.graph.prunable import find_prunable
 from onnxprune.validate.runtime import make_session, run_batched
@@ -98,16 +99,12 @@ def _separate_outputs(model: onnx.ModelProto) -> None:
     for several such outputs), so without this the view's outputs would not match the graph's."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
-    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | \
-        {t.name for t in graph.initializer}
+    taken = names_in_use(graph)
     for output in graph.output:
         node = producer.get(output.name)
         if node is None or len(node.output) < 2:
             continue
-        inner = output.name + "__node_output"
-        while inner in taken:
-            inner += "_"
-        taken.add(inner)
+        inner = unique_name(taken, output.name + "__node_output")
         node.output[list(node.output).index(output.name)] = inner
         for reader in graph.node:
             reader.input[:] = [inner if name == output.name else name for name in reader.input]
