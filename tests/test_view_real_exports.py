@@ -172,3 +172,40 @@ def test_layer_norm_17_with_statistics_and_prelu():
                                         axis=-1, epsilon=1e-5),
                        _constant("slope", _floats(6, 1, 1)), helper.make_node("PRelu", ["n", "slope"], ["p"])]
     _check(_model(nodes + _head("p", 6), 17), _data())
+
+
+def test_slice_with_bounds_computed_from_shape_arithmetic():
+    """Was: the same storage error when the bounds come from Shape → Gather → Unsqueeze (a BERT export's
+    position-id slice): such bounds are now read with tolist() at run time."""
+    nodes = _conv() + [helper.make_node("Shape", ["a"], ["shape"]),
+                       _constant("index", np.array(3, np.int64)),
+                       helper.make_node("Gather", ["shape", "index"], ["width"], axis=0),
+                       _constant("zero", np.array([0], np.int64)),
+                       helper.make_node("Unsqueeze", ["width", "zero"], ["end"]),
+                       _constant("start", np.array([1], np.int64)), _constant("axis", np.array([3], np.int64)),
+                       helper.make_node("Slice", ["a", "start", "end", "axis"], ["b"])] + _head("b", 6)
+    assert _check(_model(nodes, 13), _data()).max_abs_diff < 1e-4
+
+
+def test_global_max_pool_has_a_view():
+    """GlobalMaxPool (tf2onnx exports) had no converter."""
+    nodes = _conv() + [helper.make_node("GlobalMaxPool", ["a"], ["pooled"]),
+                       helper.make_node("Flatten", ["pooled"], ["flat"]),
+                       _constant("fc.weight", _floats(CLASSES, 6)), _constant("fc.bias", _floats(CLASSES)),
+                       helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["y"], transB=1)]
+    assert _check(_model(nodes, 15), _data()).max_abs_diff < 1e-4
+
+
+def test_loss_is_taken_on_the_first_float_output_and_fits_what_it_holds():
+    """An export whose first output is an integer pass-through and whose float output is not class scores
+    (an embedding map): 'auto' targets become output-distortion directions instead of argmax classes."""
+    nodes = _conv() + [helper.make_node("Shape", ["x"], ["ids"]), helper.make_node("Relu", ["a"], ["y"])]
+    graph = helper.make_graph(nodes, "export", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [4]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8, 8])])
+    model = canonicalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)).model
+    view = build_torch_view(model)
+    weights = read_weights(model, list(view.params))
+    params = {view.param_paths[n]: torch.from_numpy(w) for n, w in weights.items()}
+    targets = choose_targets(view, params, _data(), "auto", seed=0)
+    assert targets.dtype == torch.float32 and targets.shape == (16, 6 * 8, 8)  # directions, not class indices

@@ -173,10 +173,27 @@ def resolve_rows(requested: int, samples: int, samples_per_row: int, default: in
     return rows, samples_per_row or samples // rows
 
 
+def _first_float(outputs: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
+    """The first floating-point model output: the one the loss is taken on (exports may put integer
+    outputs, such as pass-through token ids, first)."""
+    return next((o for o in outputs if torch.is_floating_point(o)), outputs[0])
+
+
 def _logits(view: TorchView, params: dict[str, torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The first model output as ``[positions, classes]`` logits."""
-    out = torch.func.functional_call(view, params, inputs)[0]
+    """The first float model output as ``[positions, classes]`` logits."""
+    out = _first_float(torch.func.functional_call(view, params, inputs))
     return out.reshape(-1, out.shape[-1])
+
+
+def _class_scores(view: TorchView, params: dict[str, torch.Tensor], data: Dataset) -> bool:
+    """Whether the first float output holds class scores (judged on a few samples as evaluation does)."""
+    from onnxprune.validate.evaluation import CLASS_SCORES, output_kind
+
+    sample = data.take(min(8, len(data)))
+    with torch.no_grad():
+        out = _first_float(torch.func.functional_call(view, params, tuple(
+            torch.from_numpy(np.ascontiguousarray(sample.inputs[n])) for n in view.input_names)))
+    return output_kind(out.float().numpy()) == CLASS_SCORES
 
 
 def _output_shape(view: TorchView, params: dict[str, torch.Tensor], data: Dataset) -> torch.Size:
@@ -195,8 +212,8 @@ def choose_targets(view: TorchView, params: dict[str, torch.Tensor], data: Datas
     output distortion that does not fade on confidently classified samples)."""
     if mode not in TARGETS:
         raise ConfigError(f"targets must be one of {', '.join(TARGETS)}, not {mode!r}")
-    if mode == "auto":
-        mode = "labels" if data.labels is not None else "predicted"
+    if mode == "auto":  # class scores without labels: the model's predictions; other outputs: their distortion
+        mode = "labels" if data.labels is not None else "predicted" if _class_scores(view, params, data) else "logits"
     if mode == "labels":
         if data.labels is None:
             raise DataError("targets='labels' needs calibration data with a 'labels' array; "

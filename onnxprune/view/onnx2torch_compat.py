@@ -252,15 +252,32 @@ class _ConstantSlice(nn.Module):
         self.starts, self.ends, self.axes, self.steps = starts, ends, axes, steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        index: list[slice] = [slice(None)] * x.dim()
-        flips = []
-        for start, end, axis, step in zip(self.starts, self.ends, self.axes, self.steps):
-            axis %= x.dim()
-            if step < 0:
-                flips.append(axis)
-                start, end, step = -start - 1, -end - 1, -step
-            index[axis] = slice(start, end, step)
-        return (torch.flip(x, flips) if flips else x)[tuple(index)]
+        return _slice(x, self.starts, self.ends, self.axes, self.steps)
+
+
+class _ComputedSlice(nn.Module):
+    """Slice whose bounds are computed in the graph (from Shape arithmetic): they are read with ``tolist``,
+    which works inside ``torch.func`` transforms where reading a tensor's storage does not."""
+
+    def forward(self, x: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, axes: torch.Tensor | None = None,
+                steps: torch.Tensor | None = None) -> torch.Tensor:
+        first = [int(v) for v in starts.tolist()]
+        return _slice(x, first, [int(v) for v in ends.tolist()],
+                      list(range(len(first))) if axes is None else [int(v) for v in axes.tolist()],
+                      [1] * len(first) if steps is None else [int(v) for v in steps.tolist()])
+
+
+def _slice(x: torch.Tensor, starts: list[int], ends: list[int], axes: list[int], steps: list[int]) -> torch.Tensor:
+    """ONNX Slice: a negative step flips the axis and slices it forwards."""
+    index: list[slice] = [slice(None)] * x.dim()
+    flips = []
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= x.dim()
+        if step < 0:
+            flips.append(axis)
+            start, end, step = -start - 1, -end - 1, -step
+        index[axis] = slice(start, end, step)
+    return (torch.flip(x, flips) if flips else x)[tuple(index)]
 
 
 class _Clip(nn.Module):
@@ -396,18 +413,26 @@ def _convert_slice_1(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResu
     return _result(_ConstantSlice(starts, list(node.attributes["ends"]), axes, [1] * len(starts)), node)
 
 
-def _constant_slicing(base: Converter) -> Converter:
-    """The Slice-10+ ``base`` converter, with constant starts/ends/axes/steps read at conversion time."""
+class _GlobalMaxPool(nn.Module):
+    """GlobalMaxPool: the maximum over every axis after the channels, kept as size-1 axes."""
 
-    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-        try:
-            starts, ends, axes, steps = (_constant_ints(node, graph, i) for i in range(1, 5))
-        except NotImplementedError:  # computed bounds: onnx2torch's Slice reads them at run time
-            return base(node, graph)
-        axes = axes if axes is not None else list(range(len(starts)))
-        return _result(_ConstantSlice(starts, ends, axes, steps or [1] * len(starts)), node, node.input_values[:1])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True)
 
-    return convert
+
+def _convert_global_max_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return _result(_GlobalMaxPool(), node)
+
+
+def _convert_slice(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Slice-10+: constant starts/ends/axes/steps are read at conversion time, computed ones at run time
+    without touching tensor storage (which ``torch.func`` transforms do not allow)."""
+    try:
+        starts, ends, axes, steps = (_constant_ints(node, graph, i) for i in range(1, 5))
+    except NotImplementedError:  # bounds computed in the graph
+        return _result(_ComputedSlice(), node)
+    axes = axes if axes is not None else list(range(len(starts)))
+    return _result(_ConstantSlice(starts, ends, axes, steps or [1] * len(starts)), node, node.input_values[:1])
 
 
 def _convert_clip(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
@@ -521,7 +546,7 @@ def _replace_onnx2torch_entries(table: dict[Any, Converter]) -> None:
     for version in (7, 10, 11):
         table[_entry("AveragePool", version)] = _padding_aware(table[_entry("AveragePool", version)])
     for version in (10, 11, 13):
-        table[_entry("Slice", version)] = _constant_slicing(table[_entry("Slice", version)])
+        table[_entry("Slice", version)] = _convert_slice
     for version in (11, 12, 13):
         table[_entry("Clip", version)] = _convert_clip
     for version in (9, 14, 15):
@@ -574,6 +599,7 @@ def _patch() -> None:
     _add("Pad", 18, _convert_pad)
     _add("Gelu", 20, _convert_gelu)
     _add("Slice", 1, _convert_slice_1)
+    _add("GlobalMaxPool", 1, _convert_global_max_pool)
     for version in (1, 6, 7):
         _add("Dropout", version, _convert_dropout)
     for op_type, version, base, checks in RESTRICTED:
