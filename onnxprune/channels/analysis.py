@@ -189,6 +189,7 @@ class Walker:
                 self.spaces.block(self.layouts[output.name].spaces, f"reaches graph output {output.name!r}")
         self._couple_shared_slabs()
         self._block_foreign_readers()
+        self.spaces.settle_heads()
         return self._groups()
 
     def _couple_shared_slabs(self) -> None:
@@ -231,11 +232,11 @@ class Walker:
         members: dict[int, dict[tuple[str, int, int, str], Member]] = {}
         for reg in self.registrations:
             offset = reg.offset
-            for leaf in self.spaces.leaves((reg.space,)):
+            for leaf, block in self.spaces.expand((reg.space,), reg.block):
                 key = (reg.tensor, reg.axis, offset, reg.node)
                 members.setdefault(leaf, {}).setdefault(key, Member(
-                    reg.role, reg.node, reg.op_type, reg.tensor, reg.axis, offset, reg.block, reg.weight))
-                offset += self.spaces.size[leaf] * reg.block
+                    reg.role, reg.node, reg.op_type, reg.tensor, reg.axis, offset, block, reg.weight))
+                offset += self.spaces.size[leaf] * block
 
         def order(leaf: int) -> tuple[int, int]:
             held = members[leaf].values()
@@ -253,8 +254,8 @@ class Walker:
             groups.append(ChannelGroup(index[leaf], self.spaces.size[leaf], held, tuple(reasons)))
         fixes = []
         for fix in self.fixes:
-            terms = tuple(tuple((index.get(leaf, -1), self.spaces.size[leaf], span.block)
-                                for leaf in self.spaces.leaves(span.spaces)) for span in fix.values)
+            terms = tuple(tuple((index.get(leaf, -1), self.spaces.size[leaf], block)
+                                for leaf, block in self.spaces.expand(span.spaces, span.block)) for span in fix.values)
             fixes.append(ShapeFix(fix.kind, fix.node, terms, fix.slot, fix.position))
         return ChannelAnalysis(groups, fixes)
 

@@ -110,7 +110,8 @@ def layernorm(walker: Walker, node: onnx.NodeProto) -> None:
     if layout is not None and start < 0:
         start += layout.rank
     if layout is None or layout.axis >= start or any(p in walker.layouts for p in node.input[1:]):
-        walker.block(node, node.input, "normalises across the channels")
+        walker.block(node, node.input, "normalises across the channels (residual stream / normalised axis: "
+                                       "its statistics span every channel)")
         return
     walker.set_layout(node, node.output[0], layout)
 
@@ -277,30 +278,32 @@ def resize(walker: Walker, node: onnx.NodeProto) -> None:
 def reshape_axis(in_shape: Dims, out_shape: Dims, axis: int, channels: int) -> tuple[int, int] | None:
     """Where channels on ``axis`` of ``in_shape`` land after a reshape to ``out_shape``.
 
-    Returns (new axis, entries per channel) or None when the channels do not map to one axis
-    (split across axes, merged with the batch, or shapes unknown). Channels are the outermost
-    part of everything from ``axis`` on, so they stay outermost in the output suffix of equal size.
+    Returns (new axis, its length) when that length is a multiple of the channel count (each
+    channel spans consecutive entries) or divides it (the channels are split into heads); None when
+    the channels do not map to one axis (split across axes, merged with the batch, or shapes
+    unknown). Channels are the outermost part of everything from ``axis`` on, so they stay
+    outermost in the output suffix of equal size.
     """
     tail = in_shape[axis:]
     if any(not isinstance(d, int) for d in tail) or channels < 1:
         return None
-    per_channel = math.prod(tail) // channels
-    wanted, suffix = channels * per_channel, 1
+    wanted, suffix = math.prod(tail), 1
     for new_axis in reversed(range(len(out_shape))):
         dim = out_shape[new_axis]
         if not isinstance(dim, int) or dim < 1:
             return None
         suffix *= dim
-        if suffix == wanted and dim % channels == 0:
-            return new_axis, dim // channels
-        if suffix > wanted:
+        if suffix == wanted and (dim % channels == 0 or channels % dim == 0):
+            return new_axis, dim
+        if suffix >= wanted:
             return None
     return None
 
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(walker: Walker, node: onnx.NodeProto) -> None:
-    """The same elements in another shape: the channels land on one output axis, or are refused."""
+    """The same elements in another shape: the channels land on one output axis, each spanning
+    consecutive entries, or are split into heads ([.., heads * d] -> [.., heads, d]); else refused."""
     x, out = node.input[0], node.output[0]
     layout = walker.layouts[x]
     if any(i in walker.layouts for i in node.input[1:]):
@@ -313,37 +316,60 @@ def reshape(walker: Walker, node: onnx.NodeProto) -> None:
     if mapped is None:
         walker.block(node, [x], "reshape splits the channels or merges them with another axis")
         return
-    axis, block = mapped
-    if node.op_type == "Reshape" and not _reshape_target(walker, node, layout, axis, block):
+    axis, dim = mapped
+    if dim % channels == 0:
+        new = Layout(axis, len(out_shape), layout.spaces, dim // channels)
+    else:
+        heads = walker.spaces.split_heads(layout.spaces, channels // dim)
+        if heads is None:
+            walker.block(node, [x], f"reshape splits the channels into {dim} heads across channel runs "
+                                    "of other sizes")
+            return
+        new = Layout(axis, len(out_shape), heads, 1)
+    if node.op_type == "Reshape" and not _reshape_target(walker, node, layout, new):
         return
-    walker.set_layout(node, out, Layout(axis, len(out_shape), layout.spaces, block))
+    walker.set_layout(node, out, new)
 
 
-def _reshape_target(walker: Walker, node: onnx.NodeProto, layout: Layout, axis: int, block: int) -> bool:
-    """Find the Reshape target entry that spells the channel count and record its fix."""
-    source = _constant_entry(walker, node, 1, axis)
+def _reshape_target(walker: Walker, node: onnx.NodeProto, layout: Layout, new: Layout) -> bool:
+    """Check the Reshape target entry that spells the channel count (``layout`` becoming ``new``)
+    and record its fix; after a split into heads the entries of the axes inside a head must be
+    constants, since they must not change when heads are removed."""
+    source = _constant_entry(walker, node, 1, new.axis)
+    allow_zero = int(attr(node, "allowzero", 0))
+    if isinstance(source, str):
+        if _reads_channels(walker, source, new):
+            return True
+        walker.block(node, [node.input[0]], "reshape target reads the channel count from the shape of "
+                                            "another tensor at run time")
+        return False
     if source is None:
         walker.block(node, [node.input[0]], "reshape target computed at run time in a form the analysis "
                                             "cannot follow")
         return False
-    if source == "runtime":
-        return True
+    if new.spaces != layout.spaces:  # split into heads
+        rank = walker.rank(node.output[0]) or 0
+        inside = [_constant_entry(walker, node, 1, p) for p in range(new.axis + 1, rank)]
+        if any(not isinstance(e, tuple) or not (e[3] > 0 or e[3] == -1) for e in inside):
+            walker.block(node, [node.input[0]], "reshape into heads computes the head size at run time "
+                                                "(shape arithmetic the analysis cannot rewrite)")
+            return False
     reader, slot, position, value = source
-    allow_zero = int(attr(node, "allowzero", 0))
     if value == -1:
         return True
-    if value == 0 and not allow_zero and axis == layout.axis and block == layout.block:
+    if value == 0 and not allow_zero and new == Layout(layout.axis, new.rank, layout.spaces, layout.block):
         return True
     if value <= 0:
         walker.block(node, [node.input[0]], "reshape target copies the channel count from another axis")
         return False
-    walker.fix("entry", reader, [Span(layout.spaces, block)], slot=slot, position=position)
+    walker.fix("entry", reader, [Span(new.spaces, new.block)], slot=slot, position=position)
     return True
 
 
 def _constant_entry(walker: Walker, node: onnx.NodeProto, slot: int, position: int):
     """Where element ``position`` of input ``slot`` comes from: (reader node, slot, index, value)
-    of a constant, 'runtime' for an entry read from a shape at run time, None otherwise."""
+    of a constant, the name of the one-element tensor computed at run time that supplies it (a
+    piece of a Concat), None otherwise."""
     name = node.input[slot]
     value = walker.value(name)
     if value is not None:
@@ -361,9 +387,33 @@ def _constant_entry(walker: Walker, node: onnx.NodeProto, slot: int, position: i
             local = position - offset
             if piece in walker.inits:
                 return producer, index, local, int(walker.value(piece).reshape(-1)[local])
-            return "runtime"
+            return piece if dims[0] == 1 else None
         offset += dims[0]
     return None
+
+
+def _reads_channels(walker: Walker, name: str, layout: Layout) -> bool:
+    """Whether the run-time value ``name`` is the length of an axis laid out as ``layout`` (the
+    same channels, as many entries each), read by Shape (and Gather, Unsqueeze, Squeeze, Cast)."""
+    node = walker.producer_of.get(name)
+    while node is not None and node.op_type in ("Unsqueeze", "Squeeze", "Cast"):
+        node = walker.producer_of.get(node.input[0])
+    index = 0
+    if node is not None and node.op_type == "Gather":
+        indices = walker.value(node.input[1])
+        if indices is None or indices.size != 1:
+            return False
+        index, node = int(indices.reshape(-1)[0]), walker.producer_of.get(node.input[0])
+    if node is None or node.op_type != "Shape":
+        return False
+    read = walker.layouts.get(node.input[0])
+    if read is None:
+        return False
+    start = min(_positive(int(attr(node, "start", 0)), read.rank), read.rank)
+    end = min(_positive(int(attr(node, "end", read.rank)), read.rank), read.rank)
+    axis = (end if index < 0 else start) + index
+    return (axis == read.axis and read.block == layout.block
+            and walker.spaces.leaves(read.spaces) == walker.spaces.leaves(layout.spaces))
 
 
 @rule("Transpose")

@@ -2,7 +2,9 @@
 
 A *space* is a run of channels created by one producer (a Conv, Gemm or MatMul output). Residual
 adds and shared weights unify spaces; Split and unequal concats cut them into consecutive pieces.
-A tensor's :class:`Layout` says which axis holds its channels and which spaces lie along it.
+A reshape into [.., heads, d] regroups a run into a space of heads, d channels each: the run's
+slabs become the heads' slabs at the end (attention heads are pruned whole). A tensor's
+:class:`Layout` says which axis holds its channels and which spaces lie along it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class Spaces:
         self.parent: list[int] = []
         self.pieces: list[tuple[int, ...]] = []
         self.reasons: list[list[str]] = []
+        self.heads: dict[int, tuple[int, int]] = {}  # run (a leaf when linked) -> (space of heads, channels per head)
 
     def new(self, size: int, reasons: list[str] | None = None) -> int:
         """A fresh space of ``size`` channels, unprunable for ``reasons`` if any."""
@@ -100,6 +103,49 @@ class Spaces:
                 self.parent[b] = a
                 self.reasons[a].extend(r for r in self.reasons[b] if r not in self.reasons[a])
         return True
+
+    def split_heads(self, spaces: tuple[int, ...], per_head: int) -> tuple[int, ...] | None:
+        """A space of heads for each leaf of ``spaces``, ``per_head`` consecutive channels each; None
+        when a leaf is not a whole number of heads or is already split into heads of another size."""
+        heads = []
+        for leaf in self.leaves(spaces):
+            if self.size[leaf] % per_head or self.heads.get(leaf, (0, per_head))[1] != per_head:
+                return None
+            if leaf not in self.heads:
+                self.heads[leaf] = (self.new(self.size[leaf] // per_head), per_head)
+            heads.append(self.heads[leaf][0])
+        return tuple(heads)
+
+    def settle_heads(self) -> None:
+        """Carry every run's unifications and reasons over to its heads, once all are known.
+
+        A run unified with another maps that one to its heads too (runs split into the same heads'
+        size unify their heads); a run cut inside (e.g. a Split along it) cannot be pruned by heads.
+        """
+        settled: dict[int, tuple[int, int]] = {}
+        for run, (head, per_head) in self.heads.items():
+            root = self.find(run)
+            if self.pieces[root]:
+                reason = "channels split into heads are also cut into runs that are not whole heads"
+                self.block((root,), reason)
+                self.block((head,), reason)
+                continue
+            for reason in self.reasons[root]:
+                self.block((head,), reason)
+            seen = settled.setdefault(root, (head, per_head))
+            if seen[1] != per_head or not self.unify((seen[0],), (head,)):
+                self.block([seen[0], head], "the same channels are split into heads of different sizes")
+        self.heads = settled
+
+    def expand(self, spaces: tuple[int, ...], block: int) -> list[tuple[int, int]]:
+        """The final leaves of ``spaces`` (laid ``block`` entries per channel) with their entries per
+        channel: a run split into heads stands for its heads, ``per_head`` times the block (after
+        :meth:`settle_heads`)."""
+        out: list[tuple[int, int]] = []
+        for leaf in self.leaves(spaces):
+            head = self.heads.get(leaf)
+            out.extend(self.expand((head[0],), block * head[1]) if head else [(leaf, block)])
+        return out
 
     def block(self, spaces: tuple[int, ...] | list[int], reason: str) -> None:
         """Make every channel of ``spaces`` unprunable because of ``reason``."""

@@ -10,7 +10,7 @@ import onnx
 
 from onnxprune.channels.model import CHANNELWISE, CONSUMER, PRODUCER
 from onnxprune.channels.registry import rule
-from onnxprune.channels.spaces import Span
+from onnxprune.channels.spaces import Layout, Span
 from onnxprune.graph.protos import attr
 
 if TYPE_CHECKING:
@@ -107,10 +107,14 @@ def gemm(walker: Walker, node: onnx.NodeProto) -> None:
 
 @rule("MatMul", producer=True)
 def matmul(walker: Walker, node: onnx.NodeProto) -> None:
-    """A constant 2-D weight consumes the last axis of A and produces the output's last axis."""
+    """A constant 2-D weight consumes the last axis of A and produces the output's last axis; a
+    product of two run-time tensors keeps channels on a batch axis (attention heads)."""
     a, weight = node.input
+    if a not in walker.inits and weight not in walker.inits:
+        _batched_matmul(walker, node)
+        return
     if weight not in walker.inits or a in walker.inits or len(walker.inits[weight].dims) != 2:
-        walker.block(node, node.input, "matrix product of two run-time tensors")
+        walker.block(node, node.input, "matrix product with a constant left operand or a weight that is not 2-D")
         return
     layout = walker.layouts.get(a)
     if layout is not None:
@@ -120,6 +124,24 @@ def matmul(walker: Walker, node: onnx.NodeProto) -> None:
             walker.register(layout.spaces, CONSUMER, node, weight, 0, layout.block, weight=True)
     out = walker.produce(node, int(walker.inits[weight].dims[1]))
     walker.register(out.spaces, PRODUCER, node, weight, 1, 1, weight=True)
+
+
+def _batched_matmul(walker: Walker, node: onnx.NodeProto) -> None:
+    """Channels on a batch axis (before the two matrix axes) are one product each: operands carrying
+    them share them (Q and K heads in Q·Kᵀ, scores and V heads in P·V) and the output keeps them.
+    Channels on a matrix axis, contracted or kept, are refused."""
+    rank = walker.rank(node.output[0])
+    carriers = [walker.layouts[i] for i in node.input if i in walker.layouts]
+    if not carriers:
+        return
+    if rank is None or any(c.axis >= c.rank - 2 for c in carriers):
+        walker.block(node, node.input, "matrix product of two run-time tensors over the channels")
+        return
+    first = carriers[0]
+    layout = Layout(rank - first.rank + first.axis, rank, first.spaces, first.block)
+    for name in node.input:
+        walker.attach(node, name, layout)
+    walker.set_layout(node, node.output[0], layout)
 
 
 @rule("BatchNormalization", "InstanceNormalization")
