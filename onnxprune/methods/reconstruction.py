@@ -65,18 +65,65 @@ class ConsumerInput:
         """The effective weight as ``[d_out, d_in]`` float64 (output = rows · weightᵀ)."""
         return self.alpha * self.source.to_groups(values[self.member.tensor])[0]
 
+    @property
+    def intercept(self) -> bool:
+        """Whether the refit may shift the consumer's bias (a constant-1 column in the design)."""
+        return self.bias is not None
+
     def design(self, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
-        """Gram of the design ``[X_G, 1]`` (channel-major columns, then the constant), its product with
-        the group's dense contribution ``T = X_G W_G`` and ``‖T‖²``."""
+        """Gram of the design ``[X_G, 1]`` (channel-major columns, then the constant when ``intercept``),
+        its product with the group's dense contribution ``T = X_G W_G``, and ``‖T‖²``."""
         cols = self.columns.ravel()
         H, n, mean = self.stats.H[0], self.stats.n_rows, self.stats.mean[0]
         gram = np.empty((len(cols) + 1, len(cols) + 1))
         gram[:-1, :-1] = H[np.ix_(cols, cols)]
         gram[:-1, -1] = gram[-1, :-1] = n * mean[cols]
         gram[-1, -1] = n
+        if not self.intercept:
+            gram = gram[:-1, :-1]
         w_g = self.weight(values)[:, cols].T
-        cross = gram[:, :-1] @ w_g
-        return gram, cross, float(np.sum(w_g * cross[:-1]))
+        cross = gram[:, :len(cols)] @ w_g
+        return gram, cross, float(np.sum(w_g * cross[:len(cols)]))
+
+
+@dataclass(frozen=True)
+class SampledRows:
+    """A layer's rows thinned to about ``limit`` over ``samples`` calibration samples: a seeded random
+    subset of each batch's rows (a Gram costs rows·d², and a Conv gives one row per output position)."""
+
+    layer: LayerSource
+    limit: int
+    samples: int
+    rng: np.random.Generator
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def elem_type(self) -> int:
+        return self.layer.elem_type
+
+    @property
+    def tensors(self) -> tuple[str, ...]:
+        return self.layer.tensors
+
+    @property
+    def groups(self) -> int:
+        return self.layer.groups
+
+    @property
+    def d_in(self) -> int:
+        return self.layer.d_in
+
+    def rows(self, index: int, activation: np.ndarray) -> np.ndarray:
+        rows = self.layer.rows(index, activation)
+        batch = activation.shape[-1] if self.layer.op_type == "Gemm" and self.layer.keys[index] else len(activation)
+        fraction = self.limit / (rows.shape[1] / max(batch, 1) * self.samples * len(self.layer.tensors))
+        if fraction >= 1:
+            return rows
+        count = max(1, int(round(rows.shape[1] * fraction)))
+        return rows[:, np.sort(self.rng.choice(rows.shape[1], count, replace=False))]
 
 
 def _columns(member: Member, source: LayerSource, size: int) -> np.ndarray | None:
@@ -132,16 +179,19 @@ def add_consumer_biases(model: onnx.ModelProto, analysis: ChannelAnalysis) -> tu
     return out, added
 
 
-def capture_inputs(model: onnx.ModelProto, groups: list[ChannelGroup], calib: Dataset,
-                   batch_size: int = 64) -> dict[int, list[ConsumerInput]]:
-    """The consumers of every group with their calibration Gram statistics, from one ORT capture on
-    ``model``; a consumer whose rows cannot be captured (no Conv/Gemm/MatMul weight) is logged and left out."""
+def capture_inputs(model: onnx.ModelProto, groups: list[ChannelGroup], calib: Dataset, max_rows: int,
+                   seed: int = 0, batch_size: int = 64) -> dict[int, list[ConsumerInput]]:
+    """The consumers of every group with their calibration Gram statistics over at most about ``max_rows``
+    rows each, from one ORT capture on ``model``; a consumer whose rows cannot be captured (no
+    Conv/Gemm/MatMul weight) is logged and left out."""
     members = {(g.index, m.tensor, m.offset): m for g in groups for m in g.members if m.role == CONSUMER and m.weight}
     sources, skipped = layer_sources(model, list(dict.fromkeys(m.tensor for m in members.values())))
     for name, reason in skipped.items():
         log.info("consumer %s is not refitted: %s", name, reason)
     by_name = {s.name: s for s in sources}
-    stats = capture_grams(model, calib, sources, batch_size=batch_size) if sources else {}
+    rng = np.random.default_rng(seed)
+    sampled = [SampledRows(s, max_rows, len(calib), rng) for s in sources]
+    stats = capture_grams(model, calib, sampled, batch_size=batch_size) if sources else {}
     nodes = {n.name: n for n in model.graph.node}
     inits = {t.name: t for t in model.graph.initializer}
     readers = reader_counts(model.graph)
@@ -224,23 +274,22 @@ def refit_group(group: ChannelGroup, inputs: list[ConsumerInput], channel_map: C
     before = after = norm = 0.0
     for inp in inputs:
         gram, cross, target = inp.design(values)
-        block = inp.block
-        expand = np.zeros((gram.shape[0], len(keep) * block + 1))
-        expand[:-1, :-1] = np.kron(channel_map.producer, np.eye(block))
-        expand[-1, -1] = 1.0
+        block, free = inp.block, len(keep) * inp.block
+        expand = np.zeros((gram.shape[0], free + inp.intercept))
+        expand[:group.size * block, :free] = np.kron(channel_map.producer, np.eye(block))
+        if inp.intercept:
+            expand[-1, -1] = 1.0
         gram, cross = expand.T @ gram @ expand, expand.T @ cross
         dense = inp.weight(values)[:, inp.columns.ravel()].T.reshape(group.size, block, -1)
         start = np.zeros_like(cross)
-        start[:-1] = np.einsum("nm,nkd->mkd", channel_map.consumer, dense).reshape(len(keep) * block, -1)
-        if inp.bias is None:  # no bias to shift: fit the weights alone
-            gram, cross, start = gram[:-1, :-1], cross[:-1], start[:-1]
-        solved = ridge_solve(gram, cross, start, ridge, free_last=inp.bias is not None)
+        start[:free] = np.einsum("nm,nkd->mkd", channel_map.consumer, dense).reshape(free, -1)
+        solved = ridge_solve(gram, cross, start, ridge, free_last=inp.intercept)
         before += squared_error(gram, cross, target, start)
         after += squared_error(gram, cross, target, solved)
         norm += target
         weight = _writable(updated, values, inp.member.tensor)
         full = inp.source.to_groups(weight)
-        full[0][:, inp.columns[keep].ravel()] = solved[:len(keep) * block].T / inp.alpha
+        full[0][:, inp.columns[keep].ravel()] = solved[:free].T / inp.alpha
         weight[...] = inp.source.from_groups(full).astype(weight.dtype)
         if inp.bias is not None:
             bias = _writable(updated, values, inp.bias)

@@ -39,6 +39,8 @@ class ChannelConfig(MethodConfig):
     data): refit each group's consumers (kept input weights and bias) by ridge least squares to
     match the dense model's outputs on the calibration data; 'off' keeps the plan's weights.
     ``ridge`` (default 1e-4): the refit's ridge, relative to the mean diagonal of the Gram matrix.
+    ``calib_rows`` (default 20000): about how many calibration rows (a Conv has one per output
+    position and sample) each consumer's Gram matrix is summed over, a seeded random subset.
     """
 
     group: int | None = None
@@ -46,9 +48,11 @@ class ChannelConfig(MethodConfig):
     importance: str = "l1"
     reconstruct: str = "auto"
     ridge: float = 1e-4
+    calib_rows: int = 20_000
 
     constraints = {"group": Interval(0, None, what="a group index (an integer)"), "round_to": Interval(1, None),
-                   "importance": OneOf(IMPORTANCES), "reconstruct": OneOf(RECONSTRUCT), "ridge": Interval(0.0, None)}
+                   "importance": OneOf(IMPORTANCES), "reconstruct": OneOf(RECONSTRUCT), "ridge": Interval(0.0, None),
+                   "calib_rows": Interval(1, None, what="a row count (an integer)")}
 
 
 def kept_channels(size: int, sparsity: float, round_to: int = 1) -> int:
@@ -147,7 +151,8 @@ class ChannelSession:
         """Every prunable group's consumers with their calibration Grams, captured once on the dense
         (BatchNorm-folded) model."""
         if self.inputs is None:
-            self.inputs = capture_inputs(self.folded, self.analysis.prunable(), self.calib)
+            self.inputs = capture_inputs(self.folded, self.analysis.prunable(), self.calib,
+                                         self.config.calib_rows, self.config.seed)
         return self.inputs
 
     def prune(self, sparsity: float) -> MethodResult:
