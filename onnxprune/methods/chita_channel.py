@@ -51,8 +51,8 @@ class ConsumerFit:
         free = size * inp.block
         penalty = np.r_[np.ones(free), np.zeros(len(gram) - free)]
         lam = ridge * max(float(np.mean(np.diag(gram)[:free])), 1e-30) + 1e-12 * float(np.max(np.diag(gram)))
-        self.gram, self.cross, self.block, self.scale = gram + np.diag(lam * penalty), cross, inp.block, 1.0 / target
-        self.target = target
+        self.gram, self.cross, self.block = gram + np.diag(lam * penalty), cross, inp.block
+        self.target, self.scale = target, 1.0 / max(target, 1e-300)
         self.active = np.arange(len(gram))  # design positions in S (the constant, if any, stays)
         self.Q = np.linalg.inv(self.gram)
         self.B = self.Q @ cross
@@ -124,6 +124,7 @@ class ConsumerFit:
 
 
 def _total(fits: list[ConsumerFit], method: str, channels: np.ndarray) -> np.ndarray:
+    """A per-channel quantity (removal costs or addition gains) summed over the group's consumers."""
     return np.sum([getattr(fit, method)(channels) for fit in fits], axis=0)
 
 
