@@ -21,6 +21,9 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("intrafusion", "onnxprune.methods.intrafusion", "IntraFusionConfig", "intrafusion_session",
                    structured=True, needs_calib=False,
                    summary="fuse every channel into the kept ones by exact optimal transport (data-free)"),
+        MethodSpec("chita-channel", "onnxprune.methods.chita_channel", "ChitaChannelConfig", "chita_channel_session",
+                   structured=True, needs_calib=True,
+                   summary="keep the channels whose consumers' refit reconstructs best (greedy + swaps), refit"),
     )
 }
 

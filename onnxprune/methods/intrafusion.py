@@ -1,5 +1,6 @@
 """Intra-Fusion (``intrafusion``): structured channel pruning that fuses the dropped channels into
-the kept ones along an exact optimal-transport map instead of discarding them; data-free."""
+the kept ones along an exact optimal-transport map instead of discarding them; data-free unless
+calibration data is given, which by default refits the fused consumers (``reconstruction.py``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from functools import partial
 import numpy as np
 import onnx
 
-from onnxprune.channels.model import ChannelGroup, Member
 from onnxprune.channels.surgery import ChannelMap
 from onnxprune.data import Dataset
-from onnxprune.methods.base import MethodResult, OneOf
-from onnxprune.methods.l1_channel import ChannelConfig, ChannelSession
+from onnxprune.methods.base import OneOf
+from onnxprune.methods.structured import ChannelConfig, ChannelSession, GroupView
 from onnxprune.methods.ot_fusion import MARGINALS, NORMALIZATIONS, fusion_maps, pairing_vectors, transport_plan
 
 
@@ -34,11 +34,10 @@ class IntraFusionConfig(ChannelConfig):
     constraints = {"normalization": OneOf(NORMALIZATIONS), "marginals": OneOf(MARGINALS)}
 
 
-def _fusion_plan(config: IntraFusionConfig, group: ChannelGroup, slabs: list[tuple[Member, np.ndarray]],
-                 scores: np.ndarray, keep: np.ndarray) -> ChannelMap:
+def _fusion_plan(config: IntraFusionConfig, view: GroupView, keep: np.ndarray) -> ChannelMap:
     """Transport every channel onto the kept ones and merge along the plan."""
-    vectors = pairing_vectors([slab for member, slab in slabs if member.weight])
-    plan = transport_plan(vectors, keep, scores if config.marginals == "importance" else None)
+    vectors = pairing_vectors([slab for member, slab in view.slabs if member.weight])
+    plan = transport_plan(vectors, keep, view.scores if config.marginals == "importance" else None)
     producer, consumer = fusion_maps(plan, config.normalization)
     return ChannelMap(producer, consumer)
 
@@ -47,5 +46,5 @@ def intrafusion_session(model: onnx.ModelProto, config: IntraFusionConfig,
                         calib: Dataset | None = None) -> ChannelSession:
     """A session that fuses every channel of a group into its kept ones."""
     return ChannelSession(model, config, calib, partial(_fusion_plan, config),
-                          {"normalization": config.normalization, "marginals": config.marginals})
+                          extra={"normalization": config.normalization, "marginals": config.marginals})
 
