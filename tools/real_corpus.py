@@ -7,7 +7,7 @@ zip, never installed), and its task data is rendered or generated here, determin
 =================  ==================================  =========================  ===================
 name               source (wheel member)               task                       metric
 =================  ==================================  =========================  ===================
-ppocr_det          rapidocr-onnxruntime 1.4.4          text detection (DB map)    box IoU F1 after DB
+ppocr_det          rapidocr-onnxruntime 1.4.4          text detection (DB map)    line F@IoU0.5 after DB
                    (PP-OCRv4 det, Paddle2ONNX)                                post-proc (thr 0.3)
 ppocr_cls          rapidocr-onnxruntime 1.4.4          text direction 0/180       accuracy
                    (PP-OCR mobile v2.0 cls, Paddle)
@@ -329,17 +329,20 @@ def _det_boxes(prob: np.ndarray, thresh: float = 0.3, unclip: float = 1.6) -> np
     return np.array(boxes, np.float32).reshape(-1, 4)
 
 
-def _det_metric(test: dict, out: dict) -> float:
-    """Harmonic mean of (GT lines' best IoU with a predicted box) and (predicted boxes' best IoU with a line)."""
+def _det_metric(test: dict, out: dict, match: float = 0.5) -> float:
+    """Line detection F-measure (ICDAR style): recall = rendered lines matched by a predicted box at IoU >=
+    ``match``, precision = predicted boxes matching a line."""
     prob = next(iter(out.values()))[:, 0]
-    recall, precision = [], []
+    found = lines = hits = predicted = 0
     for p, gt in zip(prob, test["boxes"]):
         gt = gt[gt[:, 0] >= 0]
         pred = _det_boxes(p)
-        iou = _box_iou(gt, pred) if len(pred) else np.zeros((len(gt), 1))
-        recall += list(iou.max(1))
-        precision += list(iou.max(0)) if len(pred) else []
-    r, q = float(np.mean(recall)), float(np.mean(precision)) if precision else 0.0
+        iou = _box_iou(gt, pred) if len(pred) else np.zeros((len(gt), 0))
+        lines, predicted = lines + len(gt), predicted + len(pred)
+        if iou.size:
+            found += int((iou.max(1) >= match).sum())
+            hits += int((iou.max(0) >= match).sum())
+    r, q = found / max(lines, 1), hits / max(predicted, 1)
     return 2 * r * q / (r + q) if r + q else 0.0
 
 
@@ -671,7 +674,7 @@ def _specs() -> list[_Spec]:
     return [
         _Spec("ppocr_det", *_RAPID, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
               "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
-              "text detection (DB probability map), rendered lines on 256x256", "box IoU F1 (DB post-proc, thr 0.3)",
+              "text detection (DB probability map), rendered lines on 256x256", "line F-measure at IoU 0.5 (DB post-proc, thr 0.3)",
               _det_data, _det_metric),
         _Spec("ppocr_cls", *_RAPID, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
               "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
