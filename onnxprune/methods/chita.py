@@ -9,6 +9,7 @@ prunable initializers only; the ONNX graph is otherwise untouched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -22,10 +23,11 @@ from tqdm.auto import tqdm
 
 from onnxprune.methods import chita_solver as solver
 from onnxprune.data import LABELS, Dataset, input_specs, validate
-from onnxprune.errors import ConfigError, DataError
+from onnxprune.errors import ConfigError, ConversionError, DataError
 from onnxprune.view.fisher import (TARGETS, FlatLayout, choose_targets, format_bytes, gradient_matrix,
                               matrix_bytes, parse_bytes, plan_memory, resolve_rows)
-from onnxprune.methods.base import MethodConfig, MethodResult
+from onnxprune.methods.base import MethodConfig, MethodResult, SparsitySession
+from onnxprune.methods.layerwise import LayerwiseSession, check_damp, check_options, parse_pattern
 from onnxprune.methods.magnitude import ALLOCATIONS
 from onnxprune.graph.prunable import PrunableWeight, read_weights, select_prunable
 from onnxprune.view.torchview import TorchView, build_torch_view, check_parity
@@ -34,6 +36,7 @@ from onnxprune.graph.edit import replace_initializers
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("exp", "poly", "linear")
+ENGINES = ("auto", "model", "layer")
 DEFAULT_ROWS = 1000
 
 
@@ -66,6 +69,11 @@ class ChitaConfig(MethodConfig):
     - ``patience``: IHT also stops once its support has not changed for this many iterations, since the
       backsolve then gives the exact weights on it (0: off). 30 makes CNN solves ~40% faster with the
       same accuracy up to 0.9 sparsity; beyond, results moved both ways (tools/bench_chita.py), hence off.
+    - ``engine``: 'model' (whole-model Fisher from per-sample gradients through the torch view), 'layer'
+      (each layer's reconstruction loss from ONNX Runtime activations, ``methods/layerwise.py``) or 'auto'
+      (model when the torch view converts and passes parity, layer otherwise).
+    - ``damp`` / ``sequential`` / ``batch_size``: the layer engine's ridge λ = damp·mean(diag H), its
+      wave-by-wave capture and its capture batch (see ``LayerwiseConfig``); the model engine ignores them.
     """
 
     allocation: str = "global"
@@ -83,9 +91,16 @@ class ChitaConfig(MethodConfig):
     max_iter: int = 100
     tol: float = 1e-5
     patience: int = 0
+    engine: str = "auto"
+    damp: float = 0.01
+    sequential: bool = False
+    batch_size: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        check_damp(self.damp)
         if self.allocation not in ALLOCATIONS:
             raise ConfigError(f"allocation must be one of {', '.join(ALLOCATIONS)}, not {self.allocation!r}")
         if self.targets not in TARGETS:
@@ -99,20 +114,11 @@ class ChitaConfig(MethodConfig):
             raise ConfigError("samples_per_row and patience must be >= 0 (0: automatic / off) and max_iter >= 1")
         if self.active_ratio < 0 or not self.tol > 0:
             raise ConfigError("active_ratio must be >= 0 and tol > 0")
-        parse_bytes(self.max_memory)
-        self.nm()
+        check_options(self)
 
     def nm(self) -> tuple[int, int] | None:
         """The (N, M) of ``pattern``, or None when unstructured."""
-        if not self.pattern:
-            return None
-        parts = self.pattern.split(":")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ConfigError(f"pattern must look like N:M (e.g. 2:4), not {self.pattern!r}")
-        n, m = int(parts[0]), int(parts[1])
-        if not 0 < n < m:
-            raise ConfigError(f"pattern {self.pattern!r}: need 0 < N < M")
-        return n, m
+        return parse_pattern(self.pattern)
 
 
 @dataclass
@@ -412,11 +418,54 @@ class ChitaSession:
         return MethodResult(pruned, details)
 
 
+class _Engine:
+    """A CHITA session of either engine whose results say which engine ran and why."""
+
+    def __init__(self, session: SparsitySession, engine: str, reason: str) -> None:
+        self.session, self.engine, self.reason = session, engine, reason
+
+    def expect(self, sparsities: Sequence[float]) -> None:
+        self.session.expect(sparsities)
+
+    def prune(self, sparsity: float) -> MethodResult:
+        result = self.session.prune(sparsity)
+        result.details.update(engine=self.engine, engine_reason=self.reason)
+        return result
+
+
+def _layer_session(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> LayerwiseSession:
+    """CHITA's layer engine: IHT + swap search + backsolve per layer, OBS sweeps for the error curves."""
+    from onnxprune.methods.layer_solver import solve_chita, solve_obs
+
+    solver = functools.partial(solve_chita, max_iter=config.max_iter)
+    return LayerwiseSession(model, config, calib, solver=solver, estimator=solve_obs, damp=config.damp,
+                            method="chita")
+
+
+def chita_session(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> SparsitySession:
+    """The CHITA session of ``config.engine``; 'auto' takes the model engine when the torch view converts
+    and matches ONNX Runtime, and the layer engine otherwise (CHITA++ stages then do not apply)."""
+    if config.engine == "layer":
+        return _Engine(_layer_session(model, config, calib), "layer", "engine=layer requested")
+    if config.engine == "model":
+        return _Engine(ChitaSession(model, config, calib), "model", "engine=model requested")
+    try:
+        session = ChitaSession(model, config, calib)
+    except ConversionError as exc:
+        reason = f"torch view unusable ({exc}); layer-wise engine from ONNX Runtime activations"
+        if isinstance(config, ChitaPlusConfig):
+            reason += " (one shot: CHITA++ stages do not apply)"
+        log.warning("CHITA: %s", reason)
+        return _Engine(_layer_session(model, config, calib), "layer", reason)
+    return _Engine(session, "model", "the torch view converts and matches ONNX Runtime")
+
+
 def prune_chita(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> MethodResult:
-    """One-shot CHITA: gradients at the trained weights, IHT with active set, swap search, backsolve."""
-    return ChitaSession(model, config, calib).prune(config.sparsity)
+    """One-shot CHITA: gradients at the trained weights, IHT with active set, swap search, backsolve
+    (or the same per layer with ``engine=layer``)."""
+    return chita_session(model, config, calib).prune(config.sparsity)
 
 
 def prune_chita_plus(model: onnx.ModelProto, config: ChitaPlusConfig, calib: Dataset | None) -> MethodResult:
     """CHITA++: ``config.stages`` CHITA solves at rising sparsity, re-linearised at the current weights."""
-    return ChitaSession(model, config, calib).prune(config.sparsity)
+    return chita_session(model, config, calib).prune(config.sparsity)

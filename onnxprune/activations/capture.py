@@ -1,0 +1,64 @@
+"""Stream chosen intermediate tensors out of ONNX Runtime: a private copy of the graph declares them as
+extra outputs (the caller's model is never changed) and calibration batches run through one session."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxprune.data import Dataset
+from onnxprune.errors import ModelError, first_line
+from onnxprune.validate.runtime import fixed_batch, make_session
+
+log = logging.getLogger(__name__)
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor the graph declares or shape inference can tell."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception as exc:  # inference fails on some exporters' graphs; declared types still count
+        log.debug("shape inference failed: %s", first_line(exc))
+        inferred = model.graph
+    types = {}
+    for value in (*inferred.value_info, *model.graph.value_info, *model.graph.input, *model.graph.output):
+        if value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    return types
+
+
+def with_outputs(model: onnx.ModelProto, tensors: dict[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``tensors`` (name → element type), declared without shape;
+    graph inputs and existing outputs are not added again."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    present = {v.name for v in (*out.graph.input, *out.graph.output)}
+    for name, elem_type in tensors.items():
+        if name not in present:
+            out.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+    return out
+
+
+class Capture:
+    """One ORT session on a private copy of ``model`` that also outputs ``tensors`` (name → element type)."""
+
+    def __init__(self, model: onnx.ModelProto, tensors: dict[str, int]) -> None:
+        self.tensors = dict(tensors)
+        self.session = make_session(with_outputs(model, self.tensors), device="cpu", spinning=False)
+        self.names = [o.name for o in self.session.get_outputs()]
+        self.fixed_batch = fixed_batch(self.session)
+
+    def run(self, data: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """The captured tensors for every batch of ``data`` (a fixed model batch wins over ``batch_size``)."""
+        step = self.fixed_batch or batch_size
+        for start in range(0, len(data), step):
+            feed = {name: array[start:start + step] for name, array in data.inputs.items()}
+            try:
+                values = dict(zip(self.names, self.session.run(None, feed)))
+            except Exception as exc:  # ORT raises its own types
+                raise ModelError(f"ONNX Runtime failed while capturing layer inputs: {first_line(exc)}") from None
+            values.update({n: feed[n] for n in self.tensors if n in feed})
+            yield {n: values[n] for n in self.tensors}

@@ -1,0 +1,104 @@
+"""Gram matrices ``H = XᵀX`` of layer inputs, accumulated in float64 batch by batch from ONNX Runtime,
+after a memory estimate (all H plus one batch of activations) checked against a budget."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import onnx
+
+from onnxprune.activations.capture import Capture, tensor_types
+from onnxprune.data import Dataset
+from onnxprune.errors import ResourceError
+from onnxprune.view.fisher import format_bytes
+
+log = logging.getLogger(__name__)
+
+BatchHook = Callable[[dict[str, np.ndarray]], None]
+
+
+class RowSource(Protocol):
+    """What ``capture_grams`` needs of a layer or tensor: its name, the tensors it reads and their rows."""
+
+    name: str
+    elem_type: int
+
+    @property
+    def tensors(self) -> tuple[str, ...]: ...
+
+    def rows(self, index: int, activation: np.ndarray) -> np.ndarray:
+        """``[groups, rows, d]`` rows of input ``index`` on one batch."""
+
+
+@dataclass
+class GramStats:
+    """``H[g] = Σ x xᵀ`` over the ``n_rows`` rows x of group g (float64 ``[groups, d, d]``) and their mean."""
+
+    H: np.ndarray
+    n_rows: int
+    mean: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.H.nbytes + self.mean.nbytes
+
+
+def _probe(capture: Capture, sources: Sequence[RowSource], data: Dataset) -> tuple[dict[str, int], int, int]:
+    """Run the smallest batch once: (d of every source, bytes of one batch's activations and rows, its samples)."""
+    count = capture.fixed_batch or 1
+    batch = next(capture.run(data.take(count), count))
+    widths, rows_bytes = {}, 0
+    for source in sources:
+        for index, tensor in enumerate(source.tensors):
+            rows = source.rows(index, batch[tensor])
+            widths[source.name] = rows.shape[-1]
+            rows_bytes = max(rows_bytes, rows.size * (rows.itemsize + 8))  # the rows and their float64 copy
+    return widths, sum(a.nbytes for a in batch.values()) + rows_bytes, count
+
+
+def _refuse(needed: int, gram: int, batch: int, samples: int, budget: int) -> None:
+    """ResourceError with the numbers when ``needed`` exceeds ``budget``."""
+    if needed <= budget:
+        return
+    advice = "raise --max-memory" if gram >= budget else \
+        f"raise --max-memory or lower batch_size to at most {max(1, samples * (budget - gram) // max(batch, 1))}"
+    raise ResourceError(f"capturing layer inputs needs about {format_bytes(needed)} (Gram matrices "
+                        f"{format_bytes(gram)}, one batch of {samples} samples {format_bytes(batch)}) and "
+                        f"--max-memory is {format_bytes(budget)}: {advice}")
+
+
+def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSource], *, batch_size: int = 64,
+                  max_memory: int = 4 << 30, on_batch: BatchHook | None = None) -> dict[str, GramStats]:
+    """``GramStats`` of every source's rows over all of ``data``, streamed through one ORT session.
+
+    Refuses (ResourceError) before the run when all H (``groups·d²·8`` bytes each) plus one batch of
+    activations exceed ``max_memory``; ``on_batch`` sees every batch's raw captured tensors."""
+    known = sum(s.groups * s.d_in ** 2 * 8 for s in sources if hasattr(s, "d_in"))
+    _refuse(known, known, 0, 0, max_memory)
+    types = tensor_types(model)
+    tensors = {t: s.elem_type or types.get(t, onnx.TensorProto.FLOAT) for s in sources for t in s.tensors}
+    capture = Capture(model, tensors)
+    widths, probe_bytes, probe_samples = _probe(capture, sources, data)
+    gram = sum(s.groups * (widths[s.name] ** 2 + widths[s.name]) * 8 for s in sources)
+    samples = capture.fixed_batch or min(batch_size, len(data))
+    batch = probe_bytes * samples // probe_samples
+    _refuse(gram + batch, gram, batch, samples, max_memory)
+    log.info("capturing %d layer input(s): Gram matrices %s, one batch %s", len(sources), format_bytes(gram),
+             format_bytes(batch))
+    H = {s.name: np.zeros((s.groups, widths[s.name], widths[s.name])) for s in sources}
+    sums = {s.name: np.zeros((s.groups, widths[s.name])) for s in sources}
+    counts = dict.fromkeys(H, 0)
+    for values in capture.run(data, batch_size):
+        if on_batch is not None:
+            on_batch(values)
+        for source in sources:
+            for index, tensor in enumerate(source.tensors):
+                rows = source.rows(index, values[tensor]).astype(np.float64)
+                for g in range(rows.shape[0]):
+                    H[source.name][g] += rows[g].T @ rows[g]  # numpy takes the symmetric (syrk) path
+                sums[source.name] += rows.sum(axis=1)
+                counts[source.name] += rows.shape[1]
+    return {n: GramStats(H[n], counts[n], sums[n] / max(counts[n], 1)) for n in H}

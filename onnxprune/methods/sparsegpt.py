@@ -1,0 +1,42 @@
+"""SparseGPT (Frantar & Alistarh, 2023): per layer, the OBS column sweep on the Cholesky factor of
+``(H + λI)⁻¹`` from ONNX Runtime activations, pruning and updating the remaining weights in one pass."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import onnx
+
+from onnxprune.data import Dataset
+from onnxprune.errors import ConfigError
+from onnxprune.methods.base import MethodResult
+from onnxprune.methods.layerwise import LayerwiseConfig, LayerwiseSession, check_damp
+
+
+@dataclass
+class SparsegptConfig(LayerwiseConfig):
+    """SparseGPT's options on top of the layer-wise ones: ``damp`` (ridge λ = damp·mean(diag H)) and
+    ``block_size`` (columns per lazy-update block of the sweep)."""
+
+    damp: float = 0.01
+    block_size: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_damp(self.damp)
+        if self.block_size < 1:
+            raise ConfigError(f"block_size must be >= 1, not {self.block_size}")
+
+
+def sparsegpt_session(model: onnx.ModelProto, config: SparsegptConfig, calib: Dataset | None) -> LayerwiseSession:
+    """A session that captures the Gram matrices once and sweeps every layer at each sparsity asked for."""
+    from onnxprune.methods.layer_solver import solve_obs
+
+    solver = functools.partial(solve_obs, block_size=config.block_size)
+    return LayerwiseSession(model, config, calib, solver=solver, estimator=solver, damp=config.damp, method="sparsegpt")
+
+
+def prune_sparsegpt(model: onnx.ModelProto, config: SparsegptConfig, calib: Dataset | None) -> MethodResult:
+    """SparseGPT at ``config.sparsity`` (or ``config.pattern``)."""
+    return sparsegpt_session(model, config, calib).prune(config.sparsity)
