@@ -80,6 +80,7 @@ class LayerwiseConfig(MethodConfig):
     - ``skip_first`` / ``skip_last``: leave the first / last prunable layer dense.
     - ``sequential``: each layer sees the outputs of already-pruned earlier layers (one capture per wave).
     - ``batch_size``: calibration samples per ONNX Runtime batch while capturing.
+    - ``samples``: use the first this many calibration samples (0: all); capture time grows with them.
     - ``max_memory``: budget for all Gram matrices plus one batch of activations ('4G', '500M').
     """
 
@@ -90,10 +91,13 @@ class LayerwiseConfig(MethodConfig):
     sequential: bool = False
     batch_size: int = 64
     max_memory: str = "4G"
+    samples: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_options(self)
+        if self.samples < 0:
+            raise ConfigError(f"samples must be >= 0 (0: all calibration samples), not {self.samples}")
 
 
 def check_options(config: LayerOptions) -> None:
@@ -177,11 +181,13 @@ class LayerwiseSession:
     captured once and every sparsity asked for re-uses them."""
 
     def __init__(self, model: onnx.ModelProto, config: LayerOptions, calib: Dataset | None, *, solver: LayerSolver,
-                 estimator: LayerSolver, damp: float | None, scope: str = "layer", method: str = "layerwise") -> None:
+                 estimator: LayerSolver, damp: float | None, scope: str = "layer", method: str = "layerwise",
+                 samples: int = 0) -> None:
         if calib is None:
             raise DataError(f"{method} needs calibration data (inputs): pass --calib DATA.npz")
         check_options(config)
-        self.model, self.config, self.calib = model, config, calib
+        self.model, self.config = model, config
+        self.calib = calib.take(min(samples, len(calib))) if samples else calib
         self.solver, self.estimator, self.damp, self.scope, self.method = solver, estimator, damp, scope, method
         names = [w.name for w in select_prunable(model, config.skip_first, config.skip_last)]
         if not names:

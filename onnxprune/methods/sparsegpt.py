@@ -34,7 +34,8 @@ def sparsegpt_session(model: onnx.ModelProto, config: SparsegptConfig, calib: Da
     from onnxprune.methods.layer_solver import solve_obs
 
     solver = functools.partial(solve_obs, block_size=config.block_size)
-    return LayerwiseSession(model, config, calib, solver=solver, estimator=solver, damp=config.damp, method="sparsegpt")
+    return LayerwiseSession(model, config, calib, solver=solver, estimator=solver, damp=config.damp,
+                            method="sparsegpt", samples=config.samples)
 
 
 def prune_sparsegpt(model: onnx.ModelProto, config: SparsegptConfig, calib: Dataset | None) -> MethodResult:

@@ -31,7 +31,7 @@ def wanda_session(model: onnx.ModelProto, config: WandaConfig, calib: Dataset | 
     from onnxprune.methods.layer_solver import solve_wanda
 
     return LayerwiseSession(model, config, calib, solver=solve_wanda, estimator=solve_wanda, damp=None,
-                            scope=config.scope, method="wanda")
+                            scope=config.scope, method="wanda", samples=config.samples)
 
 
 def prune_wanda(model: onnx.ModelProto, config: WandaConfig, calib: Dataset | None) -> MethodResult:
