@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import graphs
 from onnxprune.activations.gram import capture_grams
@@ -123,6 +123,17 @@ def test_too_few_calibration_rows_warn_and_stay_finite(caplog):
     assert "5 calibration rows for 16 inputs" in caplog.text
     assert all(np.isfinite(w).all() for w in read_weights(result.model).values())
     assert result.details["engine"] == "layer"
+
+
+def test_sequential_captures_each_wave_from_the_partly_pruned_model():
+    model = canonicalize(graphs.tiny_mlp()).model
+    calib = Dataset({"x": graphs.mlp_data(count=64)["x"]})
+    at_once = prune_sparsegpt(model, SparsegptConfig(sparsity=0.5), calib)
+    waves = prune_sparsegpt(model, SparsegptConfig(sparsity=0.5, sequential=True), calib)
+    assert (at_once.details["passes"], waves.details["passes"]) == (1, 2)
+    first, second = read_weights(at_once.model), read_weights(waves.model)
+    np.testing.assert_array_equal(first["fc1.weight"], second["fc1.weight"])  # wave 0 sees the dense model
+    assert not np.array_equal(first["fc2.weight"], second["fc2.weight"])  # wave 1 sees pruned fc1 outputs
 
 
 def test_a_memory_budget_too_small_is_refused_before_running(monkeypatch):
