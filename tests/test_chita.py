@@ -16,7 +16,8 @@ from onnxprune.errors import ConfigError, DataError, ResourceError
 from onnxprune.validate.evaluation import evaluate
 from onnxprune.view.fisher import FlatLayout, choose_targets, gradient_matrix, parse_bytes, plan_memory, resolve_rows
 from onnxprune.graph.io import load_model
-from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, prune_chita, schedule
+from onnxprune.methods import prune_model
+from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, schedule
 from onnxprune.pipeline import prune
 from onnxprune.graph.prunable import read_weights, select_prunable
 from onnxprune.view.torchview import build_torch_view
@@ -119,7 +120,7 @@ def test_chita_plus_on_a_batchnorm_resnet_is_exact_and_deterministic(resnet, tmp
 def test_memory_budget_splits_the_gradient_matrix_into_passes():
     model = canonicalize(load_model(MLP)).model
     calib = load_data(MLP_CALIB, model)
-    result = prune_chita(model, ChitaConfig(sparsity=0.8, rows=100, max_memory="4M"), calib)
+    result = prune_model("chita", model, ChitaConfig(sparsity=0.8, rows=100, max_memory="4M"), calib)
     stage = result.details["stages"][0]
     assert stage["passes"] > 1
     weights = read_weights(result.model)
@@ -166,11 +167,11 @@ def test_calibration_data_that_does_not_match_fails_clearly(tmp_path):
     wrong_name = Dataset({"pixels": np.zeros((10, 784), np.float32)})
     for data, match in ((wrong_shape, "shape"), (wrong_name, "pixels")):
         with pytest.raises(DataError, match=match):
-            prune_chita(model, ChitaConfig(sparsity=0.5), data)
+            prune_model("chita", model, ChitaConfig(sparsity=0.5), data)
     with pytest.raises(DataError, match="calibration"):
-        prune_chita(model, ChitaConfig(sparsity=0.5), None)
+        prune_model("chita", model, ChitaConfig(sparsity=0.5), None)
     with pytest.raises(DataError, match="labels"):
-        prune_chita(model, ChitaConfig(sparsity=0.5, targets="labels"),
+        prune_model("chita", model, ChitaConfig(sparsity=0.5, targets="labels"),
                     Dataset({"input": np.zeros((10, 784), np.float32)}))
     bad_file, out = tmp_path / "calib.npz", tmp_path / "out.onnx"
     np.savez(bad_file, input=np.zeros((10, 28, 28), np.float32))

@@ -117,13 +117,14 @@ def test_demo_runs_every_method_on_the_bundled_cnn(tmp_path):
     code, result = _invoke("demo", "--out", str(tmp_path), "--json")
     assert code == 0, result
     rows = {r["method"]: r for r in result["rows"]}
-    assert set(rows) == {"dense", "magnitude", "chita", "chita++", "l1-channel", "intrafusion", "chita-channel"}
+    assert set(rows) == {"dense", "magnitude", "chita", "chita++", "sparsegpt", "wanda", "l1-channel", "intrafusion",
+                         "chita-channel"}
     assert rows["dense"]["accuracy"] > 97.0
     assert rows["chita"]["accuracy"] > rows["magnitude"]["accuracy"] > 80.0  # unstructured at 0.7
     assert rows["intrafusion"]["accuracy"] > rows["l1-channel"]["accuracy"] + 20  # structured at 0.3
     assert rows["chita-channel"]["accuracy"] > 97.0  # structured at 0.3, refitted on the calibration data
     assert rows["l1-channel"]["params"] < 0.6 * rows["dense"]["params"]
-    assert len(list(tmp_path.glob("*.onnx"))) == 6
+    assert len(list(tmp_path.glob("*.onnx"))) == 8
 
 
 def test_public_names_are_not_shadowed_by_submodules():

@@ -14,7 +14,7 @@ from onnxprune.data import load_data
 from onnxprune.validate.evaluation import evaluate
 from onnxprune.graph.io import load_model
 from onnxprune.methods import get_method, make_config, prune_model
-from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, _path, prune_chita, schedule
+from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, _path, schedule
 from onnxprune.methods.l1_channel import ChannelConfig
 from onnxprune.graph.prunable import read_weights
 from onnxprune.graph.io import save_model
@@ -44,7 +44,7 @@ def test_chita_session_reuses_the_dense_gradients_and_matches_fresh_runs(mlp):
     first, second = session.prune(0.5), session.prune(0.8)
     assert first.details["stages"][0]["gradients_reused"] == 0
     assert second.details["stages"][0]["gradients_reused"] == 1
-    fresh = prune_chita(model, ChitaConfig(sparsity=0.8, rows=300), calib)
+    fresh = prune_model("chita", model, ChitaConfig(sparsity=0.8, rows=300), calib)
     assert _max_diff(second.model, fresh.model) < 1e-5
     assert session.prune(0.0).model.graph.initializer == model.graph.initializer  # nothing to remove
 

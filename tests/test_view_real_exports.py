@@ -15,7 +15,8 @@ from onnxprune.data import Dataset
 from onnxprune.errors import ConversionError
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.graph.prunable import read_weights
-from onnxprune.methods.chita import ChitaConfig, prune_chita
+from onnxprune.methods import prune_model
+from onnxprune.methods.chita import ChitaConfig
 from onnxprune.view.fisher import FlatLayout, choose_targets, gradient_matrix
 from onnxprune.view.torchview import ParityResult, Tolerance, build_torch_view, check_parity
 
@@ -136,7 +137,7 @@ def test_fp16_weights_view_in_float32():
 def test_fp16_model_is_written_back_in_fp16():
     model = _fp16_model()
     data = _data(dtype=np.float16)
-    pruned = prune_chita(model, ChitaConfig(sparsity=0.5, rows=8, targets="logits"), data).model
+    pruned = prune_model("chita", model, ChitaConfig(sparsity=0.5, rows=8, targets="logits"), data).model
     weights = read_weights(pruned)
     assert {w.dtype for w in weights.values()} == {np.dtype(np.float16)}
     assert sum(int(np.count_nonzero(w)) for w in weights.values()) <= sum(w.size for w in weights.values()) // 2

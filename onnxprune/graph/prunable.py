@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.graph.protos import attr
+
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
 
@@ -85,3 +87,13 @@ def select_prunable(model: onnx.ModelProto, skip_first: bool = False, skip_last:
     if skip_last and weights:
         weights = weights[:-1]
     return weights
+
+
+def input_axis(model: onnx.ModelProto, weight: PrunableWeight) -> int:
+    """The axis of ``weight`` summed against the layer input (where N:M groups run)."""
+    if weight.op_type == "Conv":
+        return 1
+    if weight.op_type == "Gemm":
+        node = next(n for n in model.graph.node if n.name == weight.nodes[0])
+        return 1 if attr(node, "transB", 0) else 0
+    return 0

@@ -1,14 +1,16 @@
 """CHITA and CHITA++ (Benbaki et al., ICML 2023): second-order unstructured pruning by combinatorial
 optimisation on the empirical Fisher ``AᵀA/n``, A holding per-sample loss gradients.
 
-Entry points: ``prune_chita`` (one shot) and ``prune_chita_plus`` (several stages of rising sparsity,
-recomputing A and re-anchoring at the current weights each stage). Both return new weights for the
-prunable initializers only; the ONNX graph is otherwise untouched.
+Entry point: ``chita_session`` for both ``chita`` (one shot) and ``chita++`` (several stages of rising
+sparsity, recomputing A and re-anchoring at the current weights each stage), with the whole-model or the
+layer-wise engine. Results are new weights for the prunable initializers only; the graph is otherwise
+untouched.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -22,23 +24,25 @@ from tqdm.auto import tqdm
 
 from onnxprune.methods import chita_solver as solver
 from onnxprune.data import LABELS, Dataset, input_specs, validate
-from onnxprune.errors import ConfigError, DataError
+from onnxprune.errors import ConfigError, ConversionError, DataError
 from onnxprune.view.fisher import (TARGETS, FlatLayout, choose_targets, format_bytes, gradient_matrix,
-                              matrix_bytes, parse_bytes, plan_memory, resolve_rows)
-from onnxprune.methods.base import MethodConfig, MethodResult
-from onnxprune.methods.magnitude import ALLOCATIONS
-from onnxprune.graph.prunable import PrunableWeight, read_weights, select_prunable
+                              matrix_bytes, memory_problem, parse_bytes, plan_memory, resolve_rows)
+from onnxprune.methods.base import Interval, MethodResult, OneOf, Satisfies, SparsitySession
+from onnxprune.methods.layerwise import LayerwiseSession
+from onnxprune.methods.magnitude import MagnitudeConfig
+from onnxprune.graph.prunable import PrunableWeight, input_axis, read_weights, select_prunable
 from onnxprune.view.torchview import TorchView, build_torch_view, check_parity
 from onnxprune.graph.edit import replace_initializers
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("exp", "poly", "linear")
+ENGINES = ("auto", "model", "layer")
 DEFAULT_ROWS = 1000
 
 
 @dataclass
-class ChitaConfig(MethodConfig):
+class ChitaConfig(MagnitudeConfig):
     """Options of CHITA. Defaults are the ones measured in ``tools/bench_chita.py``.
 
     - ``allocation``: 'global' (one budget over all prunable weights) or 'uniform' (same sparsity per tensor).
@@ -66,53 +70,34 @@ class ChitaConfig(MethodConfig):
     - ``patience``: IHT also stops once its support has not changed for this many iterations, since the
       backsolve then gives the exact weights on it (0: off). 30 makes CNN solves ~40% faster with the
       same accuracy up to 0.9 sparsity; beyond, results moved both ways (tools/bench_chita.py), hence off.
+    - ``engine``: 'model' (whole-model Fisher from per-sample gradients through the torch view), 'layer'
+      (each layer's reconstruction loss from ONNX Runtime activations, ``methods/layerwise.py``) or 'auto'
+      (model when the torch view converts and passes parity, layer otherwise).
+    - ``damp`` / ``sequential`` / ``batch_size``: the layer engine's ridge λ = damp·mean(diag H), its
+      wave-by-wave capture and its capture batch (see ``LayerwiseConfig``); the model engine ignores them.
     """
 
-    allocation: str = "global"
-    skip_first: bool = False
-    skip_last: bool = False
     rows: int = 0
     samples_per_row: int = 0
     targets: str = "auto"
     ridge: float = 0.3
     first_order: bool = False
-    pattern: str = ""
     block_size: int = 2000
     max_memory: str = "8G"
     active_ratio: float = 1.5
     max_iter: int = 100
     tol: float = 1e-5
     patience: int = 0
+    engine: str = "auto"
+    damp: float = 0.01
+    sequential: bool = False
+    batch_size: int = 64
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.allocation not in ALLOCATIONS:
-            raise ConfigError(f"allocation must be one of {', '.join(ALLOCATIONS)}, not {self.allocation!r}")
-        if self.targets not in TARGETS:
-            raise ConfigError(f"targets must be one of {', '.join(TARGETS)}, not {self.targets!r}")
-        if not self.ridge > 0:
-            raise ConfigError(f"ridge must be > 0 (it keeps the backsolve well posed), not {self.ridge}")
-        for name in ("rows", "block_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)}")
-        if self.samples_per_row < 0 or self.max_iter < 1 or self.patience < 0:
-            raise ConfigError("samples_per_row and patience must be >= 0 (0: automatic / off) and max_iter >= 1")
-        if self.active_ratio < 0 or not self.tol > 0:
-            raise ConfigError("active_ratio must be >= 0 and tol > 0")
-        parse_bytes(self.max_memory)
-        self.nm()
-
-    def nm(self) -> tuple[int, int] | None:
-        """The (N, M) of ``pattern``, or None when unstructured."""
-        if not self.pattern:
-            return None
-        parts = self.pattern.split(":")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ConfigError(f"pattern must look like N:M (e.g. 2:4), not {self.pattern!r}")
-        n, m = int(parts[0]), int(parts[1])
-        if not 0 < n < m:
-            raise ConfigError(f"pattern {self.pattern!r}: need 0 < N < M")
-        return n, m
+    constraints = {"engine": OneOf(ENGINES), "targets": OneOf(TARGETS), "damp": Interval(0, None, "neither"),
+                   "ridge": Interval(0, None, "neither"), "rows": Interval(0, None), "block_size": Interval(0, None),
+                   "samples_per_row": Interval(0, None), "patience": Interval(0, None),
+                   "max_iter": Interval(1, None), "active_ratio": Interval(0, None), "tol": Interval(0, None, "neither"),
+                   "batch_size": Interval(1, None), "max_memory": Satisfies(memory_problem)}
 
 
 @dataclass
@@ -128,13 +113,11 @@ class ChitaPlusConfig(ChitaConfig):
     schedule: str = "exp"
     base_sparsity: float = 0.0
 
+    constraints = {"stages": Interval(1, None), "schedule": OneOf(SCHEDULES), "base_sparsity": Interval(0.0, 1.0, "left")}
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.stages < 1:
-            raise ConfigError(f"stages must be >= 1, not {self.stages}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
-        if not 0 <= self.base_sparsity <= self.sparsity:
+        if self.base_sparsity > self.sparsity:
             raise ConfigError(f"base_sparsity must be in [0, sparsity={self.sparsity}], not {self.base_sparsity}")
 
 
@@ -169,17 +152,6 @@ class _Context:
     parity: float  # max |torch view − ORT| on calibration samples
 
 
-def _input_axis(model: onnx.ModelProto, weight: PrunableWeight) -> int:
-    """The axis of the weight summed against the layer input (where N:M groups run)."""
-    if weight.op_type == "Conv":
-        return 1
-    if weight.op_type == "Gemm":
-        node = next(n for n in model.graph.node if n.name == weight.nodes[0])
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 1 if trans_b else 0
-    return 0
-
-
 def _check_calib(model: onnx.ModelProto, calib: Dataset | None) -> Dataset:
     """The calibration data, checked against the model's inputs (DataError otherwise)."""
     if calib is None:
@@ -201,7 +173,7 @@ def _context(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None)
     last_axis, skipped = {}, []
     for w in weights:
         if nm:
-            axis = _input_axis(model, w)
+            axis = input_axis(model, w)
             if w.shape[axis] % nm[1]:
                 skipped.append(w.name)
             last_axis[w.name] = axis
@@ -412,11 +384,43 @@ class ChitaSession:
         return MethodResult(pruned, details)
 
 
-def prune_chita(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> MethodResult:
-    """One-shot CHITA: gradients at the trained weights, IHT with active set, swap search, backsolve."""
-    return ChitaSession(model, config, calib).prune(config.sparsity)
+class _Engine:
+    """A CHITA session of either engine whose results say which engine ran and why."""
+
+    def __init__(self, session: SparsitySession, engine: str, reason: str) -> None:
+        self.session, self.engine, self.reason = session, engine, reason
+
+    def expect(self, sparsities: Sequence[float]) -> None:
+        self.session.expect(sparsities)
+
+    def prune(self, sparsity: float) -> MethodResult:
+        result = self.session.prune(sparsity)
+        result.details.update(engine=self.engine, engine_reason=self.reason)
+        return result
 
 
-def prune_chita_plus(model: onnx.ModelProto, config: ChitaPlusConfig, calib: Dataset | None) -> MethodResult:
-    """CHITA++: ``config.stages`` CHITA solves at rising sparsity, re-linearised at the current weights."""
-    return ChitaSession(model, config, calib).prune(config.sparsity)
+def _layer_session(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> LayerwiseSession:
+    """CHITA's layer engine: IHT + swap search + backsolve per layer, OBS sweeps for the error curves."""
+    from onnxprune.methods.layer_solver import solve_chita, solve_obs
+
+    solver = functools.partial(solve_chita, max_iter=config.max_iter)
+    return LayerwiseSession(model, config, calib, solver=solver, estimator=solve_obs, damp=config.damp,
+                            method="chita")
+
+
+def chita_session(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> SparsitySession:
+    """The CHITA session of ``config.engine``; 'auto' takes the model engine when the torch view converts
+    and matches ONNX Runtime, and the layer engine otherwise (CHITA++ stages then do not apply)."""
+    if config.engine == "layer":
+        return _Engine(_layer_session(model, config, calib), "layer", "engine=layer requested")
+    if config.engine == "model":
+        return _Engine(ChitaSession(model, config, calib), "model", "engine=model requested")
+    try:
+        session = ChitaSession(model, config, calib)
+    except ConversionError as exc:
+        reason = f"torch view unusable ({exc}); layer-wise engine from ONNX Runtime activations"
+        if isinstance(config, ChitaPlusConfig):
+            reason += " (one shot: CHITA++ stages do not apply)"
+        log.warning("CHITA: %s", reason)
+        return _Engine(_layer_session(model, config, calib), "layer", reason)
+    return _Engine(session, "model", "the torch view converts and matches ONNX Runtime")

@@ -8,23 +8,53 @@ import numpy as np
 import onnx
 
 from onnxprune.data import Dataset
-from onnxprune.methods.base import MethodConfig, MethodResult, OneOf, Rerun
-from onnxprune.graph.prunable import read_weights, select_prunable
+from onnxprune.errors import ConfigError
+from onnxprune.methods.base import MethodConfig, MethodResult, OneOf, Rerun, Satisfies
+from onnxprune.graph.prunable import input_axis, read_weights, select_prunable
 from onnxprune.graph.edit import replace_initializers
 
 ALLOCATIONS = ("global", "uniform")
 
 
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """(N, M) of an 'N:M' pattern (keep N of every M consecutive inputs), None for ''; ConfigError otherwise."""
+    if not pattern:
+        return None
+    parts = pattern.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"pattern must look like N:M (e.g. 2:4), not {pattern!r}")
+    n, m = int(parts[0]), int(parts[1])
+    if not 0 < n < m:
+        raise ConfigError(f"pattern {pattern!r}: need 0 < N < M")
+    return n, m
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    try:
+        parse_pattern(pattern)
+    except ConfigError as exc:
+        return str(exc).removeprefix("pattern ")
+    return None
+
+
 @dataclass
 class MagnitudeConfig(MethodConfig):
-    """``allocation``: 'global' (one threshold over all prunable weights) or 'uniform' (the same
-    sparsity in every tensor). ``skip_first``/``skip_last`` leave the first/last prunable layer dense."""
+    """What every unstructured method takes. ``allocation``: 'global' (one threshold over all prunable
+    weights) or 'uniform' (the same sparsity in every tensor). ``skip_first``/``skip_last`` leave the
+    first/last prunable layer dense. ``pattern``: 'N:M' keeps N of every M consecutive weights along each
+    tensor's input axis instead (the sparsity is then 1 − N/M; tensors whose input size is not a
+    multiple of M stay dense)."""
 
     allocation: str = "global"
     skip_first: bool = False
     skip_last: bool = False
+    pattern: str = ""
 
-    constraints = {"allocation": OneOf(ALLOCATIONS)}
+    constraints = {"allocation": OneOf(ALLOCATIONS), "pattern": Satisfies(_pattern_problem)}
+
+    def nm(self) -> tuple[int, int] | None:
+        """The (N, M) of ``pattern``, or None when unstructured."""
+        return parse_pattern(self.pattern)
 
 
 def keep_mask(scores: np.ndarray, keep: int) -> np.ndarray:
@@ -52,13 +82,32 @@ def magnitude_masks(weights: dict[str, np.ndarray], sparsity: float, allocation:
     return out
 
 
+def nm_mask(weight: np.ndarray, axis: int, n: int, m: int) -> np.ndarray:
+    """Keep-mask of the N largest |w| of every M consecutive entries along ``axis`` (all kept when the
+    axis is not a multiple of M)."""
+    if weight.shape[axis] % m:
+        return np.ones(weight.shape, bool)
+    moved = np.moveaxis(np.abs(weight), axis, -1)
+    groups = moved.reshape(-1, m)
+    order = np.argsort(-groups, axis=1, kind="stable")
+    keep = np.zeros(groups.shape, bool)
+    np.put_along_axis(keep, order[:, :n], True, axis=1)
+    return np.moveaxis(keep.reshape(moved.shape), -1, axis)
+
+
 def _prune(model: onnx.ModelProto, config: MagnitudeConfig, calib: Dataset | None = None) -> MethodResult:
-    """Zero the smallest-magnitude prunable weights of ``model``; data-free."""
-    names = [w.name for w in select_prunable(model, config.skip_first, config.skip_last)]
+    """Zero the smallest-magnitude prunable weights of ``model`` (or all but N of every M); data-free."""
+    chosen = select_prunable(model, config.skip_first, config.skip_last)
+    names = [w.name for w in chosen]
     weights = read_weights(model, names)
-    masks = magnitude_masks(weights, config.sparsity, config.allocation)
+    nm = config.nm()
+    if nm is not None:
+        masks = {w.name: nm_mask(weights[w.name], input_axis(model, w), *nm) for w in chosen}
+    else:
+        masks = magnitude_masks(weights, config.sparsity, config.allocation)
     pruned = {n: np.where(masks[n], weights[n], 0).astype(weights[n].dtype) for n in names}
-    return MethodResult(replace_initializers(model, pruned), {"allocation": config.allocation})
+    return MethodResult(replace_initializers(model, pruned), {"allocation": config.allocation,
+                                                             "pattern": config.pattern or None})
 
 
 def magnitude_session(model: onnx.ModelProto, config: MagnitudeConfig, calib: Dataset | None = None) -> Rerun:

@@ -1,0 +1,230 @@
+"""The layer-wise engine shared by ``sparsegpt``, ``wanda`` and CHITA's ``engine=layer``: capture every
+prunable layer's ``H = XᵀX`` through ONNX Runtime, then prune each layer to minimise its reconstruction
+error ``‖(W − W̄)Xᵀ‖²`` with a per-layer solver. No torch view of the model is needed.
+
+Budgets: ``uniform`` (every layer at the target sparsity) or ``global``: each layer's relative error
+``‖(W − W̄)Xᵀ‖²/‖W̄Xᵀ‖²`` is evaluated on a grid of sparsities with the fast solver, then per-layer
+sparsities are chosen greedily (always advancing the layer with the smallest error increase per pruned
+weight) until the total count is reached. ``sequential``: layers are pruned in topological waves, each
+wave's H captured from the model with the earlier waves already pruned (SparseGPT's protocol).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import onnx
+from tqdm.auto import tqdm
+
+from onnxprune.activations.gram import GramStats, capture_grams
+from onnxprune.activations.layers import LayerSource, layer_sources
+from onnxprune.data import Dataset
+from onnxprune.errors import ConfigError, DataError
+from onnxprune.graph.edit import replace_initializers
+from onnxprune.graph.prunable import read_weights, select_prunable
+from onnxprune.methods.base import Interval, MethodResult, Satisfies
+from onnxprune.methods.magnitude import MagnitudeConfig, parse_pattern
+from onnxprune.view.fisher import format_bytes, memory_problem, parse_bytes
+
+log = logging.getLogger(__name__)
+
+# At most this many capture passes in sequential mode: consecutive waves are merged beyond it.
+MAX_PASSES = 16
+# Sparsities at which the global allocation evaluates every layer's error curve (plus the target).
+GRID = tuple(round(0.05 * i, 2) for i in range(20))
+
+# What a layer's sparsity budget is counted over: the whole weight or each output row.
+SCOPES = ("layer", "row")
+# (W̄ [d_out, d_in], H, λ, target) → pruned W, all float64 numpy.
+LayerSolver = Callable[[np.ndarray, np.ndarray, float, Any], np.ndarray]
+
+
+class LayerOptions(Protocol):
+    """The options the engine reads (``LayerwiseConfig`` and ``ChitaConfig`` both have them)."""
+
+    sparsity: float
+    allocation: str
+    pattern: str
+    skip_first: bool
+    skip_last: bool
+    sequential: bool
+    batch_size: int
+    max_memory: str
+
+
+@dataclass
+class LayerwiseConfig(MagnitudeConfig):
+    """Options of the layer-wise methods.
+
+    - ``allocation``: 'uniform' (same sparsity per layer) or 'global' (per-layer sparsities from each
+      layer's error curve, see the module doc); ignored with ``pattern``.
+    - ``pattern``: 'N:M' keeps N of every M consecutive inputs of each output (sparsity is then 1 − N/M);
+      layers whose input size is not a multiple of M stay dense.
+    - ``skip_first`` / ``skip_last``: leave the first / last prunable layer dense.
+    - ``sequential``: each layer sees the outputs of already-pruned earlier layers (one capture per wave).
+    - ``batch_size``: calibration samples per ONNX Runtime batch while capturing.
+    - ``samples``: use the first this many calibration samples (0: all); capture time grows with them.
+    - ``max_memory``: budget for all Gram matrices plus one batch of activations ('4G', '500M').
+    """
+
+    allocation: str = "uniform"
+    sequential: bool = False
+    batch_size: int = 64
+    max_memory: str = "4G"
+    samples: int = 0
+
+    constraints = {"batch_size": Interval(1, None), "max_memory": Satisfies(memory_problem),
+                   "samples": Interval(0, None)}
+
+
+def waves(model: onnx.ModelProto, sources: list[LayerSource]) -> list[list[LayerSource]]:
+    """The sources grouped by topological wave: a layer's wave is the number of pruned layers on the
+    longest path before its input, so a wave only depends on earlier waves; merged to ≤ MAX_PASSES."""
+    weight_of = {s.name: s for s in sources}
+    depth: dict[str, int] = {}
+    wave: dict[str, int] = {}
+    for node in model.graph.node:
+        level = max((depth.get(t, 0) for t in node.input), default=0)
+        weight = next((weight_of[t] for t in node.input if t in weight_of), None)
+        if weight is not None:
+            wave[weight.name] = max(wave.get(weight.name, 0), level)
+            level += 1
+        for out in node.output:
+            depth[out] = level
+    count = max(wave.values(), default=-1) + 1
+    per_pass = -(-count // MAX_PASSES) if count else 1
+    grouped: list[list[LayerSource]] = [[] for _ in range(-(-count // per_pass))]
+    for s in sources:
+        grouped[wave[s.name] // per_pass].append(s)
+    return [g for g in grouped if g]
+
+
+def relative_error(sources: list[LayerSource], dense: dict[str, np.ndarray], solver: LayerSolver,
+                   grams: dict[str, GramStats], lams: dict[str, float], targets: list[Any]) -> np.ndarray:
+    """``[layers, targets]`` relative reconstruction error of every layer pruned by ``solver`` at each target."""
+    from onnxprune.methods.layer_solver import reconstruction
+
+    errors = np.zeros((len(sources), len(targets)))
+    for i, s in enumerate(tqdm(sources, desc="error curves", unit="layer", leave=False)):
+        for j, target in enumerate(targets):
+            parts = [reconstruction(solver(w, h, lams[s.name], target), w, h)
+                     for w, h in zip(dense[s.name], grams[s.name].H)]
+            errors[i, j] = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1e-300)
+    return errors
+
+
+def allocate(errors: np.ndarray, grid: np.ndarray, sizes: np.ndarray, sparsity: float) -> np.ndarray:
+    """Per-layer sparsities with ``Σ sizes·s = sparsity·Σ sizes``: from 0, repeatedly move the layer whose
+    next grid step costs the least error per pruned weight; the last move stops part-way."""
+    need = sparsity * sizes.sum()
+    level = np.zeros(len(sizes), dtype=int)
+    chosen = np.zeros(len(sizes))
+    while need > 1e-9:
+        movable = level < len(grid) - 1
+        if not movable.any():
+            break
+        step = np.where(movable, grid[np.minimum(level + 1, len(grid) - 1)] - grid[level], 0)
+        cost = np.where(movable, (errors[np.arange(len(sizes)), np.minimum(level + 1, len(grid) - 1)]
+                                  - errors[np.arange(len(sizes)), level]) / np.maximum(step * sizes, 1e-300), np.inf)
+        layer = int(np.argmin(cost))
+        gained = step[layer] * sizes[layer]
+        if gained >= need:
+            chosen[layer] = grid[level[layer]] + need / sizes[layer]
+            break
+        need -= gained
+        level[layer] += 1
+        chosen[layer] = grid[level[layer]]
+    return chosen
+
+
+class LayerwiseSession:
+    """A layer-wise method on one model and calibration set; without ``sequential`` the Gram matrices are
+    captured once and every sparsity asked for re-uses them."""
+
+    def __init__(self, model: onnx.ModelProto, config: LayerOptions, calib: Dataset | None, *, solver: LayerSolver,
+                 estimator: LayerSolver, damp: float | None, scope: str = "layer", method: str = "layerwise",
+                 samples: int = 0) -> None:
+        if calib is None:
+            raise DataError(f"{method} needs calibration data (inputs): pass --calib DATA.npz")
+        self.model, self.config = model, config
+        self.calib = calib.take(min(samples, len(calib))) if samples else calib
+        self.solver, self.estimator, self.damp, self.scope, self.method = solver, estimator, damp, scope, method
+        names = [w.name for w in select_prunable(model, config.skip_first, config.skip_last)]
+        if not names:
+            raise ConfigError("the model has no prunable weights (Conv/Gemm/MatMul) left to prune")
+        self.sources, self.skipped = layer_sources(model, names)
+        for name, reason in self.skipped.items():
+            log.warning("layer %s stays dense: %s", name, reason)
+        self.nm = parse_pattern(config.pattern)
+        if self.nm:
+            for s in list(self.sources):
+                if s.d_in % self.nm[1]:
+                    self.skipped[s.name] = f"input size {s.d_in} is not a multiple of {self.nm[1]} ({config.pattern})"
+                    self.sources.remove(s)
+        self.budget = parse_bytes(config.max_memory)
+        self.original = read_weights(model, [s.name for s in self.sources])
+        self.dense = {s.name: s.to_groups(self.original[s.name]) for s in self.sources}
+        self.grams: dict[str, GramStats] | None = None
+        self.capture_s = 0.0
+
+    def _capture(self, model: onnx.ModelProto, sources: list[LayerSource]) -> dict[str, GramStats]:
+        began = time.perf_counter()
+        grams = capture_grams(model, self.calib, sources, batch_size=self.config.batch_size, max_memory=self.budget)
+        self.capture_s += time.perf_counter() - began
+        return grams
+
+    def _lams(self, grams: dict[str, GramStats]) -> dict[str, float]:
+        from onnxprune.methods.layer_solver import ridge
+
+        return {n: ridge(g.H, g.n_rows, self.damp, n) if self.damp else 0.0 for n, g in grams.items()}
+
+    def _targets(self, sparsity: float) -> dict[str, Any]:
+        """Every layer's Target: N:M, the uniform sparsity, or the global allocation from error curves."""
+        from onnxprune.methods.layer_solver import Target
+
+        if self.nm:
+            return {s.name: Target(1 - self.nm[0] / self.nm[1], self.nm, self.scope) for s in self.sources}
+        if self.config.allocation == "uniform" or sparsity == 0:
+            return {s.name: Target(sparsity, None, self.scope) for s in self.sources}
+        grams = self.grams or self._capture(self.model, self.sources)
+        grid = np.unique(np.r_[GRID, sparsity, (1 + sparsity) / 2])
+        errors = relative_error(self.sources, self.dense, self.estimator, grams, self._lams(grams),
+                                [Target(float(g), None, self.scope) for g in grid])
+        sizes = np.array([self.original[s.name].size for s in self.sources], dtype=float)
+        chosen = allocate(errors, grid, sizes, sparsity)
+        return {s.name: Target(float(c), None, self.scope) for s, c in zip(self.sources, chosen)}
+
+    def prune(self, sparsity: float) -> MethodResult:
+        """The model with every captured layer pruned at ``sparsity`` (or the N:M pattern)."""
+        from onnxprune.methods.layer_solver import reconstruction
+
+        began, solve_s = time.perf_counter(), 0.0
+        self.capture_s = 0.0
+        if not self.config.sequential and self.grams is None:
+            self.grams = self._capture(self.model, self.sources)
+        targets = self._targets(sparsity)
+        passes = waves(self.model, self.sources) if self.config.sequential else [self.sources]
+        current, pruned, layers = self.model, {}, {}
+        for wave in passes:
+            grams = self.grams if self.grams is not None else self._capture(current, wave)
+            lams = self._lams({s.name: grams[s.name] for s in wave})
+            started = time.perf_counter()
+            for s in tqdm(wave, desc=f"{self.method} layers", unit="layer", leave=False):
+                dense, gram, target = self.dense[s.name], grams[s.name], targets[s.name]
+                new = np.stack([self.solver(w, h, lams[s.name], target) for w, h in zip(dense, gram.H)])
+                parts = [reconstruction(n, w, h) for n, w, h in zip(new, dense, gram.H)]
+                pruned[s.name] = s.from_groups(new).astype(self.original[s.name].dtype)
+                layers[s.name] = {"sparsity": round(1 - np.count_nonzero(pruned[s.name]) / new.size, 4),
+                                  "relative_error": sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1e-300),
+                                  "rows": gram.n_rows, "d_in": s.d_in, "groups": s.groups, "ridge": lams[s.name]}
+            solve_s += time.perf_counter() - started
+            current = replace_initializers(self.model, pruned)
+        details = {"capture_s": self.capture_s, "solve_s": solve_s, "total_s": time.perf_counter() - began,
+                   "passes": len(passes), "layers": layers, "dense_layers": dict(self.skipped),
+                   "allocation": None if self.nm else self.config.allocation, "pattern": self.config.pattern or None,
+                   "sequential": self.config.sequential, "max_memory": format_bytes(self.budget)}
+        return MethodResult(current, details)

@@ -1,0 +1,191 @@
+"""Layer-wise pruning from ONNX Runtime activations: Gram capture, layer solvers, methods end to end."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+import graphs
+from onnxprune.activations.gram import capture_grams
+from onnxprune.activations.layers import layer_sources
+from onnxprune.data import Dataset, load_data
+from onnxprune.errors import ConfigError, ResourceError
+from onnxprune.graph.canonical import canonicalize
+from onnxprune.graph.edit import replace_initializers
+from onnxprune.graph.io import save_model
+from onnxprune.graph.io import load_model
+from onnxprune.graph.prunable import read_weights
+from onnxprune.methods import prune_model
+from onnxprune.methods.chita import ChitaConfig
+from onnxprune.methods.layer_solver import Target, backsolve, solve_chita, solve_obs, solve_wanda
+from onnxprune.methods.sparsegpt import SparsegptConfig
+from onnxprune.methods.wanda import WandaConfig
+from onnxprune.validate.evaluation import evaluate
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def _objective(W: np.ndarray, W_bar: np.ndarray, H_l: np.ndarray) -> float:
+    D = W - W_bar
+    return float(np.sum((D @ H_l) * D))
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("keep", [3, 5, 7])
+def test_layer_solver_is_within_one_percent_of_the_best_support(seed, keep):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((40, 6)) * np.exp(rng.normal(0, 0.5, 6)) + 0.5 * rng.standard_normal((40, 1))
+    H, W = X.T @ X, rng.standard_normal((2, 6))
+    lam = 0.01 * np.mean(np.diag(H))
+    H_l = H + lam * np.eye(6)
+    W_t, H_t = torch.from_numpy(W), torch.from_numpy(H_l)
+    best = min(_objective(backsolve(W_t, H_t, torch.isin(torch.arange(12), torch.tensor(s)).reshape(2, 6)).numpy(),
+                          W, H_l) for s in itertools.combinations(range(12), keep))
+    got = solve_chita(W, H, lam, Target(1 - keep / 12))
+    assert np.count_nonzero(got) == keep
+    assert _objective(got, W, H_l) <= 1.01 * best
+
+
+def _conv_model(x_shape: tuple[int, ...], dtype=np.float32) -> onnx.ModelProto:
+    """x → Conv(6→4, 3x2 kernel, stride (2,1), dilation (2,1), asymmetric pads, 2 groups) → Relu →
+    Flatten → Gemm(transB=0) → y; a Constant node holds the Gemm weight (as some exporters write it)."""
+    rng = np.random.default_rng(0)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    conv_w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 2)).astype(dtype), "conv.w")
+    out_h, out_w = (x_shape[2] + 3 - 5) // 2 + 1, x_shape[3] + 1 - 1
+    fc = numpy_helper.from_array((0.1 * rng.standard_normal((4 * out_h * out_w, 5))).astype(dtype), "fc.w")
+    nodes = [helper.make_node("Conv", ["x", "conv.w"], ["c"], name="conv", strides=[2, 1], dilations=[2, 1],
+                              pads=[1, 0, 2, 1], group=2),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+             helper.make_node("Constant", [], ["fc.w"], name="fc_const", value=fc),
+             helper.make_node("Gemm", ["f", "fc.w"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", elem, ["N", *x_shape[1:]])],
+                              [helper.make_tensor_value_info("y", elem, ["N", 5])], [conv_w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=graphs.IR_VERSION)
+
+
+def test_batched_gram_equals_all_rows_at_once_and_conv_patches_match_a_direct_im2col():
+    x = np.random.default_rng(1).standard_normal((10, 6, 9, 7)).astype(np.float32)
+    model = canonicalize(_conv_model(x.shape)).model
+    sources, skipped = layer_sources(model, ["conv.w", "fc.w"])
+    assert not skipped
+    seen = []
+    grams = capture_grams(model, Dataset({"x": x}), sources, batch_size=3, on_batch=lambda b: seen.append(b))
+    assert [len(b["x"]) for b in seen] == [3, 3, 3, 1]
+    # direct im2col: every output position of every group, read from the padded input
+    padded = np.pad(x, [(0, 0), (0, 0), (1, 2), (0, 1)]).astype(np.float64)
+    rows = [[] for _ in range(2)]
+    for n, i, j in itertools.product(range(10), range((9 + 3 - 5) // 2 + 1), range(7)):
+        patch = padded[n, :, 2 * i:2 * i + 5:2, j:j + 2]
+        for g in range(2):
+            rows[g].append(patch[3 * g:3 * g + 3].reshape(-1))
+    for g in range(2):
+        X = np.array(rows[g])
+        np.testing.assert_allclose(grams["conv.w"].H[g], X.T @ X, rtol=1e-9, atol=1e-9 * np.abs(X.T @ X).max())
+        np.testing.assert_allclose(grams["conv.w"].mean[g], X.mean(0), atol=1e-9)
+    # the Gemm's rows are the Flatten outputs; batches of 3 add up to the Gram of all 10 at once
+    whole = capture_grams(model, Dataset({"x": x}), sources, batch_size=10)
+    scale = np.abs(whole["fc.w"].H).max()
+    assert np.abs(grams["fc.w"].H - whole["fc.w"].H).max() <= 1e-9 * scale
+    assert grams["fc.w"].n_rows == 10 and grams["conv.w"].n_rows == 10 * 4 * 7
+
+
+def test_nm_pattern_holds_for_every_solver():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((200, 16))
+    W, H = rng.standard_normal((5, 16)), X.T @ X
+    for solver in (solve_chita, solve_obs, solve_wanda):
+        got = solver(W, H, 0.01 * np.mean(np.diag(H)), Target(0.5, (2, 4)))
+        assert np.all(np.count_nonzero(got.reshape(5, 4, 4), axis=2) == 2), solver.__name__
+
+
+def test_capture_never_changes_the_written_model():
+    model = canonicalize(load_model(MODELS / "mlp.onnx")).model
+    calib = load_data(MODELS / "mlp_calib.npz", model).take(200)
+    result = prune_model("sparsegpt", model, SparsegptConfig(sparsity=0.5), calib)
+    weights = read_weights(result.model)
+    again = replace_initializers(model, weights)
+    assert result.model.SerializeToString() == again.SerializeToString()
+    assert [o.name for o in result.model.graph.output] == [o.name for o in model.graph.output]
+
+
+def test_too_few_calibration_rows_warn_and_stay_finite(caplog):
+    model = canonicalize(graphs.tiny_mlp()).model
+    calib = Dataset({"x": np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)})
+    with caplog.at_level(logging.WARNING):
+        result = prune_model("chita", model, ChitaConfig(sparsity=0.5, engine="layer", allocation="uniform"), calib)
+    assert "5 calibration rows for 16 inputs" in caplog.text
+    assert all(np.isfinite(w).all() for w in read_weights(result.model).values())
+    assert result.details["engine"] == "layer"
+
+
+def test_sequential_captures_each_wave_from_the_partly_pruned_model():
+    model = canonicalize(graphs.tiny_mlp()).model
+    calib = Dataset({"x": graphs.mlp_data(count=64)["x"]})
+    at_once = prune_model("sparsegpt", model, SparsegptConfig(sparsity=0.5), calib)
+    waves = prune_model("sparsegpt", model, SparsegptConfig(sparsity=0.5, sequential=True), calib)
+    assert (at_once.details["passes"], waves.details["passes"]) == (1, 2)
+    first, second = read_weights(at_once.model), read_weights(waves.model)
+    np.testing.assert_array_equal(first["fc1.weight"], second["fc1.weight"])  # wave 0 sees the dense model
+    assert not np.array_equal(first["fc2.weight"], second["fc2.weight"])  # wave 1 sees pruned fc1 outputs
+
+
+def test_a_memory_budget_too_small_is_refused_before_running(monkeypatch):
+    model = canonicalize(load_model(MODELS / "cnn.onnx")).model
+    calib = load_data(MODELS / "cnn_calib.npz", model).take(8)
+    monkeypatch.setattr("onnxprune.activations.gram.Capture", None)  # a run would fail differently
+    with pytest.raises(ResourceError, match=r"Gram matrices .*--max-memory is 1\.0M"):
+        prune_model("sparsegpt", model, SparsegptConfig(max_memory="1M"), calib)
+
+
+def test_bad_options_are_config_errors():
+    for build in (lambda: SparsegptConfig(damp=0), lambda: WandaConfig(scope="col"),
+                  lambda: SparsegptConfig(pattern="4:2"), lambda: ChitaConfig(engine="gpu"),
+                  lambda: SparsegptConfig(batch_size=0)):
+        with pytest.raises(ConfigError):
+            build()
+
+
+def test_fp16_model_is_pruned_in_float32_and_written_in_float16():
+    x = np.random.default_rng(3).standard_normal((64, 6, 9, 7)).astype(np.float16)
+    model = canonicalize(_conv_model(x.shape, np.float16)).model
+    result = prune_model("sparsegpt", model, SparsegptConfig(sparsity=0.5), Dataset({"x": x}))
+    weights = read_weights(result.model)
+    assert all(w.dtype == np.float16 and np.isfinite(w).all() for w in weights.values())
+    assert abs(1 - np.count_nonzero(weights["conv.w"]) / weights["conv.w"].size - 0.5) < 0.01
+
+
+@pytest.fixture(scope="module")
+def cnn_accuracy(tmp_path_factory):
+    """ORT accuracy on 1000 test images of the CNN pruned by magnitude (0.7), and layer-wise at 0.5."""
+    model = canonicalize(load_model(MODELS / "cnn.onnx")).model
+    calib = load_data(MODELS / "cnn_calib.npz", model).take(64)
+    test = load_data(MODELS / "cnn_test.npz", model).take(1000)
+    folder = tmp_path_factory.mktemp("cnn")
+    from onnxprune.methods.magnitude import MagnitudeConfig
+
+    results = {"magnitude": prune_model("magnitude", model, MagnitudeConfig(sparsity=0.7)),
+               "chita": prune_model("chita", model, ChitaConfig(sparsity=0.5, engine="layer"), calib),
+               "sparsegpt": prune_model("sparsegpt", model, SparsegptConfig(sparsity=0.5), calib)}
+    accuracy = {}
+    for name, result in results.items():
+        save_model(result.model, folder / f"{name}.onnx")
+        accuracy[name] = evaluate(folder / f"{name}.onnx", test).accuracy
+    return accuracy, results
+
+
+@pytest.mark.parametrize("method", ["chita", "sparsegpt"])
+def test_layerwise_at_half_beats_magnitude_at_seventy_percent_on_the_cnn(cnn_accuracy, method):
+    accuracy, results = cnn_accuracy
+    assert accuracy[method] >= 95.0 and accuracy[method] > accuracy["magnitude"] + 3, accuracy
+    weights = read_weights(results[method].model)
+    assert abs(1 - sum(np.count_nonzero(w) for w in weights.values()) / sum(w.size for w in weights.values())
+               - 0.5) < 0.01
