@@ -29,8 +29,6 @@ def run_prune(model: real_corpus.RealModel, method: str, setting: str, out: Path
               extra: list[str]) -> tuple[float, float, str | None]:
     """(wall seconds, peak RSS in MB, error line or None) of one ``onnxprune prune`` process."""
     target = ["--pattern", setting] if ":" in setting else ["--sparsity", setting]
-    if ":" in setting and method == "magnitude":
-        target = ["--sparsity", "0.5", "-O", f"pattern={setting}"]
     command = [*ONNXPRUNE, "prune", str(model.path), "-o", str(out), "--method", method, "--calib",
                str(model.calib), *target, *extra]
     start = time.perf_counter()
