@@ -55,16 +55,20 @@ class OneOf:
 
 
 @dataclass(frozen=True)
-class Satisfies:
-    """A check of its own: ``check(value)`` returns what is wrong, or None."""
+class Parses:
+    """A value ``parse`` accepts (it raises ConfigError, naming the option, for one it does not)."""
 
-    check: Callable[[Any], "str | None"]
+    parse: Callable[[Any], Any]
 
     def problem(self, value: Any) -> str | None:
-        return self.check(value)
+        try:
+            self.parse(value)
+        except ConfigError as exc:
+            return str(exc)
+        return None
 
 
-Constraint = Interval | OneOf | Satisfies
+Constraint = Interval | OneOf | Parses
 
 
 @dataclass
@@ -88,7 +92,7 @@ class MethodConfig:
                 value = getattr(self, name)
                 problem = None if value is None and _optional(type(self), name) else constraint.problem(value)
                 if problem:
-                    raise ConfigError(f"{name} {problem}")
+                    raise ConfigError(f"{name} {problem.removeprefix(name + ' ')}")
 
 
 def _optional(cls: type, name: str) -> bool:

@@ -26,8 +26,8 @@ from onnxprune.methods import chita_solver as solver
 from onnxprune.data import LABELS, Dataset, input_specs, validate
 from onnxprune.errors import ConfigError, ConversionError, DataError
 from onnxprune.view.fisher import (TARGETS, FlatLayout, choose_targets, format_bytes, gradient_matrix,
-                              matrix_bytes, memory_problem, parse_bytes, plan_memory, resolve_rows)
-from onnxprune.methods.base import Interval, MethodResult, OneOf, Satisfies, SparsitySession
+                              matrix_bytes, parse_bytes, plan_memory, resolve_rows)
+from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses, SparsitySession
 from onnxprune.methods.layerwise import LayerwiseSession
 from onnxprune.methods.magnitude import MagnitudeConfig
 from onnxprune.graph.prunable import PrunableWeight, input_axis, read_weights, select_prunable
@@ -97,7 +97,7 @@ class ChitaConfig(MagnitudeConfig):
                    "ridge": Interval(0, None, "neither"), "rows": Interval(0, None), "block_size": Interval(0, None),
                    "samples_per_row": Interval(0, None), "patience": Interval(0, None),
                    "max_iter": Interval(1, None), "active_ratio": Interval(0, None), "tol": Interval(0, None, "neither"),
-                   "batch_size": Interval(1, None), "max_memory": Satisfies(memory_problem)}
+                   "batch_size": Interval(1, None), "max_memory": Parses(parse_bytes)}
 
 
 @dataclass

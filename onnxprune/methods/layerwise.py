@@ -26,9 +26,9 @@ from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError, DataError
 from onnxprune.graph.edit import replace_initializers
 from onnxprune.graph.prunable import read_weights, select_prunable
-from onnxprune.methods.base import Interval, MethodResult, Satisfies
+from onnxprune.methods.base import Interval, MethodResult, Parses
 from onnxprune.methods.magnitude import MagnitudeConfig, parse_pattern
-from onnxprune.view.fisher import format_bytes, memory_problem, parse_bytes
+from onnxprune.view.fisher import format_bytes, parse_bytes
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class LayerwiseConfig(MagnitudeConfig):
     max_memory: str = "4G"
     samples: int = 0
 
-    constraints = {"batch_size": Interval(1, None), "max_memory": Satisfies(memory_problem),
+    constraints = {"batch_size": Interval(1, None), "max_memory": Parses(parse_bytes),
                    "samples": Interval(0, None)}
 
 

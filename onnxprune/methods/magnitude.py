@@ -9,7 +9,7 @@ import onnx
 
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
-from onnxprune.methods.base import MethodConfig, MethodResult, OneOf, Rerun, Satisfies
+from onnxprune.methods.base import MethodConfig, MethodResult, OneOf, Parses, Rerun
 from onnxprune.graph.prunable import input_axis, read_weights, select_prunable
 from onnxprune.graph.edit import replace_initializers
 
@@ -29,14 +29,6 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     return n, m
 
 
-def _pattern_problem(pattern: str) -> str | None:
-    try:
-        parse_pattern(pattern)
-    except ConfigError as exc:
-        return str(exc).removeprefix("pattern ")
-    return None
-
-
 @dataclass
 class MagnitudeConfig(MethodConfig):
     """What every unstructured method takes. ``allocation``: 'global' (one threshold over all prunable
@@ -50,7 +42,7 @@ class MagnitudeConfig(MethodConfig):
     skip_last: bool = False
     pattern: str = ""
 
-    constraints = {"allocation": OneOf(ALLOCATIONS), "pattern": Satisfies(_pattern_problem)}
+    constraints = {"allocation": OneOf(ALLOCATIONS), "pattern": Parses(parse_pattern)}
 
     def nm(self) -> tuple[int, int] | None:
         """The (N, M) of ``pattern``, or None when unstructured."""

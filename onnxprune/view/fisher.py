@@ -102,15 +102,6 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def memory_problem(text: str) -> str | None:
-    """What is wrong with a ``max_memory`` size, or None (a config constraint)."""
-    try:
-        parse_bytes(text)
-    except ConfigError as exc:
-        return str(exc).removeprefix("max_memory ")
-    return None
-
-
 def format_bytes(count: float) -> str:
     """Bytes in the units a user would type for --max-memory."""
     for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
