@@ -28,7 +28,6 @@ from onnxprune.view.fisher import (TARGETS, FlatLayout, choose_targets, format_b
                               matrix_bytes, parse_bytes, plan_memory, resolve_rows)
 from onnxprune.methods.base import MethodConfig, MethodResult, SparsitySession
 from onnxprune.methods.layerwise import LayerwiseSession, check_damp, check_options, parse_pattern
-from onnxprune.methods.magnitude import ALLOCATIONS
 from onnxprune.graph.prunable import PrunableWeight, read_weights, select_prunable
 from onnxprune.view.torchview import TorchView, build_torch_view, check_parity
 from onnxprune.graph.edit import replace_initializers
@@ -101,8 +100,6 @@ class ChitaConfig(MethodConfig):
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         check_damp(self.damp)
-        if self.allocation not in ALLOCATIONS:
-            raise ConfigError(f"allocation must be one of {', '.join(ALLOCATIONS)}, not {self.allocation!r}")
         if self.targets not in TARGETS:
             raise ConfigError(f"targets must be one of {', '.join(TARGETS)}, not {self.targets!r}")
         if not self.ridge > 0:
@@ -114,7 +111,7 @@ class ChitaConfig(MethodConfig):
             raise ConfigError("samples_per_row and patience must be >= 0 (0: automatic / off) and max_iter >= 1")
         if self.active_ratio < 0 or not self.tol > 0:
             raise ConfigError("active_ratio must be >= 0 and tol > 0")
-        check_options(self)
+        check_options(self)  # allocation, pattern, batch_size, max_memory
 
     def nm(self) -> tuple[int, int] | None:
         """The (N, M) of ``pattern``, or None when unstructured."""
