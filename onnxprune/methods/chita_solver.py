@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from onnxprune.compute import generator
+
 log = logging.getLogger(__name__)
 
 # Rows of ``at`` handled at once when forming Gram matrices and gathering columns (bounds the copies).
@@ -237,12 +239,18 @@ class Problem:
         outside[index] = False
         dropped = self.anchor[outside].double()
         dropped_cost = 0.5 * float(self.ridge[outside] @ (dropped * dropped))
-        bounds = torch.searchsorted(index, torch.tensor(self.blocks).reshape(-1)).reshape(-1, 2).tolist()
-        kept = [b for b, (lo, hi) in enumerate(bounds) if hi > lo]
+        kept, blocks = restrict_blocks(self.blocks, index)
         lost = sorted(set(range(len(self.blocks))) - set(kept))
         constant = self.constant + dropped_cost + 0.5 * float(self.y[lost].pow(2).sum())
-        return Problem(self.at[index], self.anchor[index], self.y[kept], self.ridge[index],
-                       tuple(tuple(bounds[b]) for b in kept), constant)
+        return Problem(self.at[index], self.anchor[index], self.y[kept], self.ridge[index], blocks, constant)
+
+
+def restrict_blocks(blocks: tuple[tuple[int, int], ...] | list[tuple[int, int]], index: torch.Tensor
+                    ) -> tuple[list[int], tuple[tuple[int, int], ...]]:
+    """The blocks that hold some of the coordinates ``index`` (sorted), and their ranges re-indexed over ``index``."""
+    bounds = torch.searchsorted(index, torch.tensor(blocks, device=index.device).reshape(-1)).reshape(-1, 2).tolist()
+    kept = [b for b, (lo, hi) in enumerate(bounds) if hi > lo]
+    return kept, tuple(tuple(bounds[b]) for b in kept)
 
 
 def column_norms_sq(at: torch.Tensor) -> torch.Tensor:
@@ -258,8 +266,7 @@ def mean_square_column(at: torch.Tensor) -> float:
 def lipschitz(problem: Problem, iterations: int = 12, seed: int = 0) -> float:
     """Power-iteration estimate of the Lipschitz constant of ∇Q, max_b σ_max(A_b)² + ρ, with a 5% margin
     (power iteration approaches σ² from below)."""
-    generator = torch.Generator().manual_seed(seed)
-    v = torch.randn(problem.size, generator=generator)
+    v = torch.randn(problem.size, generator=generator(seed, problem.at.device), device=problem.at.device)
     estimate = 0.0
     for _ in range(iterations):
         norms = torch.zeros(len(problem.blocks), dtype=torch.float64).index_add_(

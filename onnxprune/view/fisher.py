@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from onnxprune.compute import from_numpy, generator
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError, DataError, ResourceError
 from onnxprune.view.torchview import TorchView
@@ -192,15 +193,15 @@ def _class_scores(view: TorchView, params: dict[str, torch.Tensor], data: Datase
     sample = data.take(min(8, len(data)))
     with torch.no_grad():
         out = _first_float(torch.func.functional_call(view, params, tuple(
-            torch.from_numpy(np.ascontiguousarray(sample.inputs[n])) for n in view.input_names)))
-    return output_kind(out.float().numpy()) == CLASS_SCORES
+            from_numpy(sample.inputs[n]) for n in view.input_names)))
+    return output_kind(out.float().cpu().numpy()) == CLASS_SCORES
 
 
 def _output_shape(view: TorchView, params: dict[str, torch.Tensor], data: Dataset) -> torch.Size:
     """``[positions, classes]`` of one sample's first output."""
     first = data.take(1)
     with torch.no_grad():
-        return _logits(view, params, tuple(torch.from_numpy(np.ascontiguousarray(first.inputs[n]))
+        return _logits(view, params, tuple(from_numpy(first.inputs[n])
                                            for n in view.input_names)).shape
 
 
@@ -222,33 +223,35 @@ def choose_targets(view: TorchView, params: dict[str, torch.Tensor], data: Datas
         if positions != 1:
             raise DataError(f"labels give one class per sample but the model's first output has {positions} "
                             "class vectors per sample; use targets=predicted")
-        return torch.from_numpy(data.labels.astype(np.int64)).reshape(-1, 1)
-    generator = torch.Generator().manual_seed(seed)
+        return from_numpy(data.labels.astype(np.int64)).reshape(-1, 1)
+    random = generator(seed)
     if mode == "logits":
-        directions = torch.randn((len(data), *_output_shape(view, params, data)), generator=generator)
+        directions = torch.randn((len(data), *_output_shape(view, params, data)), generator=random)
         return directions - directions.mean(dim=-1, keepdim=True)
     chunks = []
     with torch.no_grad():
         for start in range(0, len(data), 256):
             batch = data.take(256, start)
-            inputs = tuple(torch.from_numpy(np.ascontiguousarray(batch.inputs[n])) for n in view.input_names)
+            inputs = tuple(from_numpy(batch.inputs[n]) for n in view.input_names)
             logits = _logits(view, params, inputs)
             picked = (logits.argmax(1) if mode == "predicted" else
-                      torch.multinomial(torch.softmax(logits.double(), 1), 1, generator=generator)[:, 0])
+                      torch.multinomial(torch.softmax(logits.double(), 1), 1, generator=random)[:, 0])
             chunks.append(picked.reshape(len(batch), -1))
     return torch.cat(chunks)
 
 
 def gradient_matrix(view: TorchView, layout: FlatLayout, weights: dict[str, np.ndarray], data: Dataset,
                     targets: torch.Tensor, *, rows: int, samples_per_row: int = 1,
-                    columns: tuple[int, int] | None = None, progress: str = "gradients") -> torch.Tensor:
+                    columns: tuple[int, int] | None = None, index: torch.Tensor | None = None,
+                    progress: str = "gradients") -> torch.Tensor:
     """A transposed, ``[stop - start, rows]`` float32: row j of A is the gradient of the mean loss (cross-entropy,
     or the logit projection for 'logits' targets) over samples ``j*m .. j*m+m-1`` (m = samples_per_row) at
-    ``weights``, restricted to flat columns ``columns`` (default all). ``targets`` comes from ``choose_targets``."""
+    ``weights``, restricted to flat columns ``columns`` (default all) and, when given, to their positions
+    ``index`` (so only those columns are stored). ``targets`` comes from ``choose_targets``."""
     start, stop = columns or (0, layout.size)
     m = samples_per_row
     names = layout.names_in(start, stop)
-    params = {view.param_paths[n]: torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    params = {view.param_paths[n]: from_numpy(w.astype(np.float32, copy=False))
               for n, w in weights.items()}
     trainable = {view.param_paths[n]: params[view.param_paths[n]] for n in names}
     frozen = {k: v for k, v in params.items() if k not in trainable}
@@ -260,17 +263,18 @@ def gradient_matrix(view: TorchView, layout: FlatLayout, weights: dict[str, np.n
         return F.cross_entropy(logits, target.reshape(-1))
 
     per_row = torch.func.vmap(torch.func.grad(row_loss), in_dims=(None, 0) + (0,) * len(view.input_names))
-    at = torch.empty((stop - start, rows), dtype=torch.float32)
+    at = torch.empty((stop - start if index is None else index.numel(), rows), dtype=torch.float32)
     chunk = max(1, min(_MAX_CHUNK, _CHUNK_BYTES // max(1, 4 * m * (stop - start))))
     path_of = {n: view.param_paths[n] for n in names}
     with tqdm(total=rows, desc=progress, unit="row", disable=None, leave=False) as bar:
         for first in range(0, rows, chunk):
             count = min(chunk, rows - first)
             batch = data.take(count * m, first * m)
-            inputs = [torch.from_numpy(np.ascontiguousarray(batch.inputs[n])) for n in view.input_names]
+            inputs = [from_numpy(batch.inputs[n]) for n in view.input_names]
             inputs = [x.reshape(count, m, *x.shape[1:]) for x in inputs]
             target = targets[first * m:(first + count) * m].reshape(count, -1)
             grads = per_row(trainable, target, *inputs)
-            at[:, first:first + count] = layout.columns({n: grads[p] for n, p in path_of.items()}, start, stop).T
+            block = layout.columns({n: grads[p] for n, p in path_of.items()}, start, stop)
+            at[:, first:first + count] = (block if index is None else block[:, index]).T
             bar.update(count)
     return at

@@ -21,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from onnxprune.compute import from_numpy
 from onnxprune.view import onnx2torch_compat as compat
 from onnxprune.data import Dataset
 from onnxprune.graph.protos import names_in_use, unique_name
@@ -213,7 +214,7 @@ def run_view(view: TorchView, data: Dataset, batch_size: int = 256) -> list[np.n
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             batch = data.take(batch_size, start)
-            outs = view(*[torch.from_numpy(np.ascontiguousarray(batch.inputs[n])) for n in view.input_names])
+            outs = view(*[from_numpy(batch.inputs[n]) for n in view.input_names])
             chunks.append([o.detach().cpu().numpy() for o in outs])
     return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
 
