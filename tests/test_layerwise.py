@@ -98,6 +98,24 @@ def test_batched_gram_equals_all_rows_at_once_and_conv_patches_match_a_direct_im
     assert grams["fc.w"].n_rows == 10 and grams["conv.w"].n_rows == 10 * 4 * 7
 
 
+def test_a_batch_over_the_memory_budget_is_lowered_not_refused():
+    """A budget that holds the Gram matrices but not a batch of 10 samples: the capture runs in smaller
+    batches (same H), and refuses only when one sample does not fit."""
+    x = np.random.default_rng(1).standard_normal((10, 6, 9, 7)).astype(np.float32)
+    model = canonicalize(_conv_model(x.shape)).model
+    sources, _ = layer_sources(model, ["conv.w", "fc.w"])
+    whole = capture_grams(model, Dataset({"x": x}), sources, batch_size=10)
+    gram = sum(g.nbytes for g in whole.values())
+    seen = []
+    tight = capture_grams(model, Dataset({"x": x}), sources, batch_size=10, max_memory=gram + 30_000,
+                          on_batch=lambda b: seen.append(len(b["x"])))
+    assert 1 <= max(seen) < 10 and sum(seen) == 10
+    for name in whole:
+        assert np.abs(tight[name].H - whole[name].H).max() <= 1e-9 * np.abs(whole[name].H).max()
+    with pytest.raises(ResourceError, match="one batch of 1 samples"):
+        capture_grams(model, Dataset({"x": x}), sources, batch_size=10, max_memory=gram + 100)
+
+
 def test_nm_pattern_holds_for_every_solver():
     rng = np.random.default_rng(2)
     X = rng.standard_normal((200, 16))

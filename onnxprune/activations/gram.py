@@ -63,8 +63,8 @@ def _refuse(needed: int, gram: int, batch: int, samples: int, budget: int) -> No
     """ResourceError with the numbers when ``needed`` exceeds ``budget``."""
     if needed <= budget:
         return
-    advice = "raise --max-memory" if gram >= budget else \
-        f"raise --max-memory or lower batch_size to at most {max(1, samples * (budget - gram) // max(batch, 1))}"
+    fitting = samples * (budget - gram) // max(batch, 1)
+    advice = "raise --max-memory" if fitting < 1 else f"raise --max-memory or lower batch_size to at most {fitting}"
     raise ResourceError(f"capturing layer inputs needs about {format_bytes(needed)} (Gram matrices "
                         f"{format_bytes(gram)}, one batch of {samples} samples {format_bytes(batch)}) and "
                         f"--max-memory is {format_bytes(budget)}: {advice}")
@@ -74,8 +74,9 @@ def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSo
                   max_memory: int = 4 << 30, on_batch: BatchHook | None = None) -> dict[str, GramStats]:
     """``GramStats`` of every source's rows over all of ``data``, streamed through one ORT session.
 
-    Refuses (ResourceError) before the run when all H (``groups·d²·8`` bytes each) plus one batch of
-    activations exceed ``max_memory``; ``on_batch`` sees every batch's raw captured tensors."""
+    Lowers the batch when all H (``groups·d²·8`` bytes each) plus one batch of activations would exceed
+    ``max_memory``, and refuses (ResourceError) before the run when even one sample does not fit;
+    ``on_batch`` sees every batch's raw captured tensors."""
     known = sum(s.groups * s.d_in ** 2 * 8 for s in sources if hasattr(s, "d_in"))
     _refuse(known, known, 0, 0, max_memory)
     types = tensor_types(model)
@@ -84,6 +85,12 @@ def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSo
     widths, probe_bytes, probe_samples = _probe(capture, sources, data)
     gram = sum(s.groups * (widths[s.name] ** 2 + widths[s.name]) * 8 for s in sources)
     samples = capture.fixed_batch or min(batch_size, len(data))
+    if not capture.fixed_batch and gram + probe_bytes * samples // probe_samples > max_memory:
+        fitting = (max_memory - gram) * probe_samples // max(probe_bytes, 1)
+        if fitting >= 1:  # a smaller batch fits the budget: same result, more ORT calls
+            log.info("capture batch lowered from %d to %d samples to stay within --max-memory %s", samples,
+                     fitting, format_bytes(max_memory))
+        samples = batch_size = max(1, int(fitting))
     batch = probe_bytes * samples // probe_samples
     _refuse(gram + batch, gram, batch, samples, max_memory)
     log.info("capturing %d layer input(s): Gram matrices %s, one batch %s", len(sources), format_bytes(gram),
