@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,14 +31,15 @@ def run_prune(model: real_corpus.RealModel, method: str, setting: str, out: Path
     command = [*ONNXPRUNE, "prune", str(model.path), "-o", str(out), "--method", method, "--calib",
                str(model.calib), *target, *extra]
     start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True, cwd=ROOT)
-        _, status, usage = os.wait4(process.pid, 0)  # this process's own peak memory, not all children's
-        process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile("w+") as log, tempfile.NamedTemporaryFile("r") as peak_file:
+        # /usr/bin/time starts the prune from a small process: a child forked from this (large) one would
+        # count this process's memory in its peak
+        process = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak_file.name, *command],
+                                 stdout=subprocess.DEVNULL, stderr=log, text=True, cwd=ROOT)
         log.seek(0)
         stderr = log.read()
+        peak = int(peak_file.read().split()[-1]) / 1024
     seconds = time.perf_counter() - start
-    peak = usage.ru_maxrss / 1024
     if process.returncode:
         lines = [line for line in stderr.splitlines() if line.startswith(("error", "internal error"))]
         return seconds, peak, (lines[-1] if lines else stderr.strip().splitlines()[-1])[:160]
