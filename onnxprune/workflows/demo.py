@@ -28,7 +28,8 @@ DEMO_SPARSITY = {False: 0.7, True: 0.3}  # unstructured / structured
 # removed channels into real speed.
 DEMO_OPTIONS: dict[str, dict[str, Any]] = {"chita": {"rows": 128}, "chita++": {"rows": 128, "stages": 3},
                                            "sparsegpt": {"samples": 256}, "wanda": {"samples": 256},
-                                           "l1-channel": {"round_to": 8}, "intrafusion": {"round_to": 8}}
+                                           "l1-channel": {"round_to": 8}, "intrafusion": {"round_to": 8},
+                                           "chita-channel": {"round_to": 8}}
 
 
 @dataclass
