@@ -93,10 +93,10 @@ def test_gradient_cache_reuses_close_weights_and_subsets_only():
     cache = _GradientCache(tolerance=0.1)
     weights, index = torch.ones(10), torch.arange(10)
     at = torch.arange(20.0).reshape(10, 2)
-    cache.store(weights, index, at)
+    cache.store(weights, index, at, 1.0)
     assert cache.lookup(weights, index) is at
     subset = cache.lookup(weights * 1.05, torch.tensor([2, 5]))
     assert torch.equal(subset, at[[2, 5]])
     assert cache.lookup(weights, torch.tensor([2, 7])) is None and cache.at is None  # not kept: dropped
-    cache.store(weights, index, at)
+    cache.store(weights, index, at, 1.0)
     assert cache.lookup(weights * 2, index) is None and cache.at is None

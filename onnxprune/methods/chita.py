@@ -244,6 +244,7 @@ class _GradientCache:
 
     tolerance: float
     weights: torch.Tensor | None = None
+    mean_square: float = 0.0  # ‖A‖²_F / columns over all the columns of the range, stored or not
     index: torch.Tensor | None = None
     at: torch.Tensor | None = None
 
@@ -266,9 +267,10 @@ class _GradientCache:
     def drop(self) -> None:
         """Forget the kept matrix (before a new one is computed, so two are never held)."""
         self.weights = self.index = self.at = None
+        self.mean_square = 0.0
 
-    def store(self, weights: torch.Tensor, index: torch.Tensor, at: torch.Tensor) -> None:
-        self.weights, self.index, self.at = weights, index, at
+    def store(self, weights: torch.Tensor, index: torch.Tensor, at: torch.Tensor, mean_square: float) -> None:
+        self.weights, self.index, self.at, self.mean_square = weights, index, at, mean_square
 
 
 def _support(anchor: torch.Tensor, part: solver.Constraint) -> torch.Tensor | None:
@@ -315,18 +317,22 @@ def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], c
         everything = torch.arange(start, stop)
         at = None if cache is None else cache.lookup(anchor, everything if index is None else index + start)
         if at is None:
+            square_sum = None if index is None else torch.zeros((), dtype=torch.float64)
             if targets is None:
                 targets = choose_targets(ctx.view, params, ctx.calib, config.targets, config.seed + stage)
             at = gradient_matrix(ctx.view, ctx.layout, current, ctx.calib, targets, rows=ctx.rows,
                                  samples_per_row=ctx.samples_per_row, columns=(start, stop), index=index,
-                                 progress=f"gradients (stage {stage + 1})")
+                                 square_sum=square_sum, progress=f"gradients (stage {stage + 1})")
+            mean_square = solver.mean_square_column(at) if index is None else float(square_sum) / (stop - start)
             if cache is not None:
-                cache.store(anchor, everything if index is None else index + start, at)
+                cache.store(anchor, everything if index is None else index + start, at, mean_square)
         else:
+            mean_square = cache.mean_square
             info["gradients_reused"] += 1
         info["gradients_s"] += time.perf_counter() - began
         began = time.perf_counter()
-        ridge = config.ridge * (solver.mean_square_column(at) or 1.0)  # all-zero gradients: magnitude pruning
+        # λ relative to the Fisher's mean diagonal over all the range's weights, pruned ones included
+        ridge = config.ridge * (mean_square or 1.0)  # all-zero gradients: magnitude pruning
         blocks = _blocks(ctx, start, stop, config.block_size) if config.block_size else None
         local = anchor[start:stop]
         if index is not None:

@@ -243,11 +243,12 @@ def choose_targets(view: TorchView, params: dict[str, torch.Tensor], data: Datas
 def gradient_matrix(view: TorchView, layout: FlatLayout, weights: dict[str, np.ndarray], data: Dataset,
                     targets: torch.Tensor, *, rows: int, samples_per_row: int = 1,
                     columns: tuple[int, int] | None = None, index: torch.Tensor | None = None,
-                    progress: str = "gradients") -> torch.Tensor:
+                    square_sum: torch.Tensor | None = None, progress: str = "gradients") -> torch.Tensor:
     """A transposed, ``[stop - start, rows]`` float32: row j of A is the gradient of the mean loss (cross-entropy,
     or the logit projection for 'logits' targets) over samples ``j*m .. j*m+m-1`` (m = samples_per_row) at
     ``weights``, restricted to flat columns ``columns`` (default all) and, when given, to their positions
-    ``index`` (so only those columns are stored). ``targets`` comes from ``choose_targets``."""
+    ``index`` (so only those columns are stored); ``square_sum`` (a float64 scalar), when given, accumulates
+    ``‖A‖²_F`` over all the columns of the range, stored or not. ``targets`` comes from ``choose_targets``."""
     start, stop = columns or (0, layout.size)
     m = samples_per_row
     names = layout.names_in(start, stop)
@@ -275,6 +276,8 @@ def gradient_matrix(view: TorchView, layout: FlatLayout, weights: dict[str, np.n
             target = targets[first * m:(first + count) * m].reshape(count, -1)
             grads = per_row(trainable, target, *inputs)
             block = layout.columns({n: grads[p] for n, p in path_of.items()}, start, stop)
+            if square_sum is not None:
+                square_sum += block.double().pow(2).sum()
             at[:, first:first + count] = (block if index is None else block[:, index]).T
             bar.update(count)
     return at
