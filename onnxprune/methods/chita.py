@@ -69,8 +69,8 @@ class ChitaConfig(MethodConfig):
       same accuracy up to 0.9 sparsity; beyond, results moved both ways (tools/bench_chita.py), hence off.
     - ``reuse_gradients``: a later CHITA++ stage reuses the gradient matrix of an earlier one while the
       weights are within this relative L2 distance of those it was computed at (A changes smoothly with
-      the weights; 0: recompute every stage). Off by default: reuse up to 0.1 and 0.3 cost 0.9 and 0.6
-      point on the CNN at 0.9 (the stages of a 10-stage schedule move the weights by 0.07-0.4).
+      the weights; 0: recompute every stage). Off by default: reuse up to 0.1 and 0.3 cost 0.9 and 0.4
+      point against recomputing on the CNN at 0.9 (its 10 stages move the weights by 0.07-0.4 each).
     - ``device``: where the torch view, the gradients and the solver run: 'auto' (CUDA when torch sees a
       GPU), 'cpu' or 'cuda'.
     """
