@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("exp", "poly", "linear")
 ENGINES = ("auto", "model", "layer")
 DEFAULT_ROWS = 1000
-# IHT patience of a nested CHITA++ stage (when ``patience`` is 0): it starts on the previous stage's
-# support, which mostly carries over, and the backsolve gives the exact weights once the support settles.
-# Halved the CNN's solve time at 0.9 (accuracy within 0.1 point of patience 0; tools/bench_chita.py).
-WARM_PATIENCE = 20
 
 
 @dataclass
@@ -82,7 +78,8 @@ class ChitaConfig(MagnitudeConfig):
       wave-by-wave capture and its capture batch (see ``LayerwiseConfig``); the model engine ignores them.
     - ``reuse_gradients``: a later CHITA++ stage reuses the gradient matrix of an earlier one while the
       weights are within this relative L2 distance of those it was computed at (A changes smoothly with
-      the weights; 0: recompute every stage).
+      the weights; 0: recompute every stage). Off by default: reuse up to 0.1 and 0.3 cost 0.9 and 0.4
+      point against recomputing on the CNN at 0.9 (its 10 stages move the weights by 0.07-0.4 each).
     - ``device``: where the torch view, the gradients and the solver run: 'auto' (CUDA when torch sees a
       GPU), 'cpu' or 'cuda'.
     """
@@ -296,8 +293,7 @@ def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], c
     """One CHITA solve around ``current``: gradients, IHT + backsolve per column range of the memory plan.
     ``cache`` gives and keeps the gradients when A fits in one pass. ``nested`` (CHITA++) solves over the
     weights ``current`` keeps only: pruned weights stay pruned, so A is built and searched on those
-    columns alone, and IHT starts from the previous stage's support and weights (stopping once that
-    support has settled, ``WARM_PATIENCE``)."""
+    columns alone, and IHT starts from the previous stage's support and weights."""
     anchor = from_numpy(ctx.layout.flatten(current))
     plan = plan_memory(ctx.rows, ctx.layout.size, ctx.budget)
     ranges = constraint.ranges(plan.columns_per_pass)
@@ -341,9 +337,8 @@ def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], c
         problem = solver.Problem.build(at, local, ridge, config.first_order, blocks)
         # an IHT restart pays off with the exact swap search of one-block problems; with blocks it was
         # measured at +0.1 point of accuracy for twice the time
-        patience = config.patience or (WARM_PATIENCE if index is not None else 0)
         result = solver.chita(problem, part, active_ratio=config.active_ratio, max_iter=config.max_iter,
-                              tol=config.tol, refinements=0 if blocks else 1, patience=patience)
+                              tol=config.tol, refinements=0 if blocks else 1, patience=config.patience)
         start_value += result.objectives[0]
         chita_value += result.objectives[-1]
         if index is None:

@@ -277,7 +277,7 @@ def gradient_matrix(view: TorchView, layout: FlatLayout, weights: dict[str, np.n
             grads = per_row(trainable, target, *inputs)
             block = layout.columns({n: grads[p] for n, p in path_of.items()}, start, stop)
             if square_sum is not None:
-                square_sum += block.double().pow(2).sum()
+                square_sum += float(torch.linalg.vector_norm(block)) ** 2
             at[:, first:first + count] = (block if index is None else block[:, index]).T
             bar.update(count)
     return at
