@@ -9,7 +9,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 log=.venv/pip-install.log
 echo "installing onnxprune and its dependencies into .venv (log: $log) ..."
-if ! .venv/bin/python -m pip install -e ".[dev]" >"$log" 2>&1; then
+# A large wheel cut off mid-download fails pip's hash check; try again before giving up.
+installed=no
+for attempt in 1 2 3; do
+    if .venv/bin/python -m pip install --retries 10 --timeout 60 -e ".[dev]" >"$log" 2>&1; then
+        installed=yes
+        break
+    fi
+    echo "pip install attempt $attempt failed; last lines of $log:" >&2
+    grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -5 >&2
+done
+if [ "$installed" != yes ]; then
     grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -40
     echo "setup failed: see $log" >&2
     exit 1
