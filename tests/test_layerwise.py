@@ -24,7 +24,7 @@ from onnxprune.graph.io import load_model
 from onnxprune.graph.prunable import read_weights
 from onnxprune.methods import prune_model
 from onnxprune.methods.chita import ChitaConfig
-from onnxprune.methods.layer_solver import Target, backsolve, solve_chita, solve_obs, solve_wanda
+from onnxprune.methods.layer_solver import Problem, Target, backsolve, solve_chita, solve_obs, solve_wanda
 from onnxprune.methods.sparsegpt import SparsegptConfig
 from onnxprune.methods.wanda import WandaConfig
 from onnxprune.validate.evaluation import evaluate
@@ -48,7 +48,7 @@ def test_layer_solver_is_within_one_percent_of_the_best_support(seed, keep):
     W_t, H_t = torch.from_numpy(W), torch.from_numpy(H_l)
     best = min(_objective(backsolve(W_t, H_t, torch.isin(torch.arange(12), torch.tensor(s)).reshape(2, 6)).numpy(),
                           W, H_l) for s in itertools.combinations(range(12), keep))
-    got = solve_chita(W, H, lam, Target(1 - keep / 12))
+    got = solve_chita(Problem(W, H, lam), Target(1 - keep / 12))
     assert np.count_nonzero(got) == keep
     assert _objective(got, W, H_l) <= 1.01 * best
 
@@ -121,7 +121,7 @@ def test_nm_pattern_holds_for_every_solver():
     X = rng.standard_normal((200, 16))
     W, H = rng.standard_normal((5, 16)), X.T @ X
     for solver in (solve_chita, solve_obs, solve_wanda):
-        got = solver(W, H, 0.01 * np.mean(np.diag(H)), Target(0.5, (2, 4)))
+        got = solver(Problem(W, H, 0.01 * np.mean(np.diag(H))), Target(0.5, (2, 4)))
         assert np.all(np.count_nonzero(got.reshape(5, 4, 4), axis=2) == 2), solver.__name__
 
 

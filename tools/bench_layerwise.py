@@ -35,7 +35,7 @@ def magnitude_nm(model: "onnx.ModelProto", n: int, m: int) -> "onnx.ModelProto":
     from onnxprune.activations.layers import layer_sources
     from onnxprune.graph.edit import replace_initializers
     from onnxprune.graph.prunable import find_prunable, read_weights
-    from onnxprune.methods.layer_solver import Target, solve_wanda
+    from onnxprune.methods.layer_solver import Problem, Target, solve_wanda
 
     sources, _ = layer_sources(model, [w.name for w in find_prunable(model)])
     weights = read_weights(model)
@@ -43,7 +43,7 @@ def magnitude_nm(model: "onnx.ModelProto", n: int, m: int) -> "onnx.ModelProto":
     for s in sources:
         if s.d_in % m == 0:  # |w|·1: Wanda's scores with unit input norms
             target = Target(1 - n / m, (n, m))
-            groups = np.stack([solve_wanda(w, np.eye(s.d_in), 0.0, target) for w in s.to_groups(weights[s.name])])
+            groups = np.stack([solve_wanda(Problem(w, np.eye(s.d_in), 0.0), target) for w in s.to_groups(weights[s.name])])
             pruned[s.name] = s.from_groups(groups).astype(weights[s.name].dtype)
     return replace_initializers(model, pruned)
 

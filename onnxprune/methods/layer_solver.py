@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -55,17 +56,36 @@ def ridge(H: np.ndarray, n_rows: int, damp: float, layer: str) -> float:
     return damp * scale if scale > 0 else 1.0
 
 
-def reconstruction(W: np.ndarray, W_bar: np.ndarray, H: np.ndarray) -> tuple[float, float]:
-    """(``‖(W − W̄)Xᵀ‖²``, ``‖W̄Xᵀ‖²``) from H, for relative errors summed over groups."""
-    D = W - W_bar
-    return float(np.sum((D @ H) * D)), float(np.sum((W_bar @ H) * W_bar))
+class Problem:
+    """One layer's (or one group's) reconstruction problem in float64: the dense weights W̄, H and
+    ``H + λI``; the factors a solver needs are computed on first use and shared by every solve of the
+    problem at any target (the error curves solve each layer at many sparsities)."""
 
+    def __init__(self, W: np.ndarray, H: np.ndarray, lam: float) -> None:
+        self.W_bar = torch.from_numpy(np.array(W, dtype=np.float64))
+        self.H = torch.from_numpy(np.array(H, dtype=np.float64))
+        self.H_l = self.H.clone()
+        self.H_l.diagonal().add_(lam)
 
-def _tensors(W: np.ndarray, H: np.ndarray, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """W̄ and ``H + λI`` as float64 torch tensors."""
-    H_l = torch.from_numpy(np.array(H, dtype=np.float64))
-    H_l.diagonal().add_(lam)
-    return torch.from_numpy(np.array(W, dtype=np.float64)), H_l
+    @cached_property
+    def obs_factor(self) -> torch.Tensor:
+        """The upper Cholesky factor U of ``(H + λI)⁻¹`` (the OBS sweep's)."""
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(self.H_l)), upper=True)
+
+    @cached_property
+    def jacobi(self) -> torch.Tensor:
+        """``sqrt(diag(H + λI))``: the scale that makes IHT's thresholding rank by saliency."""
+        return self.H_l.diagonal().sqrt()
+
+    @cached_property
+    def dense_energy(self) -> float:
+        """``‖W̄Xᵀ‖²``, the denominator of the relative error."""
+        return float(((self.W_bar @ self.H) * self.W_bar).sum())
+
+    def error(self, W: np.ndarray) -> float:
+        """``‖(W − W̄)Xᵀ‖²`` of the solution ``W``."""
+        D = torch.from_numpy(np.asarray(W, dtype=np.float64)) - self.W_bar
+        return float(((D @ self.H) * D).sum())
 
 
 def backsolve(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -127,38 +147,68 @@ def _iht(V_bar: torch.Tensor, Hs: torch.Tensor, constraint: Constraint, V0: torc
     return mask
 
 
+# Bytes of padded work matrices that one batch of row solves may hold.
+ROW_BATCH_BYTES = 256 << 20
+
+
 @dataclass
 class _Row:
     """One row's exact solve on its support: weights, value ``f = DᵀH_λD`` (D = w − w̄), the exact increase
     of f from dropping each kept weight (``w_j²/[H_SS⁻¹]_jj``) and decrease from adding each pruned one
-    (``g_j²/s_j``, g = H_λD, s the Schur complement)."""
+    (``g_j²/s_j``, g = H_λD, s the Schur complement); ±inf marks impossible moves."""
 
     w: torch.Tensor
     value: float
     drop: torch.Tensor
     add: torch.Tensor
 
-    @classmethod
-    def solve(cls, w_bar: torch.Tensor, H_l: torch.Tensor, keep: torch.Tensor, stats: bool = True) -> "_Row":
-        """The row's exact solve on ``keep``, with the drop/add figures when ``stats``."""
-        w = torch.zeros_like(w_bar)
-        drop, add = torch.full_like(w_bar, math.inf), torch.full_like(w_bar, -math.inf)  # inf: impossible move
-        inverse = cross = None
-        if keep.any():
-            inverse = torch.linalg.solve_triangular(torch.linalg.cholesky(H_l[keep][:, keep]),
-                                                    torch.eye(int(keep.sum()), dtype=w_bar.dtype), upper=False)
-            cross = inverse @ H_l[keep][:, ~keep]  # L⁻¹H_{S,S̄}
-            w[keep] = w_bar[keep] + inverse.T @ (cross @ w_bar[~keep])
-        D = w - w_bar
-        g = H_l @ D
-        row = cls(w, float(D @ g), drop, add)
-        if stats:
-            schur = H_l.diagonal()[~keep].clone()
-            if inverse is not None:
-                drop[keep] = w[keep].pow(2) / inverse.pow(2).sum(0)  # diag(H_SS⁻¹) = column norms² of L⁻¹
-                schur -= cross.pow(2).sum(0)
-            add[~keep] = g[~keep].pow(2) / schur.clamp_min(1e-300)
-        return row
+
+def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor,
+                 stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(w, value, drop, add) of rows ``W_bar`` [B, d] solved exactly on their supports ``mask``: each
+    row's ``H_SS`` gathered into a batch padded with identity to the largest support, so one batched
+    Cholesky serves all (``w_S = w̄_S + H_SS⁻¹ H_{S,S̄} w̄_S̄``)."""
+    rows, d = W_bar.shape
+    k = mask.sum(1)
+    K, C = int(k.max()), d - int(k.min())
+    kept = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :K]  # kept indices first
+    dropped = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :C]  # pruned indices first
+    kv, cv = torch.arange(K) < k[:, None], torch.arange(C) < (d - k)[:, None]
+    A = torch.where(kv[:, :, None] & kv[:, None, :], H_l[kept[:, :, None], kept[:, None, :]], 0.0)
+    factor = torch.linalg.cholesky(A + torch.diag_embed((~kv).to(A.dtype)))
+    cross = torch.where(kv[:, :, None] & cv[:, None, :], H_l[kept[:, :, None], dropped[:, None, :]], 0.0)
+    w_pruned = torch.where(cv, W_bar.gather(1, dropped), 0.0)
+    w_kept = W_bar.gather(1, kept) + torch.cholesky_solve(cross @ w_pruned.unsqueeze(2), factor)[..., 0]
+    w = torch.zeros_like(W_bar).scatter_(1, kept, torch.where(kv, w_kept, 0.0))
+    D = w - W_bar
+    g = D @ H_l
+    value = (D * g).sum(1)
+    if not stats:
+        return w, value, None, None
+    inverse_diag = torch.cholesky_inverse(factor).diagonal(dim1=1, dim2=2)
+    drop = torch.full_like(W_bar, math.inf).scatter_(1, kept, torch.where(kv, w_kept.pow(2) / inverse_diag, math.inf))
+    explained = torch.linalg.solve_triangular(factor, cross, upper=False).pow(2).sum(1)  # diag(H_S̄S H_SS⁻¹ H_SS̄)
+    schur = (H_l.diagonal()[dropped] - explained).clamp_min(1e-300)
+    add = torch.full_like(W_bar, -math.inf).scatter_(
+        1, dropped, torch.where(cv, g.gather(1, dropped).pow(2) / schur, -math.inf))
+    return w, value, drop, add
+
+
+def _solve_rows(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, stats: bool = True) -> list[_Row]:
+    """Every row of ``W_bar`` solved on its support, in batches of similar support sizes."""
+    rows, d = W_bar.shape
+    k = mask.sum(1)
+    widest = int(k.max()) if rows else 0
+    per_row = 8 * (3 * widest * widest + 2 * widest * (d - int(k.min())) + 6 * d) if rows else 1
+    chunk = max(1, ROW_BATCH_BYTES // per_row)
+    order = torch.argsort(k)
+    out: list[_Row | None] = [None] * rows
+    for start in range(0, rows, chunk):
+        idx = order[start:start + chunk]
+        w, value, drop, add = _solve_batch(W_bar[idx], H_l, mask[idx], stats)
+        for j, i in enumerate(idx.tolist()):
+            out[i] = _Row(w[j], float(value[j]), drop[j] if stats else None, add[j] if stats else None)
+    return out
 
 
 def _pairs(drop: torch.Tensor, add: torch.Tensor, group: torch.Tensor | None, count: int) -> list[tuple[int, int]]:
@@ -188,51 +238,79 @@ def swap_search(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, targ
     exact backsolve. Each round, per row (the whole layer for a layer-wide budget), candidate pairs are
     tried in order of estimated change (``candidates`` cheapest drops × best adds) and the first that
     lowers the exact objective is applied; a row changes at most once per round. Returns the weights."""
-    rows_n, cols = W_bar.shape
     mask = mask.clone()
-    rows = [_Row.solve(W_bar[i], H_l, mask[i]) for i in range(rows_n)]
-    group = torch.arange(cols) // target.nm[1] if target.nm else None
-    units = [None] if target.nm is None and target.scope == "layer" else list(range(rows_n))
+    rows = _solve_rows(W_bar, H_l, mask)
+    search = _swap_layer if target.nm is None and target.scope == "layer" else _swap_each_row
     for _ in range(rounds):
-        touched: set[int] = set()
-        for unit in units:
-            if unit is None:
-                drop, add = torch.stack([r.drop for r in rows]).reshape(-1), torch.stack([r.add for r in rows]).reshape(-1)
-                pairs = [(divmod(a, cols), divmod(b, cols)) for a, b in _pairs(drop, add, None, candidates)]
-            else:
-                pairs = [((unit, a), (unit, b)) for a, b in _pairs(rows[unit].drop, rows[unit].add, group, candidates)]
-            for (i_out, j_out), (i_in, j_in) in pairs:
-                if {i_out, i_in} & touched:
-                    continue
-                trial = {i: mask[i].clone() for i in {i_out, i_in}}
-                trial[i_out][j_out], trial[i_in][j_in] = False, True
-                before = sum(rows[i].value for i in trial)
-                if sum(_Row.solve(W_bar[i], H_l, m, stats=False).value for i, m in trial.items()) < before * (1 - 1e-9):
-                    for i, m in trial.items():
-                        mask[i], rows[i] = m, _Row.solve(W_bar[i], H_l, m)
-                    touched |= set(trial)
-                    break
+        touched = search(W_bar, H_l, mask, rows, target, candidates)
         log.debug("swap round: %d row(s) changed", len(touched))
         if not touched:
             break
     return torch.stack([r.w for r in rows])
 
 
-def solve_chita(W: np.ndarray, H: np.ndarray, lam: float, target: Target, *, max_iter: int = 100,
-                tol: float = 1e-6, swap_rounds: int = 3, restarts: int = 0) -> np.ndarray:
+def _swap_layer(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, rows: list[_Row], target: Target,
+                candidates: int) -> list[int]:
+    """One swap round over the whole layer (a layer-wide budget: the pair may span two rows); updates
+    ``mask`` and ``rows`` in place and returns the changed rows."""
+    cols = W_bar.shape[1]
+    drop, add = torch.stack([r.drop for r in rows]).reshape(-1), torch.stack([r.add for r in rows]).reshape(-1)
+    for a, b in _pairs(drop, add, None, candidates):
+        (i_out, j_out), (i_in, j_in) = divmod(a, cols), divmod(b, cols)
+        changed = sorted({i_out, i_in})
+        trial = mask[changed].clone()
+        trial[changed.index(i_out), j_out], trial[changed.index(i_in), j_in] = False, True
+        before = sum(rows[i].value for i in changed)
+        if sum(r.value for r in _solve_rows(W_bar[changed], H_l, trial, stats=False)) < before * (1 - 1e-9):
+            mask[changed] = trial
+            for i, row in zip(changed, _solve_rows(W_bar[changed], H_l, trial)):
+                rows[i] = row
+            return changed
+    return []
+
+
+def _swap_each_row(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, rows: list[_Row], target: Target,
+                   candidates: int) -> list[int]:
+    """One swap round in every row independently (per-row or N:M budgets): the rows' k-th candidate pairs
+    are solved as one batch, for rows not yet improved this round; updates ``mask`` and ``rows`` in place
+    and returns the changed rows."""
+    group = torch.arange(W_bar.shape[1]) // target.nm[1] if target.nm else None
+    pairs = [_pairs(r.drop, r.add, group, candidates) for r in rows]
+    pending, touched = set(range(len(rows))), []
+    for rank in range(max(map(len, pairs), default=0)):
+        trying = [i for i in sorted(pending) if rank < len(pairs[i])]
+        if not trying:
+            break
+        trial = mask[trying].clone()
+        for j, i in enumerate(trying):
+            out, into = pairs[i][rank]
+            trial[j, out], trial[j, into] = False, True
+        for j, (i, row) in enumerate(zip(trying, _solve_rows(W_bar[trying], H_l, trial, stats=False))):
+            if row.value < rows[i].value * (1 - 1e-9):
+                mask[i] = trial[j]
+                pending.discard(i)
+                touched.append(i)
+    if touched:
+        for i, row in zip(touched, _solve_rows(W_bar[touched], H_l, mask[touched])):
+            rows[i] = row
+    return touched
+
+
+def solve_chita(problem: Problem, target: Target, *, max_iter: int = 100, tol: float = 1e-6, swap_rounds: int = 3,
+                restarts: int = 0) -> np.ndarray:
     """CHITA on one layer: IHT in Jacobi-scaled variables ``v_ij = sqrt(H_jj + λ)·w_ij`` (so thresholding
     ranks by saliency) warm-started from the OBS sweep, then the swap search with the exact ridge backsolve
-    on the support; ``restarts`` more rounds restart IHT from the result while it improves."""
-    W_bar, H_l = _tensors(W, H, lam)
+    on the support; ``restarts`` more rounds restart IHT from the result while it improves. IHT only picks
+    the support, so it runs in float32; every solve on a support is float64."""
+    W_bar, H_l, scale = problem.W_bar, problem.H_l, problem.jacobi
     constraint = target.constraint(*W_bar.shape)
-    scale = H_l.diagonal().sqrt()
-    Hs = H_l / torch.outer(scale, scale)
-    V_bar = W_bar * scale
+    Hs = (H_l / torch.outer(scale, scale)).float()
+    V_bar = (W_bar * scale).float()
     L = float(torch.linalg.eigvalsh(Hs)[-1])
     best, best_value = None, math.inf
-    start = torch.from_numpy(solve_obs(W, H, lam, target)) * scale  # warm start: the OBS sweep's weights
+    start = torch.from_numpy(solve_obs(problem, target)) * scale  # warm start: the OBS sweep's weights
     for _ in range(restarts + 1):
-        mask = _iht(V_bar, Hs, constraint, start, L, max_iter, tol)
+        mask = _iht(V_bar, Hs, constraint, start.float(), L, max_iter, tol)
         solved = swap_search(W_bar, H_l, mask, target, rounds=swap_rounds)
         D = solved - W_bar
         value = float(((D @ H_l) * D).sum())
@@ -261,15 +339,14 @@ def _lowest(scores: torch.Tensor, count: int, per_row: bool) -> torch.Tensor:
     return flat.reshape(scores.shape)
 
 
-def solve_obs(W: np.ndarray, H: np.ndarray, lam: float, target: Target, *, block_size: int = 128) -> np.ndarray:
+def solve_obs(problem: Problem, target: Target, *, block_size: int = 128) -> np.ndarray:
     """The OBS column sweep: with ``U`` the upper Cholesky factor of ``(H + λI)⁻¹``, prune column j's chosen
     weights and spread the error ``e = (w − q)/U_jj`` over the later columns along ``U_j,j:``. Masks are
     chosen per block of columns by ``w²/U_jj²`` (N:M: per group of M); updates beyond the block are
     applied once per block."""
-    W_bar, H_l = _tensors(W, H, lam)
-    rows, cols = W_bar.shape
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H_l)), upper=True)
-    W_new = W_bar.clone()
+    rows, cols = problem.W_bar.shape
+    U = problem.obs_factor
+    W_new = problem.W_bar.clone()
     if target.nm is not None:
         block_size = max(1, block_size // target.nm[1]) * target.nm[1]
     for start in range(0, cols, block_size):
@@ -297,10 +374,10 @@ def solve_obs(W: np.ndarray, H: np.ndarray, lam: float, target: Target, *, block
     return W_new.numpy()
 
 
-def solve_wanda(W: np.ndarray, H: np.ndarray, lam: float, target: Target) -> np.ndarray:
+def solve_wanda(problem: Problem, target: Target) -> np.ndarray:
     """Wanda: keep the weights with the largest ``|W_ij|·‖X_j‖₂`` (``‖X_j‖₂² = H_jj``), values unchanged;
-    ``lam`` is not used (no solve)."""
-    W_bar = torch.from_numpy(np.array(W, dtype=np.float64))
-    scores = W_bar.abs() * torch.from_numpy(np.sqrt(np.maximum(np.diagonal(H), 0.0)))
+    the ridge is not used (no solve)."""
+    W_bar = problem.W_bar
+    scores = W_bar.abs() * problem.H.diagonal().clamp_min(0.0).sqrt()
     mask = target.constraint(*W_bar.shape).project(scores.reshape(-1)).reshape(W_bar.shape)
     return torch.where(mask, W_bar, 0.0).numpy()

@@ -34,13 +34,14 @@ log = logging.getLogger(__name__)
 
 # At most this many capture passes in sequential mode: consecutive waves are merged beyond it.
 MAX_PASSES = 16
-# Sparsities at which the global allocation evaluates every layer's error curve (plus the target).
-GRID = tuple(round(0.05 * i, 2) for i in range(20))
+# Sparsities at which the global allocation evaluates every layer's error curve (plus the target and the
+# midpoint above it); the error is linear in between, and exactly 0 at 0.
+GRID = tuple(round(0.1 * i, 2) for i in range(10))
 
 # What a layer's sparsity budget is counted over: the whole weight or each output row.
 SCOPES = ("layer", "row")
-# (W̄ [d_out, d_in], H, λ, target) → pruned W, all float64 numpy.
-LayerSolver = Callable[[np.ndarray, np.ndarray, float, Any], np.ndarray]
+# (one layer group's Problem, its Target) → pruned W (float64 numpy).
+LayerSolver = Callable[[Any, Any], np.ndarray]
 
 
 class LayerOptions(Protocol):
@@ -105,15 +106,17 @@ def waves(model: onnx.ModelProto, sources: list[LayerSource]) -> list[list[Layer
 
 def relative_error(sources: list[LayerSource], dense: dict[str, np.ndarray], solver: LayerSolver,
                    grams: dict[str, GramStats], lams: dict[str, float], targets: list[Any]) -> np.ndarray:
-    """``[layers, targets]`` relative reconstruction error of every layer pruned by ``solver`` at each target."""
-    from onnxprune.methods.layer_solver import reconstruction
+    """``[layers, targets]`` relative reconstruction error of every layer pruned by ``solver`` at each target
+    (0 at sparsity 0 without a solve)."""
+    from onnxprune.methods.layer_solver import Problem
 
     errors = np.zeros((len(sources), len(targets)))
     for i, s in enumerate(tqdm(sources, desc="error curves", unit="layer", leave=False)):
+        problems = [Problem(w, h, lams[s.name]) for w, h in zip(dense[s.name], grams[s.name].H)]
+        energy = max(sum(p.dense_energy for p in problems), 1e-300)
         for j, target in enumerate(targets):
-            parts = [reconstruction(solver(w, h, lams[s.name], target), w, h)
-                     for w, h in zip(dense[s.name], grams[s.name].H)]
-            errors[i, j] = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1e-300)
+            if target.sparsity > 0:
+                errors[i, j] = sum(p.error(solver(p, target)) for p in problems) / energy
     return errors
 
 
@@ -200,7 +203,7 @@ class LayerwiseSession:
 
     def prune(self, sparsity: float) -> MethodResult:
         """The model with every captured layer pruned at ``sparsity`` (or the N:M pattern)."""
-        from onnxprune.methods.layer_solver import reconstruction
+        from onnxprune.methods.layer_solver import Problem
 
         began, solve_s = time.perf_counter(), 0.0
         self.capture_s = 0.0
@@ -215,11 +218,12 @@ class LayerwiseSession:
             started = time.perf_counter()
             for s in tqdm(wave, desc=f"{self.method} layers", unit="layer", leave=False):
                 dense, gram, target = self.dense[s.name], grams[s.name], targets[s.name]
-                new = np.stack([self.solver(w, h, lams[s.name], target) for w, h in zip(dense, gram.H)])
-                parts = [reconstruction(n, w, h) for n, w, h in zip(new, dense, gram.H)]
+                problems = [Problem(w, h, lams[s.name]) for w, h in zip(dense, gram.H)]
+                new = np.stack([self.solver(p, target) for p in problems])
+                error = sum(p.error(n) for p, n in zip(problems, new))
                 pruned[s.name] = s.from_groups(new).astype(self.original[s.name].dtype)
                 layers[s.name] = {"sparsity": round(1 - np.count_nonzero(pruned[s.name]) / new.size, 4),
-                                  "relative_error": sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1e-300),
+                                  "relative_error": error / max(sum(p.dense_energy for p in problems), 1e-300),
                                   "rows": gram.n_rows, "d_in": s.d_in, "groups": s.groups, "ridge": lams[s.name]}
             solve_s += time.perf_counter() - started
             current = replace_initializers(self.model, pruned)
