@@ -1,11 +1,13 @@
 """Where onnxprune's torch work runs (the torch view, gradient matrices, CHITA's solver): one code path for
-CPU and CUDA. Callers resolve the device once with ``torch_device`` and run under ``with device:``, so
-tensor factories land there; the helpers below move numpy data in and make random generators match.
+CPU and CUDA. Callers resolve the device once with ``torch_device`` and run under ``with placed_on(device):``,
+so tensor factories land there; the helpers below move numpy data in and make random generators match.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import ContextManager
 
 import numpy as np
 import torch
@@ -30,6 +32,12 @@ def torch_device(requested: str = "auto") -> torch.device:
                           f"(torch.cuda.device_count() = {torch.cuda.device_count()}): use --device cpu or "
                           "auto, or install a CUDA build of torch that matches the driver")
     return torch.device("cuda", torch.cuda.current_device())
+
+
+def placed_on(device: torch.device) -> ContextManager:
+    """A context that makes tensor factories land on ``device``; on the CPU none is needed, and torch's
+    device mode would otherwise intercept every torch call (seconds of overhead in the per-layer solves)."""
+    return device if device.type != "cpu" else contextlib.nullcontext()
 
 
 def from_numpy(array: np.ndarray) -> torch.Tensor:

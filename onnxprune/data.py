@@ -126,6 +126,15 @@ def validate(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: str 
     return Dataset(inputs, labels)
 
 
+def check_dataset(data: Dataset, model: onnx.ModelProto, source: str = "calibration data") -> Dataset:
+    """``data`` checked against the model's inputs like a loaded file (a DataError naming the mismatch), for
+    datasets handed in through the Python API."""
+    arrays = dict(data.inputs)
+    if data.labels is not None:
+        arrays[LABELS] = data.labels
+    return validate(arrays, input_specs(model), source=source)
+
+
 def load_data(path: str | Path, model: onnx.ModelProto) -> Dataset:
     """Read and validate a data file for ``model``."""
     path = Path(path)

@@ -65,7 +65,8 @@ def test_chita_beats_magnitude_on_the_bundled_mlp(tmp_path):
     outcomes = {}
     for method in ("magnitude", "chita"):
         out = tmp_path / f"{method}.onnx"
-        outcomes[method] = prune(MLP, out, method, calib=MLP_CALIB, sparsity=0.9)
+        options = {"engine": "model"} if method == "chita" else {}
+        outcomes[method] = prune(MLP, out, method, calib=MLP_CALIB, sparsity=0.9, **options)
         outcomes[method].accuracy = evaluate(out, test).accuracy
     assert outcomes["chita"].accuracy > outcomes["magnitude"].accuracy + 10
     original, pruned = onnx.load(str(MLP)), onnx.load(str(tmp_path / "chita.onnx"))
@@ -86,7 +87,7 @@ def _groups_of_four(w: np.ndarray, trans_b: bool) -> np.ndarray:
 
 def test_nm_pattern_holds_along_the_input_axis_and_beats_magnitude(tmp_path):
     out = tmp_path / "nm.onnx"
-    prune(MLP, out, "chita", calib=MLP_CALIB, pattern="2:4", rows=500)
+    prune(MLP, out, "chita", calib=MLP_CALIB, pattern="2:4", rows=500, engine="model")
     model = onnx.load(str(out))
     gemm = {n.input[1]: any(a.name == "transB" and a.i for a in n.attribute)
             for n in model.graph.node if n.op_type == "Gemm"}
@@ -120,7 +121,7 @@ def test_chita_plus_on_a_batchnorm_resnet_is_exact_and_deterministic(resnet, tmp
 def test_memory_budget_splits_the_gradient_matrix_into_passes():
     model = canonicalize(load_model(MLP)).model
     calib = load_data(MLP_CALIB, model)
-    result = prune_model("chita", model, ChitaConfig(sparsity=0.8, rows=100, max_memory="4M"), calib)
+    result = prune_model("chita", model, ChitaConfig(sparsity=0.8, rows=100, max_memory="4M", engine="model"), calib)
     stage = result.details["stages"][0]
     assert stage["passes"] > 1
     weights = read_weights(result.model)
@@ -150,7 +151,7 @@ def test_gradient_rows_use_all_calibration_samples_by_default():
 @pytest.mark.parametrize("options,error,match", [
     ({"sparsity": 1.0}, ConfigError, "sparsity"),
     ({"sparsity": -0.1}, ConfigError, "sparsity"),
-    ({"rows": 5000}, DataError, "calibration samples"),
+    ({"rows": 5000, "engine": "model"}, DataError, "calibration samples"),
     ({"max_memory": "1M"}, ResourceError, "max-memory"),
     ({"pattern": "4:2"}, ConfigError, "pattern"),
 ])
@@ -171,7 +172,7 @@ def test_calibration_data_that_does_not_match_fails_clearly(tmp_path):
     with pytest.raises(DataError, match="calibration"):
         prune_model("chita", model, ChitaConfig(sparsity=0.5), None)
     with pytest.raises(DataError, match="labels"):
-        prune_model("chita", model, ChitaConfig(sparsity=0.5, targets="labels"),
+        prune_model("chita", model, ChitaConfig(sparsity=0.5, targets="labels", engine="model"),
                     Dataset({"input": np.zeros((10, 784), np.float32)}))
     bad_file, out = tmp_path / "calib.npz", tmp_path / "out.onnx"
     np.savez(bad_file, input=np.zeros((10, 28, 28), np.float32))

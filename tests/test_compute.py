@@ -55,7 +55,7 @@ def test_cuda_without_a_gpu_fails_before_any_work(no_gpu, monkeypatch, tmp_path)
     monkeypatch.setattr(chita, "select_prunable", forbidden)
     out = tmp_path / "out.onnx"
     with pytest.raises(ConfigError, match="device 'cuda' requested but torch"):
-        prune(MLP, out, "chita", calib=MLP_CALIB, sparsity=0.5, device="cuda")
+        prune(MLP, out, "chita", calib=MLP_CALIB, sparsity=0.5, device="cuda", engine="model")
     assert not out.exists()
 
 
@@ -69,7 +69,7 @@ def test_cpu_and_auto_give_the_same_masks_through_the_one_code_path(no_gpu, monk
         return solve(problem, *args, **kwargs)
 
     monkeypatch.setattr(chita.solver, "chita", recording)
-    results = {d: prune_model("chita", model, ChitaConfig(sparsity=0.8, rows=200, device=d), calib) for d in ("cpu", "auto")}
+    results = {d: prune_model("chita", model, ChitaConfig(sparsity=0.8, rows=200, device=d, engine="model"), calib) for d in ("cpu", "auto")}
     cpu = torch.device("cpu")
     assert seen and all(device == cpu for entry in seen for device in entry)
     assert results["cpu"].details["device"] == results["auto"].details["device"] == "cpu"

@@ -40,11 +40,11 @@ def _sparsity(model) -> float:
 
 def test_chita_session_reuses_the_dense_gradients_and_matches_fresh_runs(mlp):
     model, calib, _ = mlp
-    session = get_method("chita").open(model, ChitaConfig(rows=300), calib)
+    session = get_method("chita").open(model, ChitaConfig(rows=300, engine="model"), calib)
     first, second = session.prune(0.5), session.prune(0.8)
     assert first.details["stages"][0]["gradients_reused"] == 0
     assert second.details["stages"][0]["gradients_reused"] == 1
-    fresh = prune_model("chita", model, ChitaConfig(sparsity=0.8, rows=300), calib)
+    fresh = prune_model("chita", model, ChitaConfig(sparsity=0.8, rows=300, engine="model"), calib)
     assert _max_diff(second.model, fresh.model) < 1e-5
     assert session.prune(0.0).model.graph.initializer == model.graph.initializer  # nothing to remove
 

@@ -137,7 +137,7 @@ def test_fp16_weights_view_in_float32():
 def test_fp16_model_is_written_back_in_fp16():
     model = _fp16_model()
     data = _data(dtype=np.float16)
-    pruned = prune_model("chita", model, ChitaConfig(sparsity=0.5, rows=8, targets="logits"), data).model
+    pruned = prune_model("chita", model, ChitaConfig(sparsity=0.5, rows=8, targets="logits", engine="model"), data).model
     weights = read_weights(pruned)
     assert {w.dtype for w in weights.values()} == {np.dtype(np.float16)}
     assert sum(int(np.count_nonzero(w)) for w in weights.values()) <= sum(w.size for w in weights.values()) // 2

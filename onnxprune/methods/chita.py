@@ -22,9 +22,9 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
-from onnxprune.compute import DEVICES, free_memory, from_numpy, torch_device
+from onnxprune.compute import DEVICES, free_memory, from_numpy, placed_on, torch_device
 from onnxprune.methods import chita_solver as solver
-from onnxprune.data import LABELS, Dataset, input_specs, validate
+from onnxprune.data import Dataset, check_dataset
 from onnxprune.errors import ConfigError, ConversionError, DataError
 from onnxprune.view.fisher import (TARGETS, FlatLayout, choose_targets, format_bytes, gradient_matrix,
                               matrix_bytes, parse_bytes, plan_memory, resolve_rows)
@@ -72,8 +72,10 @@ class ChitaConfig(MagnitudeConfig):
       backsolve then gives the exact weights on it (0: off). 30 makes CNN solves ~40% faster with the
       same accuracy up to 0.9 sparsity; beyond, results moved both ways (tools/bench_chita.py), hence off.
     - ``engine``: 'model' (whole-model Fisher from per-sample gradients through the torch view), 'layer'
-      (each layer's reconstruction loss from ONNX Runtime activations, ``methods/layerwise.py``) or 'auto'
-      (model when the torch view converts and passes parity, layer otherwise).
+      (each layer's reconstruction loss from ONNX Runtime activations, ``methods/layerwise.py``) or 'auto':
+      one-shot ``chita`` takes the layer engine (ahead of the whole-model one on every model measured:
+      README's layer-wise and real-model tables); ``chita++`` takes the model engine when the torch view
+      converts and passes parity (its stages recompute gradients), the layer engine otherwise.
     - ``damp`` / ``sequential`` / ``batch_size``: the layer engine's ridge λ = damp·mean(diag H), its
       wave-by-wave capture and its capture batch (see ``LayerwiseConfig``); the model engine ignores them.
     - ``reuse_gradients``: a later CHITA++ stage reuses the gradient matrix of an earlier one while the
@@ -167,10 +169,7 @@ def _check_calib(model: onnx.ModelProto, calib: Dataset | None) -> Dataset:
     """The calibration data, checked against the model's inputs (DataError otherwise)."""
     if calib is None:
         raise DataError("CHITA needs calibration data (inputs, optionally labels): pass --calib DATA.npz")
-    arrays = dict(calib.inputs)
-    if calib.labels is not None:
-        arrays[LABELS] = calib.labels
-    return validate(arrays, input_specs(model), source="calibration data")
+    return check_dataset(calib, model)
 
 
 def _context(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> _Context:
@@ -200,7 +199,7 @@ def _context(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None)
         budget = free
     plan_memory(rows, layout.size, budget)  # refuse a budget too small before building the view
     view = build_torch_view(model, [w.name for w in weights]).to(device)
-    with device:
+    with placed_on(device):
         parity = check_parity(view, model, data).max_abs_diff  # gradients are only as good as the view
     log.info("CHITA runs its torch work on %s", device)
     return _Context(weights, layout, view, data, rows, per_row, budget, skipped, nm[1] if nm else 1, parity,
@@ -452,7 +451,7 @@ class ChitaSession:
             for index, (level, keep) in enumerate(tqdm(levels, desc="CHITA stages", unit="stage", leave=False,
                                                        disable=True if len(levels) < 2 else None)):
                 constraint = _constraint(self.ctx, level, config, keep)
-                with self.ctx.device:
+                with placed_on(self.ctx.device):
                     current, info = _stage(self.ctx, config, current, constraint, self.stages_run, self.gradients,
                                            nested=self.staged)
                 self.stages_run += 1
@@ -493,9 +492,20 @@ class _Engine:
         return result
 
 
+# Options that only the whole-model engine reads.
+MODEL_ENGINE_OPTIONS = ("rows", "samples_per_row", "targets", "ridge", "first_order", "block_size", "active_ratio",
+                        "patience", "reuse_gradients")
+
+
 def _layer_session(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> LayerwiseSession:
     """CHITA's layer engine: IHT + swap search + backsolve per layer, OBS sweeps for the error curves."""
     from onnxprune.methods.layer_solver import solve_chita, solve_obs
+
+    defaults = type(config)()
+    ignored = [f for f in MODEL_ENGINE_OPTIONS if getattr(config, f) != getattr(defaults, f)]
+    if ignored:
+        log.warning("CHITA's layer engine ignores %s (options of the whole-model engine): add -O engine=model "
+                    "to use them", ", ".join(ignored))
 
     solver = functools.partial(solve_chita, max_iter=config.max_iter)
     return LayerwiseSession(model, config, calib, solver=solver, estimator=solve_obs, damp=config.damp,
@@ -503,12 +513,17 @@ def _layer_session(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset |
 
 
 def chita_session(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> SparsitySession:
-    """The CHITA session of ``config.engine``; 'auto' takes the model engine when the torch view converts
-    and matches ONNX Runtime, and the layer engine otherwise (CHITA++ stages then do not apply)."""
+    """The CHITA session of ``config.engine``; 'auto' takes the layer engine for one-shot CHITA, and for
+    CHITA++ the model engine when the torch view converts and matches ONNX Runtime, the layer engine
+    otherwise (its stages then do not apply)."""
     if config.engine == "layer":
         return _Engine(_layer_session(model, config, calib), "layer", "engine=layer requested")
     if config.engine == "model":
         return _Engine(ChitaSession(model, config, calib), "model", "engine=model requested")
+    if not isinstance(config, ChitaPlusConfig):
+        return _Engine(_layer_session(model, config, calib), "layer",
+                       "one shot: per-layer reconstruction from ONNX Runtime activations (engine=model for the "
+                       "whole-model Fisher)")
     try:
         session = ChitaSession(model, config, calib)
     except ConversionError as exc:

@@ -17,6 +17,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from onnxprune.compute import from_numpy
 from onnxprune.methods.chita_solver import Constraint, Segment
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,14 @@ def ridge(H: np.ndarray, n_rows: int, damp: float, layer: str) -> float:
 
 
 class Problem:
-    """One layer's (or one group's) reconstruction problem in float64: the dense weights W̄, H and
-    ``H + λI``; the factors a solver needs are computed on first use and shared by every solve of the
-    problem at any target (the error curves solve each layer at many sparsities)."""
+    """One layer's (or one group's) reconstruction problem in float64 on the current torch device (``with
+    device:``): the dense weights W̄, H and ``H + λI``; the factors a solver needs are computed on first use
+    and shared by every solve of the problem at any target (the error curves solve each layer at many
+    sparsities)."""
 
     def __init__(self, W: np.ndarray, H: np.ndarray, lam: float) -> None:
-        self.W_bar = torch.from_numpy(np.array(W, dtype=np.float64))
-        self.H = torch.from_numpy(np.array(H, dtype=np.float64))
+        self.W_bar = from_numpy(np.asarray(W, dtype=np.float64))
+        self.H = from_numpy(np.asarray(H, dtype=np.float64))
         self.H_l = self.H.clone()
         self.H_l.diagonal().add_(lam)
 
@@ -84,7 +86,7 @@ class Problem:
 
     def error(self, W: np.ndarray) -> float:
         """``‖(W − W̄)Xᵀ‖²`` of the solution ``W``."""
-        D = torch.from_numpy(np.asarray(W, dtype=np.float64)) - self.W_bar
+        D = from_numpy(np.asarray(W, dtype=np.float64)) - self.W_bar
         return float(((D @ self.H) * D).sum())
 
 
@@ -185,9 +187,10 @@ def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor,
     value = (D * g).sum(1)
     if not stats:
         return w, value, None, None
-    inverse_diag = torch.cholesky_inverse(factor).diagonal(dim1=1, dim2=2)
+    inverse = torch.linalg.solve_triangular(factor, torch.eye(K, dtype=W_bar.dtype), upper=False)  # L⁻¹
+    inverse_diag = inverse.pow(2).sum(1)  # diag(H_SS⁻¹): column norms² of L⁻¹
     drop = torch.full_like(W_bar, math.inf).scatter_(1, kept, torch.where(kv, w_kept.pow(2) / inverse_diag, math.inf))
-    explained = torch.linalg.solve_triangular(factor, cross, upper=False).pow(2).sum(1)  # diag(H_S̄S H_SS⁻¹ H_SS̄)
+    explained = (inverse @ cross).pow(2).sum(1)  # diag(H_S̄S H_SS⁻¹ H_SS̄)
     schur = (H_l.diagonal()[dropped] - explained).clamp_min(1e-300)
     add = torch.full_like(W_bar, -math.inf).scatter_(
         1, dropped, torch.where(cv, g.gather(1, dropped).pow(2) / schur, -math.inf))
@@ -239,7 +242,7 @@ def swap_search(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, targ
     tried in order of estimated change (``candidates`` cheapest drops × best adds) and the first that
     lowers the exact objective is applied; a row changes at most once per round. Returns the weights."""
     mask = mask.clone()
-    rows = _solve_rows(W_bar, H_l, mask)
+    rows = _solve_rows(W_bar, H_l, mask, stats=rounds > 0)
     search = _swap_layer if target.nm is None and target.scope == "layer" else _swap_each_row
     for _ in range(rounds):
         touched = search(W_bar, H_l, mask, rows, target, candidates)
@@ -308,7 +311,7 @@ def solve_chita(problem: Problem, target: Target, *, max_iter: int = 100, tol: f
     V_bar = (W_bar * scale).float()
     L = float(torch.linalg.eigvalsh(Hs)[-1])
     best, best_value = None, math.inf
-    start = torch.from_numpy(solve_obs(problem, target)) * scale  # warm start: the OBS sweep's weights
+    start = from_numpy(solve_obs(problem, target)) * scale  # warm start: the OBS sweep's weights
     for _ in range(restarts + 1):
         mask = _iht(V_bar, Hs, constraint, start.float(), L, max_iter, tol)
         solved = swap_search(W_bar, H_l, mask, target, rounds=swap_rounds)
@@ -317,7 +320,7 @@ def solve_chita(problem: Problem, target: Target, *, max_iter: int = 100, tol: f
         if value >= best_value * (1 - tol):
             break
         best, best_value, start = solved, value, solved * scale
-    return best.numpy()
+    return best.cpu().numpy()
 
 
 def _prune_counts(target: Target, rows: int, start: int, stop: int) -> int:
@@ -371,7 +374,7 @@ def solve_obs(problem: Problem, target: Target, *, block_size: int = 128) -> np.
             errors[:, j] = error
         W_new[:, start:stop] = block
         W_new[:, stop:] -= errors @ U[start:stop, stop:]
-    return W_new.numpy()
+    return W_new.cpu().numpy()
 
 
 def solve_wanda(problem: Problem, target: Target) -> np.ndarray:
@@ -380,4 +383,4 @@ def solve_wanda(problem: Problem, target: Target) -> np.ndarray:
     W_bar = problem.W_bar
     scores = W_bar.abs() * problem.H.diagonal().clamp_min(0.0).sqrt()
     mask = target.constraint(*W_bar.shape).project(scores.reshape(-1)).reshape(W_bar.shape)
-    return torch.where(mask, W_bar, 0.0).numpy()
+    return torch.where(mask, W_bar, 0.0).cpu().numpy()

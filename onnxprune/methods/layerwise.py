@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 
 from onnxprune.activations.gram import GramStats, capture_grams
 from onnxprune.activations.layers import LayerSource, layer_sources
-from onnxprune.data import Dataset
+from onnxprune.compute import DEVICES, placed_on, torch_device
+from onnxprune.data import Dataset, check_dataset
 from onnxprune.errors import ConfigError, DataError
 from onnxprune.graph.edit import replace_initializers
 from onnxprune.graph.prunable import read_weights, select_prunable
-from onnxprune.methods.base import Interval, MethodResult, Parses
+from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses
 from onnxprune.methods.magnitude import MagnitudeConfig, parse_pattern
 from onnxprune.view.fisher import format_bytes, parse_bytes
 
@@ -55,6 +56,7 @@ class LayerOptions(Protocol):
     sequential: bool
     batch_size: int
     max_memory: str
+    device: str
 
 
 @dataclass
@@ -70,6 +72,7 @@ class LayerwiseConfig(MagnitudeConfig):
     - ``batch_size``: calibration samples per ONNX Runtime batch while capturing.
     - ``samples``: use the first this many calibration samples (0: all); capture time grows with them.
     - ``max_memory``: budget for all Gram matrices plus one batch of activations ('4G', '500M').
+    - ``device``: where the per-layer solves run: 'auto' (CUDA when torch sees a GPU), 'cpu' or 'cuda'.
     """
 
     allocation: str = "uniform"
@@ -77,9 +80,10 @@ class LayerwiseConfig(MagnitudeConfig):
     batch_size: int = 64
     max_memory: str = "4G"
     samples: int = 0
+    device: str = "auto"
 
     constraints = {"batch_size": Interval(1, None), "max_memory": Parses(parse_bytes),
-                   "samples": Interval(0, None)}
+                   "samples": Interval(0, None), "device": OneOf(DEVICES)}
 
 
 def waves(model: onnx.ModelProto, sources: list[LayerSource]) -> list[list[LayerSource]]:
@@ -153,6 +157,7 @@ class LayerwiseSession:
                  samples: int = 0) -> None:
         if calib is None:
             raise DataError(f"{method} needs calibration data (inputs): pass --calib DATA.npz")
+        calib = check_dataset(calib, model)
         self.model, self.config = model, config
         self.calib = calib.take(min(samples, len(calib))) if samples else calib
         self.solver, self.estimator, self.damp, self.scope, self.method = solver, estimator, damp, scope, method
@@ -169,6 +174,7 @@ class LayerwiseSession:
                     self.skipped[s.name] = f"input size {s.d_in} is not a multiple of {self.nm[1]} ({config.pattern})"
                     self.sources.remove(s)
         self.budget = parse_bytes(config.max_memory)
+        self.device = torch_device(config.device)
         self.original = read_weights(model, [s.name for s in self.sources])
         self.dense = {s.name: s.to_groups(self.original[s.name]) for s in self.sources}
         self.grams: dict[str, GramStats] | None = None
@@ -195,8 +201,9 @@ class LayerwiseSession:
             return {s.name: Target(sparsity, None, self.scope) for s in self.sources}
         grams = self.grams or self._capture(self.model, self.sources)
         grid = np.unique(np.r_[GRID, sparsity, (1 + sparsity) / 2])
-        errors = relative_error(self.sources, self.dense, self.estimator, grams, self._lams(grams),
-                                [Target(float(g), None, self.scope) for g in grid])
+        with placed_on(self.device):
+            errors = relative_error(self.sources, self.dense, self.estimator, grams, self._lams(grams),
+                                    [Target(float(g), None, self.scope) for g in grid])
         sizes = np.array([self.original[s.name].size for s in self.sources], dtype=float)
         chosen = allocate(errors, grid, sizes, sparsity)
         return {s.name: Target(float(c), None, self.scope) for s, c in zip(self.sources, chosen)}
@@ -218,9 +225,10 @@ class LayerwiseSession:
             started = time.perf_counter()
             for s in tqdm(wave, desc=f"{self.method} layers", unit="layer", leave=False):
                 dense, gram, target = self.dense[s.name], grams[s.name], targets[s.name]
-                problems = [Problem(w, h, lams[s.name]) for w, h in zip(dense, gram.H)]
-                new = np.stack([self.solver(p, target) for p in problems])
-                error = sum(p.error(n) for p, n in zip(problems, new))
+                with placed_on(self.device):
+                    problems = [Problem(w, h, lams[s.name]) for w, h in zip(dense, gram.H)]
+                    new = np.stack([self.solver(p, target) for p in problems])
+                    error = sum(p.error(n) for p, n in zip(problems, new))
                 pruned[s.name] = s.from_groups(new).astype(self.original[s.name].dtype)
                 layers[s.name] = {"sparsity": round(1 - np.count_nonzero(pruned[s.name]) / new.size, 4),
                                   "relative_error": error / max(sum(p.dense_energy for p in problems), 1e-300),
@@ -230,5 +238,6 @@ class LayerwiseSession:
         details = {"capture_s": self.capture_s, "solve_s": solve_s, "total_s": time.perf_counter() - began,
                    "passes": len(passes), "layers": layers, "dense_layers": dict(self.skipped),
                    "allocation": None if self.nm else self.config.allocation, "pattern": self.config.pattern or None,
-                   "sequential": self.config.sequential, "max_memory": format_bytes(self.budget)}
+                   "sequential": self.config.sequential, "max_memory": format_bytes(self.budget),
+                   "device": str(self.device)}
         return MethodResult(current, details)
