@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -26,11 +26,9 @@ from onnxprune.errors import ConfigError
 from onnxprune.graph.stats import model_stats
 from onnxprune.methods.base import MethodResult, MethodSpec
 from onnxprune.methods.structured import ChannelSession, kept_channels
+from onnxprune.pipeline import Pruner, PruneOutcome, check_outputs
 from onnxprune.validate.bench import interleaved_times, make_feed
 from onnxprune.validate.runtime import make_session, provider_name
-
-if TYPE_CHECKING:
-    from onnxprune.pipeline import Pruner, PruneOutcome
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +118,7 @@ class LatencyMeter:
 
     @property
     def batch(self) -> int:
+        """The samples per timed call."""
         return len(next(iter(self.feed.values())))
 
 
@@ -273,9 +272,10 @@ def cost_table(session: ChannelSession, meter: Meter,
         dense.append(costs[0])
         curves.append(GroupCurve(index, session.analysis.groups[index].size, widths,
                                  [costs[0] - c for c in costs[1:]], []))
+    log.info("%s table: dense %.4g; per group, width / saved / error", meter.metric, float(np.median(dense)))
     for curve in tqdm(curves, desc="width errors", unit="group"):
         curve.errors = session.width_errors(curve.group, curve.widths)
-        log.info("group %d (%d channels): width / %s saved / error: %s", curve.group, curve.size, meter.metric,
+        log.info("group %d (%d channels): %s", curve.group, curve.size,
                  ", ".join(f"{w} / {s:.4g} / {e:.4g}" for w, s, e in zip(curve.widths, curve.savings, curve.errors)))
     return float(np.median(dense)), curves
 
@@ -285,6 +285,7 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
     """Allocate each group's width to meet ``target`` with the least summed error, prune, check the pruned
     model's real figure (re-allocating a few times on a miss) and write it. ConfigError, with nothing
     written, when even every group at its smallest candidate width misses the target."""
+    check_outputs(output, report, pruner.model_path)
     start = time.perf_counter()
     session = pruner.session()
     if not isinstance(session, ChannelSession):
