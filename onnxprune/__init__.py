@@ -2,7 +2,8 @@
 
 The Python API mirrors the CLI: ``prune`` writes a pruned model (``Pruner`` writes several sparsities of
 one model, re-using work), ``evaluate`` and ``benchmark`` measure written files in ONNX Runtime,
-``inspect_model`` describes a model, ``sweep`` compares methods, ``search_sparsity`` meets a budget.
+``inspect_model`` describes a model, ``sweep`` compares methods, ``search_sparsity`` meets a budget,
+``prune(..., target=Target(speedup=1.5))`` gives each channel group its own width to meet a target.
 Names are imported on first use, so ``import onnxprune`` (and the CLI's start) stays fast. Importing
 onnxprune before torch makes idle OpenMP threads wait passively (see ``onnxprune.threads``) unless
 ``OMP_WAIT_POLICY`` is already set.
@@ -34,6 +35,7 @@ _EXPORTS = {
     "SweepReport": "workflows.sweeps", "sweep": "workflows.sweeps",
     "set_threads": "threads", "thread_count": "threads",
     "Budget": "workflows.budget", "BudgetResult": "workflows.budget", "search_sparsity": "workflows.budget",
+    "Target": "workflows.target", "prune_to_target": "workflows.target",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -146,15 +146,31 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--min-agreement", type=float, help="Budget: highest sparsity keeping this top-1 agreement (%) with "
               "the input model on --data (no labels needed).")
 @click.option("--data", type=click.Path(dir_okay=False), help="Evaluation data for a budget search.")
+@click.option("--target-speedup", type=float, help="Target: choose each channel group's width so that ORT runs the "
+              "model this many times faster (channel methods; instead of --sparsity).")
+@click.option("--target-macs", type=float, help="Target: choose each channel group's width so that this fraction of "
+              "the MACs is left, e.g. 0.5 (channel methods; instead of --sparsity).")
+@click.option("--target-batch", type=int, help="Batch the --target-speedup is timed at [default: 8, or the model's "
+              "fixed batch].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def prune(model: str, output: str, method: str, calib: str | None, input_shape: tuple[str, ...], report: str | None,
           compress: bool, use_onnxslim: bool, extra: tuple[str, ...], max_accuracy_drop: float | None,
-          min_agreement: float | None, data: str | None, as_json: bool, **flags: Any) -> None:
+          min_agreement: float | None, data: str | None, target_speedup: float | None, target_macs: float | None,
+          target_batch: int | None, as_json: bool, **flags: Any) -> None:
     """Prune MODEL with a method and write the result to OUTPUT (never overwriting MODEL)."""
     from onnxprune.pipeline import prune as run_prune
 
     options = {k: v for k, v in flags.items() if v is not None}
     options.update(_parse_options(extra))
+    if target_speedup is not None or target_macs is not None or target_batch is not None:
+        from onnxprune.errors import ConfigError
+        from onnxprune.workflows.target import Target
+
+        if max_accuracy_drop is not None or min_agreement is not None:
+            raise ConfigError("give either a target (--target-speedup/--target-macs) or an accuracy budget, not both")
+        _target_prune(model, output, method, calib, report, compress, use_onnxslim, _shapes(input_shape),
+                      Target(target_speedup, target_macs, target_batch), options, as_json)
+        return
     if max_accuracy_drop is not None or min_agreement is not None:
         _budget_search(model, output, method, calib, report, data, max_accuracy_drop, min_agreement, options,
                        as_json)
@@ -170,6 +186,29 @@ def prune(model: str, output: str, method: str, calib: str | None, input_shape: 
                       table(["", "before", "after"], rows),
                       "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())])
     _emit(outcome.to_dict(), text, as_json)
+
+
+def _target_prune(model: str, output: str, method: str, calib: str | None, report: str | None, compress: bool,
+                  use_onnxslim: bool, input_shapes: dict[str, tuple[int, ...]] | None, target: Target,
+                  options: dict[str, Any], as_json: bool) -> None:
+    """``prune`` to a target: per-group widths, the table of each group's width and error, the measured figure."""
+    from onnxprune.pipeline import prune as run_prune
+
+    outcome = run_prune(model, output, method, calib=calib, report=report, compress=compress,
+                        use_onnxslim=use_onnxslim, input_shapes=input_shapes, target=target, **options)
+    found = outcome.details["target"]
+    rows = [[g["group"], g["before"], g["after"], f"{g['error']:.4g}"] for g in found["groups"]]
+    wanted = target.figure(target.ratio)
+    timed = f" ({found['provider']}, batch {found['batch']})" if found["batch"] is not None else ""
+    lines = [f"wrote {outcome.output} ({method}, target {wanted})",
+             table(["group", "channels", "kept", "error"], rows, title="widths"),
+             f"measured{timed}: {target.figure(found['measured'])} ({'meets' if found['met'] else 'MISSES'} the "
+             f"target {wanted}; the table predicted {target.figure(found['predicted'])}; "
+             f"{len(found['tries'])} allocation(s))",
+             f"MACs / sample: {fmt(outcome.before.macs)} -> {fmt(outcome.after.macs)}, parameters "
+             f"{fmt(outcome.before.params)} -> {fmt(outcome.after.params)}",
+             "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())]
+    _emit(outcome.to_dict(), "\n".join(lines), as_json)
 
 
 def _budget_search(model: str, output: str, method: str, calib: str | None, report: str | None, data: str | None,

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -23,12 +23,15 @@ from onnxprune.data import (LABELS, Dataset, check_input_shapes, input_specs, lo
 from onnxprune.errors import ConfigError, ModelError
 from onnxprune.graph.io import check_model, check_output_path, load_model, save_model
 from onnxprune.methods import get_method, make_config
-from onnxprune.methods.base import SparsitySession
+from onnxprune.methods.base import MethodResult, SparsitySession
 from onnxprune.graph.prunable import find_prunable
 from onnxprune.validate.runtime import make_session, run_batched
 from onnxprune.graph.stats import ModelStats, model_stats
 from onnxprune.graph.edit import compress_sparse
 from onnxprune.report import write_json
+
+if TYPE_CHECKING:
+    from onnxprune.workflows.target import Target
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +172,17 @@ class Pruner:
         atomically to ``output`` (and the JSON ``report``); nothing is written when a check fails."""
         config = self.config if sparsity is None else dataclasses.replace(self.config, sparsity=sparsity)
         check_outputs(output, report, self.model_path)
-        timings = {"load": self.load_s}
         start = time.perf_counter()
         result = self.session().prune(config.sparsity)
-        timings["method"] = time.perf_counter() - start
+        timings = {"load": self.load_s, "method": time.perf_counter() - start}
+        return self.write_result(result, output, config=asdict(config), timings=timings, report=report,
+                                 compress=compress)
 
+    def write_result(self, result: MethodResult, output: str | os.PathLike, *, config: dict[str, Any],
+                     timings: dict[str, float], report: str | os.PathLike | None = None,
+                     compress: bool = False) -> PruneOutcome:
+        """Check a method's result in ORT and write it atomically to ``output`` (and the JSON ``report``,
+        with ``config`` as the settings); nothing is written when a check fails."""
         start = time.perf_counter()
         pruned = result.model
         check_model(pruned, "the pruned model")
@@ -182,8 +191,8 @@ class Pruner:
         if compress:
             pruned, compressed = compress_sparse(pruned)
         written = save_model(pruned, output, inputs=[self.model_path])
-        timings["write"] = time.perf_counter() - start
-        outcome = PruneOutcome(output=str(written), method=self.spec.name, config=asdict(config),
+        timings = {**timings, "write": time.perf_counter() - start}
+        outcome = PruneOutcome(output=str(written), method=self.spec.name, config=config,
                                canonical_changes=self.canonical.changes, before=self.before,
                                after=model_stats(pruned, written, self.shapes), details=result.details, timings=timings,
                                compressed=compressed)
@@ -195,11 +204,21 @@ class Pruner:
 def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str = "magnitude", *,
           calib: str | os.PathLike | Dataset | None = None, report: str | os.PathLike | None = None,
           compress: bool = False, use_onnxslim: bool = False, input_shapes: dict[str, tuple[int, ...]] | None = None,
-          **options: Any) -> PruneOutcome:
-    """Prune ``model_path`` with ``method`` (options: the method's config fields, e.g. sparsity=0.5)
-    and write the result atomically to ``output``; returns the outcome with before/after stats."""
-    make_config(get_method(method), **options)  # bad options and paths fail before loading anything
+          target: Target | None = None, **options: Any) -> PruneOutcome:
+    """Prune ``model_path`` with ``method`` (options: the method's config fields, e.g. sparsity=0.5), or to
+    ``target`` (a speed-up or MACs fraction, channel methods only, each group's width chosen), and write the
+    result atomically to ``output``; returns the outcome with before/after stats."""
+    spec = get_method(method)
+    make_config(spec, **options)  # bad options and paths fail before loading anything
+    if target is not None:
+        from onnxprune.workflows.target import check_target_options
+
+        check_target_options(spec, options)
     check_outputs(output, report, model_path)
     pruner = Pruner(model_path, method, calib=calib, use_onnxslim=use_onnxslim, input_shapes=input_shapes,
                     **options)
+    if target is not None:
+        from onnxprune.workflows.target import prune_to_target
+
+        return prune_to_target(pruner, target, output, report=report, compress=compress)
     return pruner.write(output, report=report, compress=compress)

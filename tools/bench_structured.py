@@ -1,12 +1,15 @@
 """Benchmark of structured pruning with calibration data on the bundled CNN: l1-channel, intrafusion
-(reconstruction on and off) and chita-channel, whole network.
+(reconstruction on and off) and chita-channel, whole network; and chita-channel to a speed-up target.
 
 Run: ``.venv/bin/python tools/bench_structured.py`` (about 15 minutes on 2 busy CPU cores). For every
 sparsity and variant it prints the test accuracy in ONNX Runtime on all test images, the ORT CPU
 speed-up at batch 32 against the dense model (interleaved runs), the MACs ratio and the prune time
 (a fresh session each: BatchNorm folding, capture, selection, refit, surgery). Then, per sparsity and
 selector, whether reconstruction helped, and the verdict on the target at 0.5 (>= 97.5 % accuracy,
->= 2x speed-up at batch 32, prune time <= 2 minutes).
+>= 2x speed-up at batch 32, prune time <= 2 minutes). ``--target-speedup 2`` adds a chita-channel row per
+target, each group's width allocated to that speed-up timed at batch 32 (``prune --target-speedup``; prune
+time = latency table + error curves + allocation, about a minute each); ``--sparsities`` with no value leaves
+only those rows.
 
 Every pruned model goes through the real pipeline (``onnxprune.pipeline.Pruner``): canonicalize, method,
 onnx.checker, ORT smoke run, atomic write.
@@ -23,10 +26,12 @@ import onnx
 from onnxprune.data import load_data
 from onnxprune.graph.io import load_model
 from onnxprune.graph.stats import model_stats
-from onnxprune.pipeline import Pruner
+from onnxprune.pipeline import Pruner, PruneOutcome
 from onnxprune.report import table
+from onnxprune.threads import set_threads
 from onnxprune.validate.bench import benchmark
 from onnxprune.validate.evaluation import evaluate
+from onnxprune.workflows.target import Target, prune_to_target
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.3, 0.5, 0.7)
@@ -40,16 +45,34 @@ VARIANTS = (("l1", "l1-channel", {"reconstruct": "off"}),
             ("chita-channel", "chita-channel", {}))
 
 
+def _measure(model: Path, out: Path, data, outcome: PruneOutcome, label: str, setting: str | float, seconds: float,
+             runs: int, dense_macs: int) -> list:
+    """Accuracy, speed-up at batch 32 and MACs ratio of a written model."""
+    accuracy = float(evaluate(out, data, threads=2, device="cpu").accuracy)
+    b32 = benchmark(out, vs=model, batch=32, threads=2, runs=runs, device="cpu")
+    return [label, setting, accuracy, b32.ratio, dense_macs / outcome.after.macs, seconds]
+
+
 def _row(model: Path, calib: Path, data, workdir: Path, label: str, method: str, options: dict, sparsity: float,
          runs: int, dense_macs: int) -> list:
     """Prune with a fresh session, then measure accuracy, speed-up and MACs."""
     out = workdir / f"{label}_{sparsity}.onnx"
     pruner = Pruner(model, method, calib=calib, sparsity=sparsity, **options)
     outcome = pruner.write(out)
-    seconds = outcome.timings["method"]
-    accuracy = float(evaluate(out, data, threads=2, device="cpu").accuracy)
-    b32 = benchmark(out, vs=model, batch=32, threads=2, runs=runs, device="cpu")
-    return [label, sparsity, accuracy, b32.ratio, dense_macs / outcome.after.macs, seconds]
+    return _measure(model, out, data, outcome, label, sparsity, outcome.timings["method"], runs, dense_macs)
+
+
+def _target_row(model: Path, calib: Path, data, workdir: Path, speedup: float, round_to: int, runs: int,
+                dense_macs: int) -> list:
+    """chita-channel with each group's width allocated to ``speedup`` at batch 32 (a fresh session)."""
+    out = workdir / f"target_{speedup}.onnx"
+    pruner = Pruner(model, "chita-channel", calib=calib, round_to=round_to)
+    outcome = prune_to_target(pruner, Target(speedup=speedup, batch=32), out)
+    found = outcome.details["target"]
+    print(f"target {speedup}x: widths {[(g['before'], g['after']) for g in found['groups']]}, measured in the "
+          f"allocation {1 / found['measured']:.2f}x ({len(found['tries'])} tries)", flush=True)
+    return _measure(model, out, data, outcome, "chita-channel", f"{speedup}x target",
+                    outcome.timings["table"] + outcome.timings["method"], runs, dense_macs)
 
 
 def main() -> None:
@@ -59,8 +82,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "models" / "cnn_test.npz")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per latency measurement (>= 50)")
     parser.add_argument("--round-to", type=int, default=1, help="round kept channel counts to multiples of this")
-    parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
+    parser.add_argument("--sparsities", type=float, nargs="*", default=list(SPARSITIES))
+    parser.add_argument("--target-speedup", type=float, nargs="*", default=[],
+                        help="also prune chita-channel to these speed-ups at batch 32 (per-group widths)")
     args = parser.parse_args()
+    set_threads(2)  # the target's latency table and checks run with the threads of the batch-32 figures
     data = load_data(args.data, onnx.load(str(args.model)))
     dense_macs = model_stats(load_model(args.model), args.model).macs
     dense = float(evaluate(args.model, data, threads=2, device="cpu").accuracy)
@@ -71,6 +97,10 @@ def main() -> None:
                 rows.append(_row(args.model, args.calib, data, Path(tmp), label, method,
                                  {**options, "round_to": args.round_to}, sparsity, args.runs, dense_macs))
                 print(rows[-1], flush=True)
+        for speedup in args.target_speedup:
+            rows.append(_target_row(args.model, args.calib, data, Path(tmp), speedup, args.round_to, args.runs,
+                                    dense_macs))
+            print(rows[-1], flush=True)
     print(table(["variant", "sparsity", "acc %", "b32 speed-up", "MACs ratio", "prune s"], rows,
                 title=f"Whole network with --calib, round_to={args.round_to}: test accuracy on {len(data)} images, "
                       "ORT CPU (2 threads) speed-up vs dense at batch 32"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -145,11 +146,10 @@ def _swap_round(fits: list[ConsumerFit], kept: list[int], removed: list[int]) ->
     return None
 
 
-def select_channels(view: GroupView, count: int, ridge: float, swaps: int) -> tuple[np.ndarray, float]:
-    """The ``count`` channels of the group whose optimal refit reconstructs its consumers best, and the
-    summed relative error of that refit."""
-    fits = [ConsumerFit(inp, view.values, ridge, view.group.size) for inp in view.inputs]
-    kept, removed = list(range(view.group.size)), []
+def _eliminate(fits: list[ConsumerFit], view: GroupView, count: int) -> tuple[list[int], list[int], list[float]]:
+    """Greedy backward elimination down to ``count`` channels: the channels kept, those removed (in
+    order), and the summed relative error of the refit after each step (``errors[i]``: ``i`` removed)."""
+    kept, removed, errors = list(range(view.group.size)), [], [sum(fit.error() for fit in fits)]
     for _ in tqdm(range(view.group.size - count), desc=f"group {view.group.index}: eliminate", leave=False,
                   disable=None):
         channel = kept[int(np.argmin(_total(fits, "removal_costs", np.array(kept))))]
@@ -157,6 +157,15 @@ def select_channels(view: GroupView, count: int, ridge: float, swaps: int) -> tu
             fit.remove(channel)
         kept.remove(channel)
         removed.append(channel)
+        errors.append(sum(fit.error() for fit in fits))
+    return kept, removed, errors
+
+
+def select_channels(view: GroupView, count: int, ridge: float, swaps: int) -> tuple[np.ndarray, float]:
+    """The ``count`` channels of the group whose optimal refit reconstructs its consumers best, and the
+    summed relative error of that refit."""
+    fits = [ConsumerFit(inp, view.values, ridge, view.group.size) for inp in view.inputs]
+    kept, removed, _ = _eliminate(fits, view, count)
     for _ in range(swaps if removed else 0):
         found = _swap_round(fits, kept, removed)
         if found is None:
@@ -165,6 +174,14 @@ def select_channels(view: GroupView, count: int, ridge: float, swaps: int) -> tu
         kept = [c for c in kept if c != dropped] + [returned]
         removed = [c for c in removed if c != returned] + [dropped]
     return np.sort(np.array(kept)), sum(fit.error() for fit in fits)
+
+
+def path_errors(config: ChitaChannelConfig, view: GroupView, counts: Sequence[int]) -> list[float]:
+    """The group's summed relative refit error at each keep count, read off one greedy elimination down
+    to the smallest count (the swaps that follow a selection can only lower it)."""
+    fits = [ConsumerFit(inp, view.values, config.ridge, view.group.size) for inp in view.inputs]
+    errors = _eliminate(fits, view, min(counts))[2]
+    return [errors[view.group.size - count] for count in counts]
 
 
 def _chita_select(config: ChitaChannelConfig, view: GroupView, count: int) -> np.ndarray:
@@ -183,4 +200,4 @@ def chita_channel_session(model: onnx.ModelProto, config: ChitaChannelConfig,
                           calib: Dataset | None = None) -> ChannelSession:
     """A session that picks channels by their consumers' reconstruction error and refits them."""
     return ChannelSession(model, config, calib, selection_plan, select=partial(_chita_select, config),
-                          needs_inputs=True, extra={"swaps": config.swaps})
+                          needs_inputs=True, extra={"swaps": config.swaps}, errors=partial(path_errors, config))

@@ -87,6 +87,8 @@ class GroupView:
 SelectFn = Callable[[GroupView, int], np.ndarray]
 # Builds a group's channel map from the kept channel indices.
 PlanFn = Callable[[GroupView, np.ndarray], ChannelMap]
+# A group's error at each of the given keep counts (lower is better), for allocating widths to a target.
+ErrorFn = Callable[[GroupView, Sequence[int]], list[float]]
 
 
 def select_top(view: GroupView, count: int) -> np.ndarray:
@@ -94,43 +96,60 @@ def select_top(view: GroupView, count: int) -> np.ndarray:
     return top_channels(view.scores, count)
 
 
-def _targets(groups: list[ChannelGroup], config: ChannelConfig) -> tuple[list[ChannelGroup], list[dict]]:
-    """The groups to prune and, for whole-network pruning, the skipped ones with their reasons."""
-    if config.group is not None:
-        if config.group >= len(groups):
-            raise ConfigError(f"group {config.group} does not exist; this model has {len(groups)} channel "
+def pruned_groups(groups: list[ChannelGroup], index: int | None) -> tuple[list[ChannelGroup], list[dict]]:
+    """The prunable groups to prune (every one, or only group ``index``) and the unprunable ones with
+    their reasons."""
+    if index is not None:
+        if index >= len(groups):
+            raise ConfigError(f"group {index} does not exist; this model has {len(groups)} channel "
                               f"group(s), numbered 0 to {len(groups) - 1} (see onnxprune inspect)")
-        group = groups[config.group]
-        if not group.prunable:
-            raise ConfigError(f"group {group.index} cannot be pruned: {group.reason}")
-        if kept_channels(group.size, config.sparsity, config.round_to) == 0:
+        if not groups[index].prunable:
+            raise ConfigError(f"group {index} cannot be pruned: {groups[index].reason}")
+        return [groups[index]], []
+    return ([g for g in groups if g.prunable],
+            [{"group": g.index, "size": g.size, "reason": g.reason} for g in groups if not g.prunable])
+
+
+def _widths(groups: list[ChannelGroup], config: ChannelConfig) -> tuple[dict[int, int], list[dict]]:
+    """Each target group's keep count at ``config.sparsity`` and the skipped groups with their reasons."""
+    targets, skipped = pruned_groups(groups, config.group)
+    widths = {}
+    for group in targets:
+        keep = kept_channels(group.size, config.sparsity, config.round_to)
+        if keep > 0:
+            widths[group.index] = keep
+        elif config.group is not None:
             raise ConfigError(f"sparsity {config.sparsity} would leave no channel in group {group.index} "
                               f"({group.size} channel(s)); use a lower sparsity")
-        return [group], []
-    targets, skipped = [], []
-    for group in groups:
-        if not group.prunable:
-            skipped.append({"group": group.index, "size": group.size, "reason": group.reason})
-        elif kept_channels(group.size, config.sparsity, config.round_to) == 0:
+        else:
             skipped.append({"group": group.index, "size": group.size,
                             "reason": f"sparsity {config.sparsity} would leave no channel"})
-        else:
-            targets.append(group)
-    return targets, skipped
+    return widths, skipped
+
+
+def score_errors(view: GroupView, counts: Sequence[int]) -> list[float]:
+    """Data-free error proxy of keeping ``count`` channels: the share of the group's total importance
+    that the removed channels carry."""
+    shares = np.sort(view.scores)[::-1] / max(float(np.sum(view.scores)), 1e-300)
+    return [float(np.sum(shares[count:])) for count in counts]
 
 
 class ChannelSession:
-    """Structured pruning of one model at any sparsity: BatchNorm folding, the channel groups, the
-    channel scores and the consumers' calibration Grams are computed once; each sparsity only selects
-    channels, plans, refits and rewrites the graph. ``select`` picks a group's kept channels (it needs
-    the Grams when ``needs_inputs``), ``plan`` builds its channel map; ``extra`` goes into every result's
+    """Structured pruning of one model at any sparsity or per-group widths: BatchNorm folding, the channel
+    groups, the channel scores and the consumers' calibration Grams are computed once; each call only
+    selects channels (a group's selection at a width, and its error curve, are kept for the next call),
+    plans, refits and rewrites the graph. ``select`` picks a group's kept channels (it needs the Grams when
+    ``needs_inputs``), ``plan`` builds its channel map; ``errors``, where given, is the method's own error
+    curve of a group with captured consumers (see ``width_errors``); ``extra`` goes into every result's
     details."""
 
     def __init__(self, model: onnx.ModelProto, config: ChannelConfig, calib: Dataset | None, plan: PlanFn,
-                 select: SelectFn = select_top, needs_inputs: bool = False, extra: dict | None = None) -> None:
+                 select: SelectFn = select_top, needs_inputs: bool = False, extra: dict | None = None,
+                 errors: ErrorFn | None = None) -> None:
         if needs_inputs and calib is None:
             raise ConfigError("this method selects channels on calibration data: pass --calib DATA.npz")
         self.config, self.calib, self.plan, self.select, self.extra = config, calib, plan, select, extra or {}
+        self.errors = errors
         self.reconstruct = wants_reconstruction(config.reconstruct, calib)
         self.needs_inputs = needs_inputs or self.reconstruct
         self.folded, self.folded_count = fold_batchnorms(model)
@@ -143,6 +162,8 @@ class ChannelSession:
         self.values = read_initializers(self.folded)
         self.scores: dict[int, np.ndarray] = {}
         self.inputs: dict[int, list[ConsumerInput]] | None = None
+        self.selections: dict[tuple[int, int], np.ndarray] = {}
+        self.curves: dict[tuple[int, tuple[int, ...]], list[float]] = {}
 
     def expect(self, sparsities: Sequence[float]) -> None:
         pass
@@ -155,32 +176,91 @@ class ChannelSession:
                                          self.config.calib_rows, self.config.seed)
         return self.inputs
 
-    def prune(self, sparsity: float) -> MethodResult:
-        """Select each target group's channels at ``sparsity``, let the plan map them, refit, rewrite."""
-        config = dataclasses.replace(self.config, sparsity=sparsity)
-        targets, skipped = _targets(self.analysis.groups, config)
-        missing = [g for g in targets if g.index not in self.scores]
+    def target_groups(self) -> list[ChannelGroup]:
+        """The groups a call may prune: every prunable one, or the configured ``group`` alone."""
+        return pruned_groups(self.analysis.groups, self.config.group)[0]
+
+    def _views(self, indices: Sequence[int]) -> dict[int, GroupView]:
+        """What the selector and the plan see of each named group (scores and Grams computed on first use)."""
+        groups = [self.analysis.groups[i] for i in indices]
+        missing = [g for g in groups if g.index not in self.scores]
         if missing:
-            self.scores.update(channel_importance(self.folded, self.values, missing, config.importance, self.calib,
-                                                  config.seed))
+            self.scores.update(channel_importance(self.folded, self.values, missing, self.config.importance,
+                                                  self.calib, self.config.seed))
         inputs = self.consumer_inputs() if self.needs_inputs else {}
+        return {g.index: GroupView(g, group_slabs(self.values, g), self.scores[g.index], inputs.get(g.index, []),
+                                   self.values) for g in groups}
+
+    def _selection(self, view: GroupView, count: int) -> np.ndarray:
+        """The group's kept channels at ``count``, selected once per group and count."""
+        key = (view.group.index, count)
+        if key not in self.selections:
+            self.selections[key] = self.select(view, count)
+        return self.selections[key]
+
+    def prune(self, sparsity: float) -> MethodResult:
+        """Every target group at ``sparsity`` (see ``prune_widths``)."""
+        widths, skipped = _widths(self.analysis.groups, dataclasses.replace(self.config, sparsity=sparsity))
+        return self.prune_widths(widths, skipped)
+
+    def prune_widths(self, widths: dict[int, int], skipped: list[dict] | None = None) -> MethodResult:
+        """Keep ``widths[g]`` channels of each group g: select them, let the plan map them, refit, rewrite.
+        ``skipped`` (default: the unprunable groups) goes into the details as the groups left alone."""
+        for index, count in widths.items():
+            if not 0 <= index < len(self.analysis.groups):
+                raise ConfigError(f"group {index} does not exist; this model has {len(self.analysis.groups)} "
+                                  "channel group(s) (see onnxprune inspect)")
+            group = self.analysis.groups[index]
+            if not group.prunable or not 1 <= count <= group.size:
+                raise ConfigError(f"group {index} ({group.size} channels) cannot keep {count} channel(s)"
+                                  + ("" if group.prunable else f": {group.reason}"))
         maps, report, updated = {}, [], {}
-        for group in targets:
-            view = GroupView(group, group_slabs(self.values, group), self.scores[group.index],
-                             inputs.get(group.index, []), self.values)
-            keep = self.select(view, kept_channels(group.size, config.sparsity, config.round_to))
+        for index, view in self._views(sorted(widths)).items():
+            group = view.group
+            keep = self._selection(view, widths[index])
             if len(keep) == group.size:
                 continue
-            maps[group.index] = self.plan(view, keep)
-            entry = {"group": group.index, "size": group.size, "kept": len(keep), "producers": list(group.producers)}
+            maps[index] = self.plan(view, keep)
+            entry = {"group": index, "size": group.size, "kept": len(keep), "producers": list(group.producers)}
             if self.reconstruct:
-                maps[group.index], entry["reconstruction"] = refit_group(
-                    group, view.inputs, maps[group.index], keep, self.values, updated, config.ridge)
+                maps[index], entry["reconstruction"] = refit_group(
+                    group, view.inputs, maps[index], keep, self.values, updated, self.config.ridge)
             report.append(entry)
         source = with_initializers(self.folded, updated) if updated else self.folded
         pruned = apply_channel_maps(source, self.analysis, maps)
-        details = {"importance": config.importance, "batchnorms_folded": self.folded_count,
+        if skipped is None:
+            skipped = pruned_groups(self.analysis.groups, None)[1]
+        details = {"importance": self.config.importance, "batchnorms_folded": self.folded_count,
                    "reconstruct": self.reconstruct, "groups": report, "skipped": skipped, **self.extra}
         if self.biases_added:
             details["biases_added"] = self.biases_added
         return MethodResult(pruned, details)
+
+    def shape_model(self, widths: dict[int, int]) -> onnx.ModelProto:
+        """The folded model with each group's first ``widths[g]`` channels kept as they are: the pruned
+        model's shapes (and so its MACs and latency) without selecting or refitting anything."""
+        maps = {index: ChannelMap.selection(self.analysis.groups[index].size, np.arange(count))
+                for index, count in widths.items()}
+        return apply_channel_maps(self.folded, self.analysis, maps)
+
+    def width_errors(self, index: int, counts: Sequence[int]) -> list[float]:
+        """Group ``index``'s error at each keep count in ``counts`` (computed once per group and counts): the
+        method's own curve (``errors``) or, when reconstructing, the relative error of its consumers after the
+        refit, for a group with captured consumers; otherwise the share of importance removed (``score_errors``)."""
+        key = (index, tuple(counts))
+        if key not in self.curves:
+            view = self._views([index])[index]
+            if view.inputs and self.errors is not None:
+                self.curves[key] = [float(e) for e in self.errors(view, counts)]
+            elif view.inputs and self.reconstruct:
+                self.curves[key] = [self._refit_error(view, count) for count in counts]
+            else:
+                self.curves[key] = score_errors(view, counts)
+        return self.curves[key]
+
+    def _refit_error(self, view: GroupView, count: int) -> float:
+        """Relative reconstruction error of the group's consumers after the refit at ``count`` channels."""
+        keep = self._selection(view, count)
+        _, report = refit_group(view.group, view.inputs, self.plan(view, keep), keep, self.values, {},
+                                self.config.ridge)
+        return float(report["error_after"])

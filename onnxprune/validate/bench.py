@@ -96,6 +96,23 @@ def make_feed(model_inputs: list, batch: int, data: Dataset | None, seed: int = 
     return feed
 
 
+def interleaved_times(sessions: list[ort.InferenceSession], feed: dict[str, np.ndarray], runs: int,
+                      warmup: int) -> list[list[float]]:
+    """Milliseconds of ``runs`` calls of each session on ``feed``, the sessions taking turns call by call
+    (after ``warmup`` untimed rounds) so that a drift of the machine hits them all alike."""
+    calls = [_timer(s, feed) for s in sessions]
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(runs):
+        for call, bucket in zip(calls, times):
+            start = time.perf_counter()
+            call()
+            bucket.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
 def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = None, batch: int = 1,
               threads: int | None = None, runs: int = 100, warmup: int = 10, device: str = "auto",
               data: str | os.PathLike | None = None,
@@ -120,16 +137,7 @@ def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = N
         other_names = sorted(s.name for s in session_inputs(sessions[1]))
         if other_names != sorted(feed):
             raise ConfigError(f"--vs model has inputs {other_names}, the model has {sorted(feed)}")
-    calls = [_timer(s, feed) for s in sessions]
-    for _ in range(warmup):
-        for call in calls:
-            call()
-    times = [[] for _ in calls]
-    for _ in range(runs):
-        for call, bucket in zip(calls, times):
-            start = time.perf_counter()
-            call()
-            bucket.append((time.perf_counter() - start) * 1000.0)
+    times = interleaved_times(sessions, feed, runs, warmup)
     stats = [(float(np.median(t)), float(np.percentile(t, 90)), float(np.mean(t))) for t in times]
     result = BenchResult(model=str(model_path), provider=provider_name(sessions[0]), batch=batch, threads=threads,
                          runs=runs, warmup=warmup, median_ms=stats[0][0], p90_ms=stats[0][1], mean_ms=stats[0][2])

@@ -1,0 +1,340 @@
+"""Pruning to a target (``prune --target-speedup`` / ``--target-macs``): each channel group gets its own
+width, chosen so that the model meets the target with the smallest summed error (ZipLM-style).
+
+A table holds, for every group and candidate width, the cost saved by pruning that group alone (ORT
+latency timed in turns with the dense model, or exact MACs) and the method's error there
+(``ChannelSession.width_errors``); savings are taken as additive. The allocation is then checked on the
+pruned model itself against the input model (interleaved timing on the same inputs, or its MACs); when it
+misses, the required saving grows by the miss and the widths are allocated again, a few times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from onnxprune.data import input_specs
+from onnxprune.errors import ConfigError
+from onnxprune.graph.stats import model_stats
+from onnxprune.methods.base import MethodResult, MethodSpec
+from onnxprune.methods.structured import ChannelSession, kept_channels
+from onnxprune.pipeline import Pruner, PruneOutcome, check_outputs
+from onnxprune.validate.bench import interleaved_times, make_feed
+from onnxprune.validate.runtime import make_session, provider_name
+
+log = logging.getLogger(__name__)
+
+# Candidate widths: these fractions of a group's channels (rounded as --round-to says), besides dense.
+KEEP_FRACTIONS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+DEFAULT_BATCH = 8
+TABLE_RUNS = 15  # timed calls per model for the table (the fastest counts), few: the table has many models
+CHECK_RUNS = 50  # timed calls per model when checking a pruned model against the input model (the median)
+TRIES = 5  # allocations checked before settling for the best measured one
+TIGHTEN = 0.02  # after a miss, ask for at least this much more saving (a fraction of the dense cost)
+STEPS = 1000  # the allocation counts savings in steps of required / STEPS
+
+
+@dataclass(frozen=True)
+class Target:
+    """What ``prune`` should reach: ``speedup`` (ORT latency of the input model over the pruned one, timed
+    at ``batch`` samples; None: 8, or the model's fixed batch) or ``macs`` (fraction of the MACs to keep)."""
+
+    speedup: float | None = None
+    macs: float | None = None
+    batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.speedup is None) == (self.macs is None):
+            raise ConfigError("give one target: --target-speedup or --target-macs")
+        if self.speedup is not None and not self.speedup > 1.0:
+            raise ConfigError(f"--target-speedup is the input model's latency over the pruned one's and must be "
+                              f"> 1; got {self.speedup}")
+        if self.macs is not None and not 0.0 < self.macs < 1.0:
+            raise ConfigError(f"--target-macs is the fraction of the input model's MACs to keep, in (0, 1); "
+                              f"got {self.macs}")
+        if self.batch is not None and self.speedup is None:
+            raise ConfigError("--target-batch is the batch a --target-speedup is timed at; it was given without "
+                              "--target-speedup")
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"--target-batch must be >= 1; got {self.batch}")
+
+    @property
+    def ratio(self) -> float:
+        """The largest allowed cost of the pruned model over the input model's."""
+        return 1.0 / self.speedup if self.speedup is not None else float(self.macs)
+
+    def value(self, ratio: float) -> float:
+        """A cost ratio in the target's terms: a speed-up or a MACs fraction."""
+        return 1.0 / ratio if self.speedup is not None else ratio
+
+    def figure(self, ratio: float) -> str:
+        """A cost ratio in the target's terms, as text."""
+        return f"{self.value(ratio):.2f}x" if self.speedup is not None else f"{ratio:.3f} of the MACs"
+
+
+def check_target_options(spec: MethodSpec, options: dict[str, Any]) -> None:
+    """Refuse what a target cannot go with: an explicit sparsity, a method that does not prune channels."""
+    if not spec.structured:
+        raise ConfigError(f"a target sets channel widths: use a channel method (l1-channel, intrafusion, "
+                          f"chita-channel), not {spec.name!r}")
+    if options.get("sparsity") is not None:
+        raise ConfigError("a target chooses each group's width itself: drop --sparsity")
+
+
+class Meter(Protocol):
+    """The cost a target bounds, of several models measured together (the first one is the reference);
+    ``table``: one of the table's many measurements, which may be cheaper, rather than a check."""
+
+    metric: str
+
+    def costs(self, models: list[onnx.ModelProto], table: bool) -> list[float]: ...
+
+
+@dataclass
+class LatencyMeter:
+    """ORT latency in ms of models timed in turns, call by call, on one feed: for a check, the median of
+    ``CHECK_RUNS`` calls (as ``onnxprune bench`` reports it); for the table, the fastest of ``TABLE_RUNS``,
+    which other processes on the machine disturb least. ``provider``: what ran them ('cpu' or 'cuda', as
+    ``onnxprune bench`` picks)."""
+
+    feed: dict[str, np.ndarray]
+    metric: str = "latency_ms"
+    provider: str | None = None
+
+    def costs(self, models: list[onnx.ModelProto], table: bool) -> list[float]:
+        sessions = [make_session(model) for model in models]
+        self.provider = provider_name(sessions[0])
+        runs = TABLE_RUNS if table else CHECK_RUNS
+        times = interleaved_times(sessions, self.feed, runs, warmup=max(2, runs // 10))
+        return [float(np.min(t) if table else np.median(t)) for t in times]
+
+    @property
+    def batch(self) -> int:
+        """The samples per timed call."""
+        return len(next(iter(self.feed.values())))
+
+
+@dataclass
+class MacsMeter:
+    """Exact MACs per sample at the given input shapes, for the table and checks alike."""
+
+    shapes: dict[str, tuple[int, ...]]
+    metric: str = "macs"
+
+    def costs(self, models: list[onnx.ModelProto], table: bool) -> list[float]:
+        found = [model_stats(model, None, self.shapes).macs for model in models]
+        if any(macs is None for macs in found):
+            raise ConfigError("--target-macs needs the MACs, unknown at these shapes: pass --calib DATA.npz or "
+                              "--input-shape NAME=D0,D1,...")
+        return [float(macs) for macs in found]
+
+
+@dataclass
+class GroupCurve:
+    """One group's candidates: keep counts (ascending, below its size), the cost saved by pruning the group
+    alone to each, and the method's error there."""
+
+    group: int
+    size: int
+    widths: list[int]
+    savings: list[float]
+    errors: list[float]
+
+
+@dataclass
+class TargetTry:
+    """One allocation: the saving asked of the table (a fraction of the dense cost), the widths given, and
+    the cost ratio (pruned / input model) the table predicts and the pruned model measures."""
+
+    required: float
+    widths: dict[int, int]
+    predicted: float
+    measured: float
+
+
+@dataclass
+class GroupWidth:
+    """A group's width before and after, and the table's error at the width chosen (0: left dense)."""
+
+    group: int
+    before: int
+    after: int
+    error: float
+
+
+@dataclass
+class TargetReport:
+    """What the allocation did, for the result details: the target, how the cost was measured (``batch``
+    and ``provider`` for latency), the table (``dense``: the cost its savings are counted from), the tries,
+    each group's width, the chosen model's cost ratio as the table predicted it and as measured, and that
+    measured figure in the target's terms (``achieved``: a speed-up or a MACs fraction)."""
+
+    target: dict[str, Any]
+    metric: str
+    batch: int | None
+    provider: str | None
+    dense: float
+    table: list[GroupCurve]
+    tries: list[TargetTry] = field(default_factory=list)
+    groups: list[GroupWidth] = field(default_factory=list)
+    predicted: float | None = None
+    measured: float | None = None
+    achieved: float | None = None
+    met: bool = False
+
+
+def candidate_widths(size: int, round_to: int) -> list[int]:
+    """The keep counts tried for a group of ``size`` channels (``KEEP_FRACTIONS``, rounded to multiples of
+    ``round_to``), ascending and below ``size``."""
+    found = {kept_channels(size, 1.0 - fraction, round_to) for fraction in KEEP_FRACTIONS}
+    return sorted(w for w in found if 0 < w < size)
+
+
+def allocate(curves: list[GroupCurve], required: float, steps: int = STEPS) -> dict[int, int] | None:
+    """The widths (only of the groups pruned) with the smallest summed error whose summed saving is at least
+    ``required``; None when the table cannot save that much.
+
+    A multiple-choice knapsack solved by dynamic programming over the saving, counted in whole steps of
+    ``required / steps`` rounded down, so the answer really saves ``required`` by the table and is optimal
+    up to that rounding; unlike a greedy on marginal error per saving, it copes with measured savings that
+    do not grow with the pruning. A width that saves nothing is never chosen.
+    """
+    if required <= 0:
+        return {}
+    best = np.full(steps + 1, np.inf)  # best[s]: least error reaching s steps (the last state: all of them)
+    best[0] = 0.0
+    choices = []
+    for curve in curves:
+        new, pick, origin = best.copy(), np.full(steps + 1, -1), np.arange(steps + 1)
+        for option, (saving, error) in enumerate(zip(curve.savings, curve.errors)):
+            if saving <= 0:
+                continue
+            k = min(steps, int(np.floor(saving * steps / required)))
+            candidate, source = np.full(steps + 1, np.inf), np.zeros(steps + 1, dtype=int)
+            candidate[k:steps] = best[:steps - k] + error
+            source[k:steps] = np.arange(steps - k)
+            source[steps] = steps - k + int(np.argmin(best[steps - k:]))
+            candidate[steps] = best[source[steps]] + error
+            better = candidate < new
+            new[better], pick[better], origin[better] = candidate[better], option, source[better]
+        best = new
+        choices.append((pick, origin))
+    if not np.isfinite(best[steps]):
+        return None
+    widths, state = {}, steps
+    for curve, (pick, origin) in zip(reversed(curves), reversed(choices)):
+        if pick[state] >= 0:
+            widths[curve.group] = curve.widths[pick[state]]
+        state = origin[state]
+    return widths
+
+
+def _saving(curves: list[GroupCurve], widths: dict[int, int]) -> float:
+    """The table's summed saving of an allocation."""
+    return sum(c.savings[c.widths.index(widths[c.group])] for c in curves if c.group in widths)
+
+
+def _ratio(meter: Meter, dense: onnx.ModelProto, pruned: onnx.ModelProto) -> float:
+    """Measured cost of ``pruned`` over ``dense``."""
+    costs = meter.costs([dense, pruned], table=False)
+    return costs[1] / costs[0]
+
+
+def _meter(pruner: Pruner, target: Target) -> LatencyMeter | MacsMeter:
+    """The meter of the target: ORT latency at the target's batch on calibration (else random) inputs at
+    the pruner's shapes, or MACs at those shapes."""
+    if target.macs is not None:
+        return MacsMeter(pruner.shapes)
+    specs = input_specs(pruner.canonical.model)
+    fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
+    if fixed is not None and target.batch not in (None, fixed):
+        raise ConfigError(f"the model has a fixed batch size {fixed}: use --target-batch {fixed} or leave it out")
+    specs = [dataclasses.replace(s, shape=(s.shape[0], *pruner.shapes[s.name][1:])) if s.name in pruner.shapes
+             else s for s in specs]
+    return LatencyMeter(make_feed(specs, target.batch or fixed or DEFAULT_BATCH, pruner.calib))
+
+
+def cost_table(session: ChannelSession, meter: Meter,
+               candidates: dict[int, list[int]]) -> tuple[float, list[GroupCurve]]:
+    """The dense cost and each group's curve: the saving of pruning it alone to each candidate width (timed
+    in turns with the folded dense model) and the method's error there."""
+    dense, curves = [], []
+    for index, widths in tqdm(candidates.items(), desc=f"{meter.metric} table", unit="group"):
+        costs = meter.costs([session.folded] + [session.shape_model({index: w}) for w in widths], table=True)
+        dense.append(costs[0])
+        curves.append(GroupCurve(index, session.analysis.groups[index].size, widths,
+                                 [costs[0] - c for c in costs[1:]], []))
+    log.info("%s table: dense %.4g; per group, width / saved / error", meter.metric, float(np.median(dense)))
+    for curve in tqdm(curves, desc="width errors", unit="group"):
+        curve.errors = session.width_errors(curve.group, curve.widths)
+        log.info("group %d (%d channels): %s", curve.group, curve.size,
+                 ", ".join(f"{w} / {s:.4g} / {e:.4g}" for w, s, e in zip(curve.widths, curve.savings, curve.errors)))
+    return float(np.median(dense)), curves
+
+
+def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *,
+                    report: str | os.PathLike | None = None, compress: bool = False) -> PruneOutcome:
+    """Allocate each group's width to meet ``target`` with the least summed error, prune, check the pruned
+    model's real figure (re-allocating a few times on a miss) and write it. ConfigError, with nothing
+    written, when even every group at its smallest candidate width misses the target."""
+    check_outputs(output, report, pruner.model_path)
+    start = time.perf_counter()
+    session = pruner.session()
+    if not isinstance(session, ChannelSession):
+        raise ConfigError(f"method {pruner.spec.name!r} does not prune channels: a target needs a channel method")
+    meter = _meter(pruner, target)
+    round_to = session.config.round_to
+    candidates = {g.index: w for g in session.target_groups() if (w := candidate_widths(g.size, round_to))}
+    if not candidates:
+        raise ConfigError("no channel group can be narrowed (see onnxprune inspect; a --round-to as large as a "
+                          "group leaves it whole)")
+    smallest = {index: widths[0] for index, widths in candidates.items()}
+    reach = _ratio(meter, pruner.canonical.model, session.shape_model(smallest))
+    if reach > target.ratio:
+        raise ConfigError(f"the target {target.figure(target.ratio)} is out of reach: with every group at its "
+                          f"smallest candidate width ({KEEP_FRACTIONS[0]:.0%} of its channels) the model measures "
+                          f"{target.figure(reach)}, the best reachable; ask for at most that")
+    dense, curves = cost_table(session, meter, candidates)
+    table_s = time.perf_counter() - start
+    timed = isinstance(meter, LatencyMeter)
+    outcome = TargetReport(asdict(target), meter.metric, meter.batch if timed else None,
+                           meter.provider if timed else None, dense, curves)
+    results: list[MethodResult] = []
+    required = 1.0 - target.ratio
+    for _ in range(TRIES):
+        widths = allocate(curves, required * dense)
+        if widths is None:  # more than the table offers: the smallest widths, measured above to meet the target
+            widths = smallest
+        result = session.prune_widths(widths)
+        measured = _ratio(meter, pruner.canonical.model, result.model)
+        outcome.tries.append(TargetTry(required, widths, 1.0 - _saving(curves, widths) / dense, measured))
+        results.append(result)
+        log.info("try %d: widths %s, predicted %s, measured %s", len(results), widths,
+                 target.figure(outcome.tries[-1].predicted), target.figure(measured))
+        if measured <= target.ratio or widths == smallest:
+            break
+        required += max(measured - target.ratio, TIGHTEN)
+    chosen = int(np.argmin([t.measured for t in outcome.tries]))  # the one that met the target, if any: the last
+    result, widths = results[chosen], outcome.tries[chosen].widths
+    outcome.predicted, outcome.measured = outcome.tries[chosen].predicted, outcome.tries[chosen].measured
+    outcome.achieved, outcome.met = target.value(outcome.measured), outcome.measured <= target.ratio
+    if not outcome.met:
+        log.warning("the pruned model measures %s, short of the target %s after %d allocations; writing the best "
+                    "one (a busy machine makes timings noisy; a target further from the best reachable is met more "
+                    "easily)", target.figure(outcome.measured), target.figure(target.ratio), len(outcome.tries))
+    for curve in curves:
+        width = widths.get(curve.group, curve.size)
+        error = curve.errors[curve.widths.index(width)] if width in curve.widths else 0.0
+        outcome.groups.append(GroupWidth(curve.group, curve.size, width, error))
+    result.details["target"] = asdict(outcome)
+    timings = {"load": pruner.load_s, "table": table_s, "method": time.perf_counter() - start - table_s}
+    config = {**asdict(pruner.config), "sparsity": None}
+    return pruner.write_result(result, output, config=config, timings=timings, report=report, compress=compress)
