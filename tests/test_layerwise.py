@@ -192,7 +192,8 @@ def cnn_accuracy(tmp_path_factory):
 
     results = {"magnitude": prune_model("magnitude", model, MagnitudeConfig(sparsity=0.7)),
                "chita": prune_model("chita", model, ChitaConfig(sparsity=0.5, engine="layer"), calib),
-               "sparsegpt": prune_model("sparsegpt", model, SparsegptConfig(sparsity=0.5), calib)}
+               "sparsegpt": prune_model("sparsegpt", model, SparsegptConfig(sparsity=0.5), calib),
+               "sparsegpt 2:4": prune_model("sparsegpt", model, SparsegptConfig(pattern="2:4"), calib)}
     accuracy = {}
     for name, result in results.items():
         save_model(result.model, folder / f"{name}.onnx")
@@ -207,3 +208,18 @@ def test_layerwise_at_half_beats_magnitude_at_seventy_percent_on_the_cnn(cnn_acc
     weights = read_weights(results[method].model)
     assert abs(1 - sum(np.count_nonzero(w) for w in weights.values()) / sum(w.size for w in weights.values())
                - 0.5) < 0.01
+
+
+def test_nm_on_convolutions_runs_along_input_channels(cnn_accuracy):
+    """2:4 keeps 2 of every 4 consecutive input channels at each kernel position (the hardware pattern);
+    the 1-channel stem stays dense with the reason."""
+    accuracy, results = cnn_accuracy
+    result = results["sparsegpt 2:4"]
+    assert accuracy["sparsegpt 2:4"] >= 95.0, accuracy
+    assert "stem.0.weight" in result.details["dense_layers"]
+    convs = [name for name, w in read_weights(result.model).items() if w.ndim == 4 and name != "stem.0.weight"]
+    assert convs
+    for name in convs:
+        w = read_weights(result.model)[name]
+        groups = np.moveaxis(w, 1, -1).reshape(-1, 4)
+        assert np.all(np.count_nonzero(groups, axis=1) <= 2), name

@@ -106,6 +106,20 @@ class LayerSource:
             return self.shape[0] // self.groups
         return self.shape[0] if self.trans_b else self.shape[1]
 
+    @property
+    def channel_width(self) -> int:
+        """Input channels of one group (the axis an N:M pattern runs along): C/groups for a Conv, d_in else."""
+        return self.shape[1] if self.op_type == "Conv" else self.d_in
+
+    def channel_order(self) -> np.ndarray | None:
+        """The column order of a row x that puts a Conv's input channels innermost (kernel position
+        outer), so that M consecutive columns are M consecutive channels at one kernel position; None
+        when the columns already run along the channels."""
+        if self.op_type != "Conv":
+            return None
+        positions = self.d_in // self.channel_width
+        return (np.arange(self.channel_width)[None, :] * positions + np.arange(positions)[:, None]).reshape(-1)
+
     def rows(self, index: int, activation: np.ndarray) -> np.ndarray:
         """The rows X of consumer ``index`` on a batch of its input: ``[groups, rows, d_in]``."""
         key = self.keys[index]

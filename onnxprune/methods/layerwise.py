@@ -170,8 +170,9 @@ class LayerwiseSession:
         self.nm = parse_pattern(config.pattern)
         if self.nm:
             for s in list(self.sources):
-                if s.d_in % self.nm[1]:
-                    self.skipped[s.name] = f"input size {s.d_in} is not a multiple of {self.nm[1]} ({config.pattern})"
+                if s.channel_width % self.nm[1]:
+                    self.skipped[s.name] = (f"{s.channel_width} input channels are not a multiple of {self.nm[1]} "
+                                            f"({config.pattern})")
                     self.sources.remove(s)
         self.budget = parse_bytes(config.max_memory)
         self.device = torch_device(config.device)
@@ -225,10 +226,17 @@ class LayerwiseSession:
             started = time.perf_counter()
             for s in tqdm(wave, desc=f"{self.method} layers", unit="layer", leave=False):
                 dense, gram, target = self.dense[s.name], grams[s.name], targets[s.name]
+                # N:M runs along input channels: a Conv's columns are reordered channel-innermost to solve
+                order = s.channel_order() if self.nm else None
+                if order is not None:
+                    dense = dense[:, :, order]
                 with placed_on(self.device):
-                    problems = [Problem(w, h, lams[s.name]) for w, h in zip(dense, gram.H)]
+                    problems = [Problem(w, h if order is None else h[np.ix_(order, order)], lams[s.name])
+                                for w, h in zip(dense, gram.H)]
                     new = np.stack([self.solver(p, target) for p in problems])
                     error = sum(p.error(n) for p, n in zip(problems, new))
+                if order is not None:
+                    new[:, :, order] = new.copy()
                 pruned[s.name] = s.from_groups(new).astype(self.original[s.name].dtype)
                 layers[s.name] = {"sparsity": round(1 - np.count_nonzero(pruned[s.name]) / new.size, 4),
                                   "relative_error": error / max(sum(p.dense_energy for p in problems), 1e-300),
