@@ -4,7 +4,7 @@ Each command runs on a quiet machine, then beside one busy-loop process (``pytho
 pass"``), and the table gives both wall times and their ratio. ``--old`` adds the behaviour before
 threads were chosen deliberately (spinning OpenMP waits, every core) for comparison.
 
-    python tools/bench_load.py [--runs 1] [--old] [--only chita|demo]
+    python tools/bench_load.py [--runs 1] [--old] [--only chita|chita-model|demo]
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ CLI = [sys.executable, "-m", "onnxprune.cli"]
 
 
 def commands(out: Path) -> dict[str, list[str]]:
-    return {"chita": [*CLI, "prune", "models/cnn.onnx", "-o", str(out / "chita.onnx"), "--method", "chita",
-                      "--sparsity", "0.7", "--calib", "models/cnn_calib.npz"],
-            "demo": [*CLI, "demo"]}
+    chita = [*CLI, "prune", "models/cnn.onnx", "-o", str(out / "chita.onnx"), "--method", "chita",
+             "--sparsity", "0.7", "--calib", "models/cnn_calib.npz"]
+    return {"chita": chita, "chita-model": [*chita, "-O", "engine=model"], "demo": [*CLI, "demo"]}
 
 
 def wall(command: list[str], env: dict[str, str]) -> float:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--old", action="store_true", help="also time spinning waits on every core")
-    parser.add_argument("--only", choices=["chita", "demo"])
+    parser.add_argument("--only", choices=["chita", "chita-model", "demo"])
     args = parser.parse_args(argv)
     base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     settings = {"onnxprune defaults": (base, [])}
