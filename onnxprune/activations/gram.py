@@ -4,6 +4,7 @@ after a memory estimate (all H plus one batch of activations) checked against a 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -46,17 +47,37 @@ class GramStats:
         return self.H.nbytes + self.mean.nbytes
 
 
+def _resident_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc``), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _probe(capture: Capture, sources: Sequence[RowSource], data: Dataset) -> tuple[dict[str, int], int, int]:
-    """Run the smallest batch once: (d of every source, bytes of one batch's activations and rows, its samples)."""
+    """Run the smallest batch once: (d of every source, bytes of one batch's activations and rows, its samples).
+    The bytes include what ONNX Runtime itself keeps per sample (its arena of intermediate tensors): the
+    growth of resident memory from a run of twice as many samples, after the first run's one-time costs."""
     count = capture.fixed_batch or 1
     batch = next(capture.run(data.take(count), count))
+    captured = sum(a.nbytes for a in batch.values())
+    runtime = 0
+    if not capture.fixed_batch and len(data) >= 2 * count:
+        before = _resident_bytes()
+        pair = next(capture.run(data.take(2 * count), 2 * count))
+        after = _resident_bytes()
+        if before is not None and after is not None:
+            runtime = max(0, after - before - sum(a.nbytes for a in pair.values()))
+        del pair
     widths, rows_bytes = {}, 0
     for source in sources:
         for index, tensor in enumerate(source.tensors):
             rows = source.rows(index, batch[tensor])
             widths[source.name] = rows.shape[-1]
             rows_bytes = max(rows_bytes, rows.size * (rows.itemsize + 8))  # the rows and their float64 copy
-    return widths, sum(a.nbytes for a in batch.values()) + rows_bytes, count
+    return widths, captured + runtime + rows_bytes, count
 
 
 def _refuse(needed: int, gram: int, batch: int, samples: int, budget: int) -> None:

@@ -176,10 +176,14 @@ def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor,
     kept = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :K]  # kept indices first
     dropped = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :C]  # pruned indices first
     kv, cv = torch.arange(K) < k[:, None], torch.arange(C) < (d - k)[:, None]
-    A = torch.where(kv[:, :, None] & kv[:, None, :], H_l[kept[:, :, None], kept[:, None, :]], 0.0)
-    factor = torch.linalg.cholesky(A + torch.diag_embed((~kv).to(A.dtype)))
-    cross = torch.where(kv[:, :, None] & cv[:, None, :], H_l[kept[:, :, None], dropped[:, None, :]], 0.0)
-    w_pruned = torch.where(cv, W_bar.gather(1, dropped), 0.0)
+    A = H_l[kept[:, :, None], kept[:, None, :]]
+    cross = H_l[kept[:, :, None], dropped[:, None, :]]
+    padded = bool((k != K).any())  # rows with smaller supports: their extra entries become identity / zero
+    if padded:
+        A = torch.where(kv[:, :, None] & kv[:, None, :], A, 0.0) + torch.diag_embed((~kv).to(A.dtype))
+        cross = torch.where(kv[:, :, None] & cv[:, None, :], cross, 0.0)
+    factor = torch.linalg.cholesky(A)
+    w_pruned = torch.where(cv, W_bar.gather(1, dropped), 0.0) if padded else W_bar.gather(1, dropped)
     w_kept = W_bar.gather(1, kept) + torch.cholesky_solve(cross @ w_pruned.unsqueeze(2), factor)[..., 0]
     w = torch.zeros_like(W_bar).scatter_(1, kept, torch.where(kv, w_kept, 0.0))
     D = w - W_bar
@@ -187,10 +191,12 @@ def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor,
     value = (D * g).sum(1)
     if not stats:
         return w, value, None, None
-    inverse = torch.linalg.solve_triangular(factor, torch.eye(K, dtype=W_bar.dtype), upper=False)  # L⁻¹
-    inverse_diag = inverse.pow(2).sum(1)  # diag(H_SS⁻¹): column norms² of L⁻¹
+    # the figures only rank candidate moves (each is then solved exactly): float32 is enough
+    low = factor.float()
+    inverse = torch.linalg.solve_triangular(low, torch.eye(K, dtype=low.dtype), upper=False)  # L⁻¹
+    inverse_diag = inverse.pow(2).sum(1).double()  # diag(H_SS⁻¹): column norms² of L⁻¹
     drop = torch.full_like(W_bar, math.inf).scatter_(1, kept, torch.where(kv, w_kept.pow(2) / inverse_diag, math.inf))
-    explained = (inverse @ cross).pow(2).sum(1)  # diag(H_S̄S H_SS⁻¹ H_SS̄)
+    explained = (inverse @ cross.float()).pow(2).sum(1).double()  # diag(H_S̄S H_SS⁻¹ H_SS̄)
     schur = (H_l.diagonal()[dropped] - explained).clamp_min(1e-300)
     add = torch.full_like(W_bar, -math.inf).scatter_(
         1, dropped, torch.where(cv, g.gather(1, dropped).pow(2) / schur, -math.inf))
@@ -228,7 +234,7 @@ def _pairs(drop: torch.Tensor, add: torch.Tensor, group: torch.Tensor | None, co
         low = torch.full((groups,), math.inf, dtype=drop.dtype).scatter_reduce(0, group, drop, "amin")
         high = torch.full((groups,), -math.inf, dtype=drop.dtype).scatter_reduce(0, group, add, "amax")
         pairs = []
-        for g in torch.topk(low - high, min(count * count, groups), largest=False).indices.tolist():
+        for g in torch.topk(low - high, min(count, groups), largest=False).indices.tolist():
             inside = group == g
             pairs.append((int(torch.argmin(torch.where(inside, drop, math.inf))),
                           int(torch.argmax(torch.where(inside, add, -math.inf)))))
