@@ -4,7 +4,7 @@ process. Prints one table: wall time, time per phase (from the ``--report`` JSON
 against the targets of issue 12.
 
     python tools/bench_scale.py DIR [--select GLOB] [--engines model,layer] [--sparsity 0.5] [--threads 2]
-                                    [--timeout 960] [--markdown]
+                                    [--timeout 960] [--extra '-O patience=30'] [--markdown]
 
 Models and calibration data are written to DIR once and reused. Phases: ``load`` (read, canonicalise,
 reference run), ``setup`` (model engine: torch view and parity check; layer engine: what the method spent
@@ -18,6 +18,8 @@ import argparse
 import fnmatch
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,28 +113,40 @@ def prepare(case: Case, folder: Path) -> None:
         np.savez(case.calib(folder), input=synthetic_images(case.samples, case.side))
 
 
-def run_prune(case: Case, folder: Path, engine: str, sparsity: float, threads: int, timeout: float) -> Run:
+def run_prune(case: Case, folder: Path, engine: str, sparsity: float, threads: int, timeout: float,
+              extra: list[str]) -> Run:
     """One ``onnxprune prune`` process under ``/usr/bin/time``, so its peak RSS is its own (a child forked
-    from this process would count this one's memory)."""
+    from this process would count this one's memory). Past ``timeout`` it is interrupted (SIGINT, which
+    ``time`` ignores, so the peak so far is still written), then killed."""
     out = folder / "pruned" / f"{case.name}_{engine}_{sparsity}.onnx"
     out.parent.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "onnxprune.cli", "--threads", str(threads), "prune", str(case.model(folder)),
                "-o", str(out), "--method", "chita", "-O", f"engine={engine}", "--sparsity", str(sparsity),
-               "--calib", str(case.calib(folder)), *case.extra]
+               "--calib", str(case.calib(folder)), *case.extra, *extra]
     with tempfile.TemporaryDirectory() as scratch:
         report, peak = Path(scratch) / "report.json", Path(scratch) / "peak"
         start = time.perf_counter()
+        process = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(peak), *command, "--report", str(report)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                   start_new_session=True)
         try:
-            process = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(peak), *command, "--report", str(report)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                     timeout=timeout)
+            _, stderr = process.communicate(timeout=timeout)
+            error = None
         except subprocess.TimeoutExpired:
-            return Run(time.perf_counter() - start, 0, None, f"killed after {timeout:.0f} s")
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+            stderr, error = "", f"stopped after {timeout:.0f} s"
         wall = time.perf_counter() - start
-        peak_bytes = int(peak.read_text().split()[-1]) * 1024 if peak.exists() else 0
-        if process.returncode:
-            lines = [ln for ln in process.stderr.splitlines() if ln.startswith(("error", "internal error"))]
-            return Run(wall, peak_bytes, None, (lines or process.stderr.strip().splitlines() or ["?"])[-1])
+        peak_bytes = int(peak.read_text().split()[-1]) * 1024 if peak.exists() and peak.read_text().strip() else 0
+        if error is None and process.returncode:
+            lines = [ln for ln in stderr.splitlines() if ln.startswith(("error", "internal error"))]
+            error = (lines or stderr.strip().splitlines() or ["?"])[-1]
+        if error:
+            return Run(wall, peak_bytes, None, error)
         return Run(wall, peak_bytes, json.loads(report.read_text()), None)
 
 
@@ -147,10 +161,10 @@ def phases(report: dict) -> dict[str, float]:
 
 def verdict(case: Case, run: Run) -> str:
     """Whether a run meets the case's time and memory targets; a refusal naming --max-memory counts as meeting."""
-    if run.error:
+    if run.error and not run.error.startswith("stopped"):
         return "refused up front (ok)" if "--max-memory" in run.error else "FAILED"
     misses = []
-    if run.wall_s > case.max_s:
+    if run.error or run.wall_s > case.max_s:
         misses.append(f"time > {case.max_s:.0f} s")
     if run.peak_bytes > case.max_bytes:
         misses.append(f"peak > {case.max_bytes / GIB:.0f} GiB")
@@ -162,7 +176,8 @@ def row(case: Case, engine: str, sparsity: float, run: Run) -> list[str]:
     times = phases(run.report) if run.report else {}
     cells = [f"{times[k]:.1f}" if k in times else "-" for k in ("load", "setup", "grads/capture", "solve", "write")]
     target = f"≤{case.max_s:.0f} s, ≤{case.max_bytes / GIB:.0f} GiB"
-    return [case.name, engine, f"{sparsity:g}", f"{run.wall_s:.1f}", *cells, f"{run.peak_bytes / MIB:.0f}",
+    peak = f"{run.peak_bytes / MIB:.0f}" if run.peak_bytes else "-"
+    return [case.name, engine, f"{sparsity:g}", f"{run.wall_s:.1f}", *cells, peak,
             target, verdict(case, run) + (f" ({run.error})" if run.error else "")]
 
 
@@ -187,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=2, help="onnxprune --threads of every prune")
     parser.add_argument("--timeout", type=float, default=960.0, help="seconds before a prune is killed")
+    parser.add_argument("--extra", default="", help="more prune arguments for every run, e.g. '-O patience=30'")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -194,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     for case in [c for c in CASES if fnmatch.fnmatch(c.name, args.select)]:
         prepare(case, args.folder)
         for engine in args.engines.split(","):
-            run = run_prune(case, args.folder, engine, args.sparsity, args.threads, args.timeout)
-            rows.append(row(case, engine, args.sparsity, run))
+            run = run_prune(case, args.folder, engine, args.sparsity, args.threads, args.timeout, args.extra.split())
+            rows.append(row(case, engine + (f" {args.extra}" if args.extra else ""), args.sparsity, run))
             log.info("%s", " | ".join(rows[-1]))
     print(render(rows, args.markdown))
     return 0
