@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -174,3 +175,65 @@ def test_active_set_and_uniform_budgets_give_exact_sparsity():
         assert int(result.mask.sum()) == 150
         assert int(result.mask[:1200].sum()) == 100 or constraint is not uniform
         assert problem.value(result.w) < problem.value(solver.backsolve(problem, constraint.project(problem.anchor)))
+
+
+@pytest.mark.parametrize("tile_bytes", [4 << 20, 4 * 40 * 7])  # whole blocks per tile, and pieces of blocks
+def test_tiled_products_match_dense_algebra(monkeypatch, tile_bytes):
+    monkeypatch.setattr(solver, "_TILE_BYTES", tile_bytes)
+    blocks = [(0, 20), (20, 40), (40, 60), (60, 75), (75, 300)]
+    problem = _random_problem(6, blocks=blocks)
+    gen = torch.Generator().manual_seed(0)
+    v, r = torch.randn(300, generator=gen), torch.randn(len(blocks), 40, generator=gen, dtype=torch.float64)
+    mask = torch.rand(300, generator=gen) > 0.5
+    at = problem.at.double()
+    dense_apply = torch.stack([at[a:b].T @ v[a:b].double() for a, b in blocks])
+    dense_apply_t = torch.cat([at[a:b] @ r[i] for i, (a, b) in enumerate(blocks)])
+    torch.testing.assert_close(problem.apply(v), dense_apply, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(problem.apply_t(r).double(), dense_apply_t, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(problem.normal(v).double(), problem.apply_t(problem.apply(v)).double(),
+                               rtol=1e-5, atol=1e-3)
+    w = torch.where(mask, v, torch.zeros(()))
+    residual = problem.residual(w)
+    d = problem.descent(w, residual, mask)
+    g = problem.gradient(w, residual)
+    g_on = torch.where(mask, g, torch.zeros(()))
+    torch.testing.assert_close(d.g, g, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(d.g_on, g_on, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(d.u, problem.apply(g_on), rtol=1e-5, atol=1e-3)
+    curvature = float((d.u * d.u).sum()) + float(problem.ridge @ g_on.double().pow(2))
+    assert d.gg == pytest.approx(float(g_on.double() @ g_on.double()), rel=1e-6)
+    assert d.curvature == pytest.approx(curvature, rel=1e-6)
+
+
+def test_active_set_in_place_matches_its_restricted_copy():
+    blocks = [(0, 100), (100, 200), (200, 300)]
+    problem = _random_problem(7, blocks=blocks)
+    constraint = solver.Constraint.top_k(300, 80)
+    active = constraint.scaled(1.5).project(problem.anchor)
+    w0 = torch.where(constraint.project(problem.anchor), problem.anchor, torch.zeros(()))
+    masked = solver.iht(problem, constraint, w0, active=active, tol=0, max_iter=30)
+    index = torch.nonzero(active).squeeze(1)
+    copied = solver.iht(problem.restrict(index), constraint.restrict(index), w0[index], tol=0, max_iter=30)
+    assert torch.equal(masked.mask, torch.zeros(300, dtype=torch.bool).index_fill_(0, index[copied.mask], True))
+    torch.testing.assert_close(masked.w[index], copied.w, rtol=1e-4, atol=1e-5)
+    assert not masked.w[~active].any()
+    np.testing.assert_allclose(masked.objectives, copied.objectives, rtol=1e-5)
+    assert solver.lipschitz(problem, active=active) == pytest.approx(solver.lipschitz(problem.restrict(index)), rel=1e-5)
+
+
+def test_support_step_equals_the_float64_formula():
+    gen = torch.Generator().manual_seed(3)
+    constraint = solver.Constraint((solver.Segment(0, 4000, 4000, 1500), solver.Segment(4000, 4800, 8, 3)))
+    w = torch.randn(4800, generator=gen) * torch.exp(3 * torch.randn(4800, generator=gen))
+    g = torch.randn(4800, generator=gen)
+    mask = constraint.project(w)
+    w = torch.where(mask, w, torch.zeros(()))
+    expected = math.inf
+    for s in constraint.segments:
+        shape = (-1, s.group)
+        kept = mask[s.start:s.stop].reshape(shape)
+        wg, gg = w[s.start:s.stop].reshape(shape).double(), g[s.start:s.stop].reshape(shape).double()
+        outside = torch.where(kept, 0.0, gg.abs()).amax(dim=1, keepdim=True)
+        rate = torch.sign(wg) * gg + outside
+        expected = min(expected, float(torch.where(kept & (rate > 0), wg.abs() / rate, math.inf).min()))
+    assert constraint.support_step(w, g, mask) == expected

@@ -63,8 +63,8 @@ class ChitaConfig(MagnitudeConfig):
     - ``block_size``: > 0 splits every tensor into blocks of that many weights, each with its own n
       gradient rows (block-diagonal Fisher: far richer than one rank-n matrix on large models);
       0 uses one rank-n Fisher over all weights (and adds the exact swap search).
-    - ``max_memory``: budget for the gradient matrix and solver ('8G', '500M'); beyond it the weights are
-      processed in column ranges, one gradient pass each.
+    - ``max_memory``: budget for the gradient matrix and solver ('3G', '500M'); beyond it the weights are
+      processed in column ranges of equal width, one gradient pass each.
     - ``active_ratio``: IHT works on about this many × the kept weights, chosen by diagonal saliency
       (0: all weights).
     - ``max_iter`` / ``tol``: IHT iteration cap and relative objective change that stops it.
@@ -92,7 +92,7 @@ class ChitaConfig(MagnitudeConfig):
     ridge: float = 0.3
     first_order: bool = False
     block_size: int = 2000
-    max_memory: str = "8G"
+    max_memory: str = "3G"
     active_ratio: float = 1.5
     max_iter: int = 100
     tol: float = 1e-5

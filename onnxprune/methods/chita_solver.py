@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -22,6 +23,13 @@ log = logging.getLogger(__name__)
 
 # Rows of ``at`` handled at once when forming Gram matrices and gathering columns (bounds the copies).
 _ROW_CHUNK = 16384
+# Bytes of ``at`` per tile of the products with A: small enough on the CPU that a tile read for one product
+# is still cached for the next; large on a GPU, where each tile costs kernel launches.
+_TILE_BYTES = 4 << 20
+_GPU_TILE_BYTES = 256 << 20
+# An active set of at most this fraction of the coordinates is solved on a copy of its columns of ``at``
+# (its iterations then read only those); a larger one is solved in place, masking the others.
+ACTIVE_COPY = 0.25
 # Iterations between fresh recomputations of the residual (it is otherwise updated incrementally).
 _REFRESH = 20
 
@@ -74,18 +82,27 @@ class Constraint:
 
     def support_step(self, w: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> float:
         """The largest τ for which ``P(w − τg)`` keeps the support ``mask`` of ``w``: a kept i leaves when
-        ``|w_i − τg_i|`` falls to the largest ``τ|g_j|`` of a dropped j in its group."""
+        ``|w_i − τg_i|`` falls to the largest ``τ|g_j|`` of a dropped j in its group. The ratios are ranked
+        in float32 and the few within rounding of the smallest recomputed in float64, so the result is the
+        float64 one."""
         step = math.inf
         for s in self.segments:
             if s.keep in (0, s.group):
                 continue
             shape = (-1, s.group)
             kept = mask[s.start:s.stop].reshape(shape)
-            wg, gg = w[s.start:s.stop].reshape(shape).double(), g[s.start:s.stop].reshape(shape).double()
-            outside = torch.where(kept, 0.0, gg.abs()).amax(dim=1, keepdim=True)
-            rate = torch.sign(wg) * gg + outside
-            ratio = torch.where(kept & (rate > 0), wg.abs() / rate.clamp_min(1e-300), math.inf)
-            step = min(step, float(ratio.min()))
+            wg, gg = w[s.start:s.stop].reshape(shape), g[s.start:s.stop].reshape(shape)
+            outside = gg.abs().masked_fill_(kept, 0.0).amax(dim=1, keepdim=True)
+            rate = torch.sign(wg).mul_(gg).add_(outside)
+            valid = (rate > 0).logical_and_(kept)
+            ratio = wg.abs().div_(rate).masked_fill_(~valid, math.inf)
+            least = float(ratio.min())
+            near = ratio <= least * (1 + 1e-6) if math.isfinite(least) else valid
+            rows, cols = torch.nonzero(near, as_tuple=True)
+            if rows.numel():
+                wd, gd = wg[rows, cols].double(), gg[rows, cols].double()
+                exact = wd.abs() / (torch.sign(wd) * gd + outside[rows, 0].double()).clamp_min(1e-300)
+                step = min(step, float(exact.min()))
         return step
 
     def scaled(self, factor: float) -> "Constraint":
@@ -148,6 +165,35 @@ def _runs(blocks: tuple[tuple[int, int], ...]) -> list[tuple[int, int, int, int]
     return runs
 
 
+def _tiles(runs: list[tuple[int, int, int, int]], rows: int) -> list[tuple[int, int, int, int]]:
+    """Row ranges ``(first block, blocks, start, stop)`` of about ``rows`` rows for the products with A:
+    whole equal-size blocks of one run, or a piece of one block larger than ``rows``."""
+    tiles = []
+    for first, start, count, size in runs:
+        if size <= rows:
+            per = rows // size
+            tiles += [(first + b, min(per, count - b), start + b * size, start + min(count, b + per) * size)
+                      for b in range(0, count, per)]
+            continue
+        for b in range(count):
+            begin = start + b * size
+            tiles += [(first + b, 1, lo, min(begin + size, lo + rows)) for lo in range(begin, begin + size, rows)]
+    return tiles
+
+
+@dataclass
+class Descent:
+    """What one IHT iteration needs from A at ``w``: the gradient ``g`` (float32), its part ``g_on`` on the
+    support, ``u = A·g_on`` (``[blocks, n]`` float64) and the exact step's numerator ``‖g_on‖²`` and
+    curvature ``‖u‖² + Σ ridge·g_on²``."""
+
+    g: torch.Tensor
+    g_on: torch.Tensor
+    u: torch.Tensor
+    gg: float
+    curvature: float
+
+
 @dataclass
 class Problem:
     """``Q(w) = Σ_b ½‖A_b w_b − y_b‖² + ½Σ_j ridge_j (w_j − anchor_j)² + constant`` over blocks b.
@@ -164,10 +210,16 @@ class Problem:
     blocks: tuple[tuple[int, int], ...]
     constant: float = 0.0
     runs: list[tuple[int, int, int, int]] = field(init=False, repr=False)
+    tiles: list[tuple[int, int, int, int]] = field(init=False, repr=False)
+    whole_tiles: bool = field(init=False, repr=False)
     block_of: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.runs = _runs(self.blocks)
+        tile_bytes = _TILE_BYTES if self.at.device.type == "cpu" else _GPU_TILE_BYTES
+        rows = max(1, tile_bytes // (4 * max(1, self.at.shape[1])))
+        self.tiles = _tiles(self.runs, rows)
+        self.whole_tiles = all(size <= rows for _, _, _, size in self.runs)
         sizes = torch.tensor([stop - start for start, stop in self.blocks], dtype=torch.long)
         self.block_of = torch.repeat_interleave(torch.arange(len(self.blocks)), sizes)
 
@@ -193,25 +245,60 @@ class Problem:
         return Problem(self.at, (self.anchor.double() * scale).float(), self.y, self.ridge / scale.pow(2),
                        self.blocks, self.constant)
 
+    def _tile(self, count: int, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of ``at`` as ``[count, rows per block, n]``."""
+        return self.at[start:stop].reshape(count, -1, self.at.shape[1])
+
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """``[A_b v_b]_b`` as ``[blocks, n]`` float64."""
-        out = torch.empty((len(self.blocks), self.at.shape[1]), dtype=torch.float64)
+        out = torch.zeros((len(self.blocks), self.at.shape[1]), dtype=torch.float64)
         v = v.float()
-        for first, start, count, size in self.runs:
-            stop = start + count * size
-            cols = self.at[start:stop].reshape(count, size, -1)
-            out[first:first + count] = torch.bmm(v[start:stop].reshape(count, 1, size), cols)[:, 0].double()
+        for first, count, start, stop in self.tiles:
+            out[first:first + count] += (self._tile(count, start, stop)
+                                         * v[start:stop].reshape(count, -1, 1)).sum(1)
         return out
 
     def apply_t(self, r: torch.Tensor) -> torch.Tensor:
         """``[A_bᵀ r_b]_b`` as a float32 vector over all coordinates."""
         out = torch.empty(self.size, dtype=torch.float32)
         r = r.float()
-        for first, start, count, size in self.runs:  # one matrix-vector product per block: bmm is slower here
-            for b in range(count):
-                begin = start + b * size
-                out[begin:begin + size] = self.at[begin:begin + size] @ r[first + b]
+        for first, count, start, stop in self.tiles:
+            out[start:stop] = (self._tile(count, start, stop)
+                               * r[first:first + count].unsqueeze(1)).sum(2).reshape(-1)
         return out
+
+    def normal(self, v: torch.Tensor) -> torch.Tensor:
+        """``[A_bᵀA_b v_b]_b`` as a float32 vector, in one read of A when every tile holds whole blocks."""
+        if not self.whole_tiles:
+            return self.apply_t(self.apply(v))
+        out = torch.empty(self.size, dtype=torch.float32)
+        v = v.float()
+        for _, count, start, stop in self.tiles:
+            cols = self._tile(count, start, stop)
+            image = (cols * v[start:stop].reshape(count, -1, 1)).sum(1)
+            out[start:stop] = (cols * image.unsqueeze(1)).sum(2).reshape(-1)
+        return out
+
+    def descent(self, w: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor,
+                active: torch.Tensor | None = None) -> Descent:
+        """The gradient at ``w`` (zero outside ``active``) and ``A·g_on`` in one read of A: each tile's
+        rows are used for both products while cached."""
+        g = torch.empty(self.size, dtype=torch.float32)
+        g_on = torch.empty_like(g)
+        u = torch.zeros((len(self.blocks), self.at.shape[1]), dtype=torch.float64)
+        ridge_term = (self.ridge * (w - self.anchor)).float()
+        r = residual.float()
+        for first, count, start, stop in self.tiles:
+            cols = self._tile(count, start, stop)
+            part = slice(start, stop)
+            g_part = (cols * r[first:first + count].unsqueeze(1)).sum(2).reshape(-1) + ridge_term[part]
+            if active is not None:
+                g_part = torch.where(active[part], g_part, torch.zeros(()))
+            on = torch.where(mask[part], g_part, torch.zeros(()))
+            g[part], g_on[part] = g_part, on
+            u[first:first + count] += (cols * on.reshape(count, -1, 1)).sum(1)
+        on = g_on.double()
+        return Descent(g, g_on, u, float(on @ on), float((u * u).sum()) + float(self.ridge @ on.pow(2)))
 
     def residual(self, w: torch.Tensor) -> torch.Tensor:
         """``A_b w_b − y_b`` per block, float64 ``[blocks, n]``."""
@@ -263,21 +350,30 @@ def mean_square_column(at: torch.Tensor) -> float:
     return float(column_norms_sq(at).sum()) / max(1, at.shape[0])
 
 
-def lipschitz(problem: Problem, iterations: int = 12, seed: int = 0) -> float:
+def lipschitz(problem: Problem, iterations: int = 12, seed: int = 0, active: torch.Tensor | None = None) -> float:
     """Power-iteration estimate of the Lipschitz constant of ∇Q, max_b σ_max(A_b)² + ρ, with a 5% margin
-    (power iteration approaches σ² from below)."""
-    v = torch.randn(problem.size, generator=generator(seed, problem.at.device), device=problem.at.device)
+    (power iteration approaches σ² from below); over the coordinates ``active`` only when given (with the
+    same random start as on the problem restricted to them)."""
+    device = problem.at.device
+    if active is None:
+        v = torch.randn(problem.size, generator=generator(seed, device), device=device)
+    else:
+        v = torch.zeros(problem.size, device=device)
+        v[active] = torch.randn(int(active.sum()), generator=generator(seed, device), device=device)
     estimate = 0.0
     for _ in range(iterations):
         norms = torch.zeros(len(problem.blocks), dtype=torch.float64).index_add_(
             0, problem.block_of, v.double().pow(2)).sqrt().clamp_min(1e-30)
         v = v / norms[problem.block_of].float()
-        image = problem.apply_t(problem.apply(v))
+        image = problem.normal(v)
+        if active is not None:
+            image = torch.where(active, image, torch.zeros(()))
         ratios = torch.zeros(len(problem.blocks), dtype=torch.float64).index_add_(
             0, problem.block_of, (v * image).double())
         estimate = float(ratios.max())
         v = image
-    return 1.05 * estimate + float(problem.ridge.max())
+    ridge = problem.ridge if active is None else problem.ridge[active]
+    return 1.05 * estimate + float(ridge.max())
 
 
 @dataclass
@@ -303,7 +399,7 @@ def _candidate(problem: Problem, constraint: Constraint, w: torch.Tensor, g: tor
 
 def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter: int = 100,
         tol: float = 1e-5, lipschitz_constant: float | None = None, max_doublings: int = 4,
-        patience: int = 0) -> IhtResult:
+        patience: int = 0, active: torch.Tensor | None = None) -> IhtResult:
     """Iterative hard thresholding ``w ← P(w − τ∇Q(w))`` with CHITA's step rule.
 
     Each iteration compares the exact line-search step on the current support with the largest step
@@ -311,9 +407,10 @@ def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter:
     (at least 1/L) and double while the objective improves. The step along the support is always a
     candidate, so the objective never increases. Stops when the relative decrease is below ``tol`` or,
     with ``patience`` > 0, once the support has not changed for that many iterations (for callers that
-    backsolve the exact weights on the support afterwards).
+    backsolve the exact weights on the support afterwards). With ``active``, coordinates outside it stay
+    at zero, as on the problem restricted to it (``w0`` must be zero there).
     """
-    L = lipschitz_constant if lipschitz_constant is not None else lipschitz(problem)
+    L = lipschitz_constant if lipschitz_constant is not None else lipschitz(problem, active=active)
     mask = constraint.project(w0)
     w = torch.where(mask, w0, torch.zeros(()))
     r = problem.residual(w)
@@ -321,19 +418,15 @@ def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter:
     objectives = [value]
     unchanged = 0
     for iteration in range(max_iter):
-        g = problem.gradient(w, r)
-        g_on = torch.where(mask, g, torch.zeros(()))
-        gg = float(g_on.double() @ g_on.double())
-        u = problem.apply(g_on)
-        curvature = float((u * u).sum()) + float(problem.ridge @ g_on.double().pow(2))
-        exact = gg / curvature if curvature > 0 else 0.0
-        keeping = constraint.support_step(w, g, mask)
+        d = problem.descent(w, r, mask, active)
+        exact = d.gg / d.curvature if d.curvature > 0 else 0.0
+        keeping = constraint.support_step(w, d.g, mask)
         step = min(exact, keeping)
-        best = (value - step * gg + 0.5 * step * step * curvature, w - step * g_on, mask, r - step * u)
+        best = (value - step * d.gg + 0.5 * step * step * d.curvature, w - step * d.g_on, mask, r - step * d.u)
         if exact > keeping:
             tau = max(2 * keeping, 1.0 / L)
             for _ in range(max_doublings):
-                trial = _candidate(problem, constraint, w, g, mask, r, u, tau)
+                trial = _candidate(problem, constraint, w, d.g, mask, r, d.u, tau)
                 if trial[0] >= best[0]:
                     break
                 best, tau = trial, tau * 2
@@ -363,23 +456,32 @@ def solve(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5
     mask = torch.zeros(problem.size, dtype=torch.bool)
     objectives: list[float] = []
     for round_ in range(max_rounds):
-        index = torch.nonzero(active).squeeze(1)
-        sub = problem.restrict(index)
-        step_bound = lipschitz(sub)
-        part = iht(sub, constraint.restrict(index), w[index], max_iter=max_iter, tol=tol,
-                   lipschitz_constant=step_bound, patience=patience)
+        step_bound, part = _active_iht(problem, constraint, w, active, max_iter=max_iter, tol=tol, patience=patience)
         objectives += part.objectives
-        w = torch.zeros_like(w)
-        w[index] = part.w
-        mask = torch.zeros(problem.size, dtype=torch.bool)
-        mask[index[part.mask]] = True
+        w, mask = part.w, part.mask
         entering = _entering(problem, constraint, w, mask, active, 1.0 / step_bound)
         log.debug("active set round %d: %d coordinates, objective %.6g, %d entering",
-                  round_, index.numel(), part.objectives[-1], entering.numel())
+                  round_, int(active.sum()), part.objectives[-1], entering.numel())
         if not entering.numel():
             break
         active[entering] = True
     return IhtResult(w, mask, objectives)
+
+
+def _active_iht(problem: Problem, constraint: Constraint, w: torch.Tensor, active: torch.Tensor,
+                **options: Any) -> tuple[float, IhtResult]:
+    """(Lipschitz bound, IHT result over all coordinates) of IHT on the coordinates ``active`` from ``w``:
+    on a copy of their columns when they are few (``ACTIVE_COPY``), else in place with the others masked."""
+    index = torch.nonzero(active).squeeze(1)
+    if index.numel() > ACTIVE_COPY * problem.size:
+        step_bound = lipschitz(problem, active=active)
+        return step_bound, iht(problem, constraint, w, lipschitz_constant=step_bound, active=active, **options)
+    sub = problem.restrict(index)
+    step_bound = lipschitz(sub)
+    part = iht(sub, constraint.restrict(index), w[index], lipschitz_constant=step_bound, **options)
+    full, mask = torch.zeros_like(w), torch.zeros(problem.size, dtype=torch.bool)
+    full[index], mask[index[part.mask]] = part.w, True
+    return step_bound, IhtResult(full, mask, part.objectives)
 
 
 def _entering(problem: Problem, constraint: Constraint, w: torch.Tensor, mask: torch.Tensor,

@@ -29,9 +29,12 @@ TARGETS = ("auto", "labels", "predicted", "sampled", "logits")
 # Bytes of per-sample gradients held at once while computing A (sets the vmap chunk size).
 _CHUNK_BYTES = 96 << 20
 _MAX_CHUNK = 64
-# The solver's working memory relative to A: an active-set copy of at most 3/4 of its rows plus
-# bounded column chunks for the Gram matrices (see chita_solver); rounded up.
-SOLVER_OVERHEAD = 1.0
+# The solver's working memory relative to A: an active-set copy of at most a quarter of its rows (larger
+# active sets are solved in place, see chita_solver.ACTIVE_COPY) plus bounded tiles and column chunks.
+SOLVER_OVERHEAD = 0.25
+# The solver's vectors over the weights (iterates, gradients, masks, ridge and scale in float64, top-k
+# indices), in bytes per weight: a fifth of A at 128 rows.
+VECTOR_BYTES = 96
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -113,7 +116,7 @@ def format_bytes(count: float) -> str:
 
 def matrix_bytes(rows: int, columns: int) -> int:
     """Memory for A with ``rows`` gradient rows over ``columns`` weights, solver working set included."""
-    return int(rows * columns * 4 * (1 + SOLVER_OVERHEAD))
+    return int(columns * (rows * 4 * (1 + SOLVER_OVERHEAD) + VECTOR_BYTES))
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,8 @@ class MemoryPlan:
 
 
 def plan_memory(rows: int, columns: int, budget: int, min_columns: int = 512) -> MemoryPlan:
-    """All columns in one pass when A and the solver's working set fit ``budget``; otherwise as many
-    columns per pass as fit (one gradient pass each); ResourceError with the numbers when not even
+    """All columns in one pass when A and the solver's working set fit ``budget``; otherwise the fewest
+    passes that fit, of equal width (one gradient pass each); ResourceError with the numbers when not even
     ``min_columns`` fit."""
     whole = matrix_bytes(rows, columns)
     if whole <= budget:
@@ -146,6 +149,7 @@ def plan_memory(rows: int, columns: int, budget: int, min_columns: int = 512) ->
             f"plus the solver's working copy) and --max-memory {format_bytes(budget)} cannot hold even "
             f"{smallest} weights' columns: raise --max-memory (about {format_bytes(whole * 1.1)} does it in one "
             f"pass) or lower --rows (at most {fitting_rows} fit in {smallest}-weight pieces)")
+    width = -(-columns // -(-columns // width))
     log.info("gradient matrix %s exceeds --max-memory %s: %d weights per gradient pass",
              format_bytes(whole), format_bytes(budget), width)
     return MemoryPlan(rows, columns, width, budget)
