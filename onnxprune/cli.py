@@ -6,12 +6,15 @@ import json
 import logging
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.report import fmt, human_bytes, table
+
+if TYPE_CHECKING:  # the workflow imports ONNX Runtime: loaded only when a target is given
+    from onnxprune.workflows.target import Target
 
 log = logging.getLogger("onnxprune")
 

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from onnxprune.methods import chita_problem
+from onnxprune.methods.chita_problem import Constraint, Problem, Segment
 from onnxprune.methods import chita_solver as solver
 
 
-def _problem(A: np.ndarray, anchor: np.ndarray, ridge: float, blocks=None, first_order=False) -> solver.Problem:
-    return solver.Problem.build(torch.tensor(A.T.copy(), dtype=torch.float32),
+def _problem(A: np.ndarray, anchor: np.ndarray, ridge: float, blocks=None, first_order=False) -> Problem:
+    return Problem.build(torch.tensor(A.T.copy(), dtype=torch.float32),
                                 torch.tensor(anchor, dtype=torch.float32), ridge, first_order, blocks)
 
 
@@ -64,7 +66,7 @@ def _softmax_regression(seed: int, n: int = 200) -> tuple[np.ndarray, np.ndarray
 def test_chita_is_within_one_percent_of_the_best_subset(seed, patience):
     A, anchor, ridge, keep = _regression(seed)
     problem = _problem(A, anchor, ridge)
-    result = solver.chita(problem, solver.Constraint.top_k(A.shape[1], keep), patience=patience)
+    result = solver.chita(problem, Constraint.top_k(A.shape[1], keep), patience=patience)
     optimum = _best_subset(A, anchor, ridge, keep)
     assert problem.value(result.w) <= optimum * 1.01 + 1e-9
     assert int(result.mask.sum()) == keep and int((result.w != 0).sum()) <= keep
@@ -77,7 +79,7 @@ def test_chita_on_pruning_like_problems_is_within_one_percent_and_beats_magnitud
         ridge = 1e-2 * np.sum(A ** 2) / A.shape[1]
         for keep in (4, 8, 11):
             problem = _problem(A, anchor, ridge)
-            constraint = solver.Constraint.top_k(A.shape[1], keep)
+            constraint = Constraint.top_k(A.shape[1], keep)
             found = problem.value(solver.chita(problem, constraint).w)
             magnitude = problem.value(solver.backsolve(problem, constraint.project(problem.anchor)))
             optimum = _best_subset(A, anchor, ridge, keep)
@@ -95,7 +97,7 @@ def _random_problem(seed: int, p: int = 300, n: int = 40, blocks=None, first_ord
 @pytest.mark.parametrize("blocks", [None, [(0, 100), (100, 200), (200, 250), (250, 300)]])
 def test_iht_objective_never_increases(blocks):
     problem = _random_problem(1, blocks=blocks)
-    constraint = solver.Constraint.top_k(problem.size, 60)
+    constraint = Constraint.top_k(problem.size, 60)
     values = [problem.value(solver.iht(problem, constraint, problem.anchor, max_iter=i, tol=0).w)
               for i in range(0, 40, 3)]
     assert all(b <= a * (1 + 1e-6) for a, b in zip(values, values[1:]))
@@ -106,7 +108,7 @@ def test_iht_objective_never_increases(blocks):
 
 def test_patience_stops_iht_once_the_support_settles():
     problem = _random_problem(2)
-    constraint = solver.Constraint.top_k(problem.size, 60)
+    constraint = Constraint.top_k(problem.size, 60)
     full = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0)
     early = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0, patience=10)
     assert len(early.objectives) < len(full.objectives) == 201
@@ -144,8 +146,8 @@ def test_gradient_matches_finite_differences_with_blocks():
 
 
 def test_projection_and_support_step_respect_groups():
-    constraint = solver.Constraint((solver.Segment(0, 8, 4, 2), solver.Segment(8, 14, 6, 6),
-                                    solver.Segment(14, 20, 6, 1)))
+    constraint = Constraint((Segment(0, 8, 4, 2), Segment(8, 14, 6, 6),
+                                    Segment(14, 20, 6, 1)))
     values = torch.tensor([4., -1., 3., 2., 0.5, -6., 1., 0.1, 1, 2, 3, 4, 5, 6, 1, -9, 2, 3, 0, 1])
     mask = constraint.project(values)
     assert mask[:4].tolist() == [True, False, True, False] and mask[4:8].tolist() == [False, True, True, False]
@@ -159,7 +161,7 @@ def test_projection_and_support_step_respect_groups():
 
 
 def test_ranges_never_split_groups_and_windows_keep_the_budget():
-    constraint = solver.Constraint((solver.Segment(0, 40, 4, 1), solver.Segment(40, 77, 37, 9)))
+    constraint = Constraint((Segment(0, 40, 4, 1), Segment(40, 77, 37, 9)))
     ranges = constraint.ranges(10)
     assert ranges[0][0] == 0 and ranges[-1][1] == 77
     assert all(a < b and (b <= 40 and b % 4 == 0 or b > 40) for a, b in ranges)
@@ -169,8 +171,8 @@ def test_ranges_never_split_groups_and_windows_keep_the_budget():
 
 def test_active_set_and_uniform_budgets_give_exact_sparsity():
     problem = _random_problem(5, p=2000, n=30)
-    uniform = solver.Constraint((solver.Segment(0, 1200, 1200, 100), solver.Segment(1200, 2000, 800, 50)))
-    for constraint in (solver.Constraint.top_k(2000, 150), uniform):
+    uniform = Constraint((Segment(0, 1200, 1200, 100), Segment(1200, 2000, 800, 50)))
+    for constraint in (Constraint.top_k(2000, 150), uniform):
         result = solver.chita(problem, constraint, active_ratio=1.5)
         assert int(result.mask.sum()) == 150
         assert int(result.mask[:1200].sum()) == 100 or constraint is not uniform
@@ -179,7 +181,7 @@ def test_active_set_and_uniform_budgets_give_exact_sparsity():
 
 @pytest.mark.parametrize("tile_bytes", [4 << 20, 4 * 40 * 7])  # whole blocks per tile, and pieces of blocks
 def test_tiled_products_match_dense_algebra(monkeypatch, tile_bytes):
-    monkeypatch.setattr(solver, "_TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(chita_problem, "_TILE_BYTES", tile_bytes)
     blocks = [(0, 20), (20, 40), (40, 60), (60, 75), (75, 300)]
     problem = _random_problem(6, blocks=blocks)
     gen = torch.Generator().manual_seed(0)
@@ -208,7 +210,7 @@ def test_tiled_products_match_dense_algebra(monkeypatch, tile_bytes):
 def test_active_set_in_place_matches_its_restricted_copy():
     blocks = [(0, 100), (100, 200), (200, 300)]
     problem = _random_problem(7, blocks=blocks)
-    constraint = solver.Constraint.top_k(300, 80)
+    constraint = Constraint.top_k(300, 80)
     active = constraint.scaled(1.5).project(problem.anchor)
     w0 = torch.where(constraint.project(problem.anchor), problem.anchor, torch.zeros(()))
     masked = solver.iht(problem, constraint, w0, active=active, tol=0, max_iter=30)
@@ -223,7 +225,7 @@ def test_active_set_in_place_matches_its_restricted_copy():
 
 def test_support_step_equals_the_float64_formula():
     gen = torch.Generator().manual_seed(3)
-    constraint = solver.Constraint((solver.Segment(0, 4000, 4000, 1500), solver.Segment(4000, 4800, 8, 3)))
+    constraint = Constraint((Segment(0, 4000, 4000, 1500), Segment(4000, 4800, 8, 3)))
     w = torch.randn(4800, generator=gen) * torch.exp(3 * torch.randn(4800, generator=gen))
     g = torch.randn(4800, generator=gen)
     mask = constraint.project(w)

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from graphs import mlp_data, save, tiny_conv, tiny_mlp
+from graphs import save, tiny_conv, tiny_mlp
 from onnxprune.cli import cli
 from onnxprune.pipeline import prune
 from onnxprune.graph.prunable import read_weights

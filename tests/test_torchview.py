@@ -13,7 +13,8 @@ import torch
 from onnx import TensorProto, defs, helper, numpy_helper
 
 from nets import NETS, export, random_data
-from onnxprune.view import onnx2torch_compat as converters
+from onnxprune.view import converters
+from onnxprune.view import onnx2torch_compat as compat
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.errors import ConversionError
 from onnxprune.graph.io import load_model
@@ -133,7 +134,7 @@ def _ints(name: str, values: list[int]) -> onnx.TensorProto:
 
 
 def _assert_parity(model: onnx.ModelProto) -> None:
-    assert converters.unsupported_nodes(model) == []
+    assert compat.unsupported_nodes(model) == []
     view = build_torch_view(model)
     # one batch of the graph's fixed size: these ops may mix or drop the batch axis
     result = check_parity(view, model, random_data(model, samples=2))
@@ -219,7 +220,7 @@ def test_caffe2_models_convert():
     folder = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
     for name in ("inception_v1", "bvlc_alexnet"):
         model = canonicalize(load_model(folder / f"light_{name}.onnx")).model
-        assert converters.unsupported_nodes(model) == [], name
+        assert compat.unsupported_nodes(model) == [], name
     model = canonicalize(load_model(folder / "light_inception_v1.onnx")).model  # fixed batch of 1
     result = check_parity(build_torch_view(model), model, random_data(model, samples=1))
     assert result.max_abs_diff < TOLERANCE
@@ -264,11 +265,11 @@ def test_restricted_versions_check_every_new_attribute():
 
 def test_onnx2torch_private_layout_is_the_one_patched():
     """Canary: fails loudly when onnx2torch renames or moves a private name the converters rely on."""
-    converters.check_onnx2torch()
+    compat.check_onnx2torch()
     from onnx2torch.node_converters import registry
 
     assert registry.OperationDescription._fields == ("domain", "operation_type", "version")
-    for op_type, version in converters.REPLACED:
+    for op_type, version in compat.REPLACED:
         assert registry.OperationDescription("", op_type, version) in registry._CONVERTER_REGISTRY, (op_type, version)
 
 
@@ -276,9 +277,9 @@ def test_patched_registry_restores_onnx2torch_exactly():
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, get_converter
 
     before = dict(_CONVERTER_REGISTRY)
-    with converters.patched_registry():
+    with compat.patched_registry():
         patched = dict(_CONVERTER_REGISTRY)
-        with converters.patched_registry():  # nested blocks share the patch
+        with compat.patched_registry():  # nested blocks share the patch
             assert dict(_CONVERTER_REGISTRY) == patched
         assert dict(_CONVERTER_REGISTRY) == patched
         assert get_converter("ReduceMean", 20) is get_converter("ReduceMean", 18)
@@ -322,7 +323,7 @@ def _custom_op_model() -> onnx.ModelProto:
                                                           (_custom_op_model, "frob", "Frobnicate", 1)])
 def test_unconvertible_op_is_named(make, node, op_type, version):
     model = make()
-    assert converters.unsupported_nodes(model) == [(node, op_type, version)]
+    assert compat.unsupported_nodes(model) == [(node, op_type, version)]
     with pytest.raises(ConversionError, match=rf"op {op_type}-{version} in node '{node}'"):
         build_torch_view(model)
 
@@ -337,6 +338,6 @@ def test_refused_attribute_values_are_unsupported(node, opset):
     graph = helper.make_graph([node], "refused", [_x()], [helper.make_empty_tensor_value_info("y")],
                               initializer=[_ints("pads", [0, 0, 1, 1, 0, 0, 1, 1])] if node.op_type == "Pad" else [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    assert converters.unsupported_nodes(model) == [(node.name, node.op_type, opset)]
+    assert compat.unsupported_nodes(model) == [(node.name, node.op_type, opset)]
     with pytest.raises(ConversionError, match=node.name):
         build_torch_view(model)

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import hashlib
-import io
 import json
 import os
 import re
@@ -545,7 +544,7 @@ def _gen_file(kind: str, rng: np.random.Generator) -> bytes:
         body = [f"{ident()}:"]
         for _ in range(n):
             body += [f"  {ident()}:", f"    name: {ident()}", f"    value: {num()}", f"    enabled: {'true' if rng.random() < 0.5 else 'false'}",
-                     f"    items:", f"      - {ident()}", f"      - {ident()}"]
+                     "    items:", f"      - {ident()}", f"      - {ident()}"]
         return "\n".join(body).encode()
     if kind == "css":
         body = []

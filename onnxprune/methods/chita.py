@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from onnxprune.compute import DEVICES, free_memory, from_numpy, placed_on, torch_device
+from onnxprune.methods.chita_problem import Constraint, Problem, Segment, mean_square_column, restrict_blocks
 from onnxprune.methods import chita_solver as solver
 from onnxprune.data import Dataset, check_dataset
 from onnxprune.errors import ConfigError, ConversionError, DataError
@@ -206,18 +207,18 @@ def _context(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None)
                     device)
 
 
-def _constraint(ctx: _Context, sparsity: float, config: ChitaConfig, keep_per_group: int | None) -> solver.Constraint:
+def _constraint(ctx: _Context, sparsity: float, config: ChitaConfig, keep_per_group: int | None) -> Constraint:
     """The feasible supports at ``sparsity``: global top-k, per-tensor top-k, or N:M per tensor."""
     slots = ctx.layout.slots
     if keep_per_group is not None:
         group = config.nm()[1]
-        return solver.Constraint(tuple(
-            solver.Segment(s.offset, s.offset + s.size, s.size, s.size) if s.name in ctx.skipped
-            else solver.Segment(s.offset, s.offset + s.size, group, keep_per_group) for s in slots))
+        return Constraint(tuple(
+            Segment(s.offset, s.offset + s.size, s.size, s.size) if s.name in ctx.skipped
+            else Segment(s.offset, s.offset + s.size, group, keep_per_group) for s in slots))
     if config.allocation == "uniform":
-        return solver.Constraint(tuple(solver.Segment(s.offset, s.offset + s.size, s.size,
+        return Constraint(tuple(Segment(s.offset, s.offset + s.size, s.size,
                                                       int(math.floor((1 - sparsity) * s.size))) for s in slots))
-    return solver.Constraint.top_k(ctx.layout.size, int(math.floor((1 - sparsity) * ctx.layout.size)))
+    return Constraint.top_k(ctx.layout.size, int(math.floor((1 - sparsity) * ctx.layout.size)))
 
 
 def _blocks(ctx: _Context, start: int, stop: int, block_size: int) -> list[tuple[int, int]]:
@@ -269,7 +270,7 @@ class _GradientCache:
         self.weights, self.index, self.at, self.mean_square = weights, index, at, mean_square
 
 
-def _support(anchor: torch.Tensor, part: solver.Constraint) -> torch.Tensor | None:
+def _support(anchor: torch.Tensor, part: Constraint) -> torch.Tensor | None:
     """The nonzero coordinates of ``anchor`` when the problem can be restricted to them (fewer than all,
     no N:M groups, every segment's budget within its support), else None."""
     index = torch.nonzero(anchor).squeeze(1)
@@ -280,13 +281,13 @@ def _support(anchor: torch.Tensor, part: solver.Constraint) -> torch.Tensor | No
     return index
 
 
-def _counts(index: torch.Tensor, part: solver.Constraint) -> list[int]:
+def _counts(index: torch.Tensor, part: Constraint) -> list[int]:
     """How many of the coordinates ``index`` (sorted) fall in each segment of ``part``."""
     bounds = torch.searchsorted(index, torch.tensor([[s.start, s.stop] for s in part.segments]))
     return (bounds[:, 1] - bounds[:, 0]).tolist()
 
 
-def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], constraint: solver.Constraint,
+def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], constraint: Constraint,
            stage: int, cache: _GradientCache | None = None, nested: bool = False
            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One CHITA solve around ``current``: gradients, IHT + backsolve per column range of the memory plan.
@@ -318,7 +319,7 @@ def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], c
             at = gradient_matrix(ctx.view, ctx.layout, current, ctx.calib, targets, rows=ctx.rows,
                                  samples_per_row=ctx.samples_per_row, columns=(start, stop), index=index,
                                  square_sum=square_sum, progress=f"gradients (stage {stage + 1})")
-            mean_square = solver.mean_square_column(at) if index is None else float(square_sum) / (stop - start)
+            mean_square = mean_square_column(at) if index is None else float(square_sum) / (stop - start)
             if cache is not None:
                 cache.store(anchor, everything if index is None else index + start, at, mean_square)
         else:
@@ -331,9 +332,9 @@ def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], c
         blocks = _blocks(ctx, start, stop, config.block_size) if config.block_size else None
         local = anchor[start:stop]
         if index is not None:
-            blocks = solver.restrict_blocks(blocks, index)[1] if blocks else None
+            blocks = restrict_blocks(blocks, index)[1] if blocks else None
             local, part = local[index], part.restrict(index)
-        problem = solver.Problem.build(at, local, ridge, config.first_order, blocks)
+        problem = Problem.build(at, local, ridge, config.first_order, blocks)
         # an IHT restart pays off with the exact swap search of one-block problems; with blocks it was
         # measured at +0.1 point of accuracy for twice the time
         result = solver.chita(problem, part, active_ratio=config.active_ratio, max_iter=config.max_iter,

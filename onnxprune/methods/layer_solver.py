@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from onnxprune.compute import from_numpy
-from onnxprune.methods.chita_solver import Constraint, Segment
+from onnxprune.methods.chita_problem import Constraint, Segment
 
 log = logging.getLogger(__name__)
 
