@@ -109,11 +109,24 @@ def test_iht_objective_never_increases(blocks):
 def test_patience_stops_iht_once_the_support_settles():
     problem = _random_problem(2)
     constraint = Constraint.top_k(problem.size, 60)
-    full = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0)
-    early = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0, patience=10)
+    full = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0, refit_after=0)
+    early = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0, patience=10, refit_after=0)
     assert len(early.objectives) < len(full.objectives) == 201
     exact = [problem.value(solver.backsolve(problem, r.mask)) for r in (full, early)]
     assert exact[1] <= exact[0] * 1.01  # the backsolve on the settled support is as good
+
+
+@pytest.mark.parametrize("keep", [20, 60, 200])
+def test_refit_on_a_settled_support_reaches_a_fixed_point_of_iht_in_few_iterations(keep):
+    problem = _random_problem(2)
+    constraint = Constraint.top_k(problem.size, keep)
+    crawl = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0, refit_after=0)
+    fast = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0)
+    assert len(fast.objectives) < len(crawl.objectives) / 4
+    assert fast.objectives[-1] <= problem.value(solver.backsolve(problem, crawl.mask)) * (1 + 1e-9)
+    assert fast.objectives[-1] == pytest.approx(problem.value(solver.backsolve(problem, fast.mask)), rel=1e-9)
+    again = solver.iht(problem, constraint, fast.w, max_iter=50, tol=0, refit_after=0)
+    assert torch.equal(again.mask, fast.mask)  # IHT from there keeps the support: a fixed point
 
 
 @pytest.mark.parametrize("keep", [10, 150])  # a support smaller and larger than n = 40 rows

@@ -27,12 +27,16 @@ log = logging.getLogger(__name__)
 ACTIVE_COPY = 0.25
 # Iterations between fresh recomputations of the residual (it is otherwise updated incrementally).
 _REFRESH = 20
+# IHT iterations with an unchanged support after which the weights jump to the exact minimiser on it.
+REFIT_AFTER = 3
 
 
-def lipschitz(problem: Problem, iterations: int = 12, seed: int = 0, active: torch.Tensor | None = None) -> float:
+def lipschitz(problem: Problem, iterations: int = 12, seed: int = 0, active: torch.Tensor | None = None,
+              rtol: float = 1e-3) -> float:
     """Power-iteration estimate of the Lipschitz constant of ∇Q, max_b σ_max(A_b)² + ρ, with a 5% margin
-    (power iteration approaches σ² from below); over the coordinates ``active`` only when given (with the
-    same random start as on the problem restricted to them)."""
+    (power iteration approaches σ² from below), stopping early once an iteration moves it by less than
+    ``rtol``; over the coordinates ``active`` only when given (with the same random start as on the
+    problem restricted to them)."""
     device = problem.at.device
     if active is None:
         v = torch.randn(problem.size, generator=generator(seed, device), device=device)
@@ -49,19 +53,23 @@ def lipschitz(problem: Problem, iterations: int = 12, seed: int = 0, active: tor
             image = torch.where(active, image, torch.zeros(()))
         ratios = torch.zeros(len(problem.blocks), dtype=torch.float64).index_add_(
             0, problem.block_of, (v * image).double())
-        estimate = float(ratios.max())
+        previous, estimate = estimate, float(ratios.max())
         v = image
+        if abs(estimate - previous) <= rtol * estimate:
+            break
     ridge = problem.ridge if active is None else problem.ridge[active]
     return 1.05 * estimate + float(ridge.max())
 
 
 @dataclass
 class IhtResult:
-    """IHT outcome: weights, their support and the objective after every accepted step."""
+    """IHT outcome: weights, their support and the objective after every accepted step; ``exact`` when the
+    weights are the exact minimiser on the support (IHT stopped at a refitted fixed point)."""
 
     w: torch.Tensor
     mask: torch.Tensor
     objectives: list[float] = field(default_factory=list)
+    exact: bool = False
 
 
 def _candidate(problem: Problem, constraint: Constraint, w: torch.Tensor, g: torch.Tensor, mask: torch.Tensor,
@@ -78,7 +86,7 @@ def _candidate(problem: Problem, constraint: Constraint, w: torch.Tensor, g: tor
 
 def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter: int = 100,
         tol: float = 1e-5, lipschitz_constant: float | None = None, max_doublings: int = 4,
-        patience: int = 0, active: torch.Tensor | None = None) -> IhtResult:
+        patience: int = 0, active: torch.Tensor | None = None, refit_after: int = REFIT_AFTER) -> IhtResult:
     """Iterative hard thresholding ``w ← P(w − τ∇Q(w))`` with CHITA's step rule.
 
     Each iteration compares the exact line-search step on the current support with the largest step
@@ -88,6 +96,11 @@ def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter:
     with ``patience`` > 0, once the support has not changed for that many iterations (for callers that
     backsolve the exact weights on the support afterwards). With ``active``, coordinates outside it stay
     at zero, as on the problem restricted to it (``w0`` must be zero there).
+
+    Once the support has not changed for ``refit_after`` iterations (0: never), the weights jump to the exact
+    minimiser on it (the backsolve: steps along a fixed support only crawl towards it) and the next
+    iteration tries the support-changing steps from there; when none improves, that is a fixed point of
+    IHT and the search stops.
     """
     L = lipschitz_constant if lipschitz_constant is not None else lipschitz(problem, active=active)
     mask = constraint.project(w0)
@@ -96,13 +109,14 @@ def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter:
     value = problem.value(w, r)
     objectives = [value]
     unchanged = 0
+    refitted = False
     for iteration in range(max_iter):
         d = problem.descent(w, r, mask, active)
         exact = d.gg / d.curvature if d.curvature > 0 else 0.0
         keeping = constraint.support_step(w, d.g, mask)
         step = min(exact, keeping)
         best = (value - step * d.gg + 0.5 * step * step * d.curvature, w - step * d.g_on, mask, r - step * d.u)
-        if exact > keeping:
+        if exact > keeping or refitted:
             tau = max(2 * keeping, 1.0 / L)
             for _ in range(max_doublings):
                 trial = _candidate(problem, constraint, w, d.g, mask, r, d.u, tau)
@@ -116,9 +130,26 @@ def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter:
             new_value = problem.value(w, r)
         decrease, value = value - new_value, new_value
         objectives.append(value)
-        if decrease <= tol * abs(value) or 0 < patience <= unchanged:
+        if refitted and unchanged:
+            return IhtResult(w, mask, objectives, exact=True)
+        if 0 < patience <= unchanged:
+            break
+        refitted = 0 < refit_after <= unchanged
+        if refitted:
+            w, r, value = _refit(problem, mask, active)
+            objectives.append(value)
+            unchanged = 0
+        elif decrease <= tol * abs(value):
             break
     return IhtResult(w, mask, objectives)
+
+
+def _refit(problem: Problem, mask: torch.Tensor, active: torch.Tensor | None
+           ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(weights, residual, objective) at the exact minimiser of Q on the support ``mask`` (within ``active``)."""
+    w = backsolve(problem, mask if active is None else mask & active)
+    r = problem.residual(w)
+    return w, r, problem.value(w, r)
 
 
 def solve(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5, max_rounds: int = 4,
@@ -134,17 +165,18 @@ def solve(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5
     w = torch.where(constraint.project(w0), w0, torch.zeros(()))
     mask = torch.zeros(problem.size, dtype=torch.bool)
     objectives: list[float] = []
+    exact = False
     for round_ in range(max_rounds):
         step_bound, part = _active_iht(problem, constraint, w, active, max_iter=max_iter, tol=tol, patience=patience)
         objectives += part.objectives
-        w, mask = part.w, part.mask
+        w, mask, exact = part.w, part.mask, part.exact
         entering = _entering(problem, constraint, w, mask, active, 1.0 / step_bound)
         log.debug("active set round %d: %d coordinates, objective %.6g, %d entering",
                   round_, int(active.sum()), part.objectives[-1], entering.numel())
         if not entering.numel():
             break
         active[entering] = True
-    return IhtResult(w, mask, objectives)
+    return IhtResult(w, mask, objectives, exact)
 
 
 def _active_iht(problem: Problem, constraint: Constraint, w: torch.Tensor, active: torch.Tensor,
@@ -160,7 +192,7 @@ def _active_iht(problem: Problem, constraint: Constraint, w: torch.Tensor, activ
     part = iht(sub, constraint.restrict(index), w[index], lipschitz_constant=step_bound, **options)
     full, mask = torch.zeros_like(w), torch.zeros(problem.size, dtype=torch.bool)
     full[index], mask[index[part.mask]] = part.w, True
-    return step_bound, IhtResult(full, mask, part.objectives)
+    return step_bound, IhtResult(full, mask, part.objectives, part.exact)
 
 
 def _entering(problem: Problem, constraint: Constraint, w: torch.Tensor, mask: torch.Tensor,
@@ -294,17 +326,19 @@ class _Swaps:
 
 
 def swap_search(problem: Problem, constraint: Constraint, mask: torch.Tensor, *, rounds: int = 5,
-                candidates: int = 16, tol: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
+                candidates: int = 16, tol: float = 1e-7, exact: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local search over swaps (drop one kept weight, add one pruned weight of the same segment), then the
     exact backsolve; returns (support, weights).
 
     With ``M = I + A_S D⁻¹A_Sᵀ`` and ``ρ = y − A_S w̄_S`` the backsolved objective is
     ``½ρᵀM⁻¹ρ + ½Σ_{j∉S} d_j w̄_j²`` and a swap is a rank-2 change of M, so every candidate pair is scored
     exactly. Each round takes ``candidates`` cheap-to-drop and promising-to-add weights per segment and
-    applies improving swaps greedily. Problems with several blocks or N:M groups are only backsolved.
+    applies improving swaps greedily. Problems with several blocks or N:M groups are only backsolved (not
+    even that when the caller has the ``exact`` weights on ``mask``).
     """
     if len(problem.blocks) != 1 or constraint.grouped:
-        return mask, backsolve(problem, mask)
+        return mask, backsolve(problem, mask) if exact is None else exact
     at, anchor, d = problem.at, problem.anchor.double(), problem.ridge
     mask = mask.clone()
     system = _woodbury_system(at, torch.nonzero(mask).squeeze(1), d)
@@ -368,7 +402,8 @@ def chita(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5
         result = solve(scaled, constraint, active_ratio=active_ratio, max_iter=max_iter, tol=tol, patience=patience)
         objectives, best = list(result.objectives), None
         for round_ in range(refinements + 1):
-            mask, v = swap_search(scaled, constraint, result.mask, rounds=swap_rounds)
+            mask, v = swap_search(scaled, constraint, result.mask, rounds=swap_rounds,
+                                  exact=result.w if result.exact else None)
             objectives.append(scaled.value(v))
             if best is not None and objectives[-1] >= best.objectives[-1] * (1 - tol):
                 break
