@@ -106,44 +106,53 @@ def backsolve(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor) -> tor
     return out
 
 
+# IHT iterations between fresh computations of the carried gradient.
+_REFRESH = 20
+
 def _iht(V_bar: torch.Tensor, Hs: torch.Tensor, constraint: Constraint, V0: torch.Tensor, L: float,
          max_iter: int, tol: float) -> torch.Tensor:
     """IHT ``V ← P(V − τ∇q)`` on ``q(V) = ½tr((V − V̄)Hs(V − V̄)ᵀ)`` with CHITA's step rule: the exact line
     search along the current support when it keeps the support, else from the support-changing step
-    (at least 1/L) doubling while q decreases. Returns the final support."""
+    (at least 1/L) doubling while q decreases. Returns the final support. The gradient ``G = (V − V̄)Hs`` is
+    carried from step to step (a support step updates it with the product its line search needs anyway, a
+    thresholded trial brings its own), so an iteration costs one product with Hs plus one per trial."""
     shape = V_bar.shape
 
     def project(Z: torch.Tensor) -> torch.Tensor:
         return constraint.project(Z.reshape(-1)).reshape(shape)
 
-    def value(V: torch.Tensor) -> float:
+    def gradient(V: torch.Tensor) -> tuple[torch.Tensor, float]:
         D = V - V_bar
-        return 0.5 * float(((D @ Hs) * D).sum())
+        G = D @ Hs
+        return G, 0.5 * float((D * G).sum())
 
     mask = project(V0)
     V = torch.where(mask, V0, 0.0)
-    current = value(V)
-    for _ in range(max_iter):
-        G = (V - V_bar) @ Hs
+    G, current = gradient(V)
+    for iteration in range(max_iter):
         g_on = torch.where(mask, G, 0.0)
         gg = float((g_on * g_on).sum())
-        curvature = float(((g_on @ Hs) * g_on).sum())
+        HG = g_on @ Hs
+        curvature = float((HG * g_on).sum())
         exact = gg / curvature if curvature > 0 else 0.0
         keeping = constraint.support_step(V.reshape(-1), G.reshape(-1), mask.reshape(-1))
         step = min(exact, keeping)
-        best = (current - step * gg + 0.5 * step * step * curvature, V - step * g_on, mask)
+        best = (current - step * gg + 0.5 * step * step * curvature, V - step * g_on, mask, None)
         if exact > keeping:
             tau = max(2 * keeping, 1.0 / L)
             for _ in range(4):
                 Z = V - tau * G
                 new_mask = project(Z)
                 trial = torch.where(new_mask, Z, 0.0)
-                trial_value = value(trial)
+                trial_G, trial_value = gradient(trial)
                 if trial_value >= best[0]:
                     break
-                best, tau = (trial_value, trial, new_mask), tau * 2
+                best, tau = (trial_value, trial, new_mask, trial_G), tau * 2
         decrease = current - best[0]
-        current, V, mask = best
+        current, V, mask, new_G = best
+        G = G - step * HG if new_G is None else new_G
+        if (iteration + 1) % _REFRESH == 0:  # float32 updates drift: recompute now and then
+            G, current = gradient(V)
         if decrease <= tol * abs(current):
             break
     return mask

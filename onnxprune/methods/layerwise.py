@@ -108,37 +108,53 @@ def waves(model: onnx.ModelProto, sources: list[LayerSource]) -> list[list[Layer
     return [g for g in grouped if g]
 
 
-def relative_error(sources: list[LayerSource], dense: dict[str, np.ndarray], solver: LayerSolver,
-                   grams: dict[str, GramStats], lams: dict[str, float], targets: list[Any]) -> np.ndarray:
-    """``[layers, targets]`` relative reconstruction error of every layer pruned by ``solver`` at each target
-    (0 at sparsity 0 without a solve)."""
-    from onnxprune.methods.layer_solver import Problem
+class ErrorCurves:
+    """Relative reconstruction error of each layer pruned by ``solver`` at each target, solved on first use
+    (the allocation only looks one grid step past each layer's level) and kept; 0 at sparsity 0."""
 
-    errors = np.zeros((len(sources), len(targets)))
-    for i, s in enumerate(tqdm(sources, desc="error curves", unit="layer", leave=False)):
-        problems = [Problem(w, h, lams[s.name]) for w, h in zip(dense[s.name], grams[s.name].H)]
+    def __init__(self, sources: list[LayerSource], dense: dict[str, np.ndarray], solver: LayerSolver,
+                 grams: dict[str, GramStats], lams: dict[str, float], targets: list[Any]) -> None:
+        self.sources, self.dense, self.solver, self.grams, self.lams, self.targets = (sources, dense, solver, grams,
+                                                                                      lams, targets)
+        self.known: dict[tuple[int, int], float] = {}
+        self.problems: dict[int, list[Any]] = {}  # per layer: its Problems, whose factors every solve shares
+        self.bar = tqdm(desc="error curves", unit="solve", leave=False)
+
+    def __call__(self, layer: int, level: int) -> float:
+        if (layer, level) not in self.known:
+            self.known[layer, level] = self._solve(layer, self.targets[level])
+        return self.known[layer, level]
+
+    def _solve(self, layer: int, target: Any) -> float:
+        from onnxprune.methods.layer_solver import Problem
+
+        if target.sparsity <= 0:
+            return 0.0
+        if layer not in self.problems:
+            name = self.sources[layer].name
+            self.problems[layer] = [Problem(w, h, self.lams[name]) for w, h in zip(self.dense[name], self.grams[name].H)]
+        problems = self.problems[layer]
         energy = max(sum(p.dense_energy for p in problems), 1e-300)
-        for j, target in enumerate(targets):
-            if target.sparsity > 0:
-                errors[i, j] = sum(p.error(solver(p, target)) for p in problems) / energy
-    return errors
+        self.bar.update(1)
+        return sum(p.error(self.solver(p, target)) for p in problems) / energy
 
 
-def allocate(errors: np.ndarray, grid: np.ndarray, sizes: np.ndarray, sparsity: float) -> np.ndarray:
+def allocate(errors: Callable[[int, int], float], grid: np.ndarray, sizes: np.ndarray, sparsity: float) -> np.ndarray:
     """Per-layer sparsities with ``Σ sizes·s = sparsity·Σ sizes``: from 0, repeatedly move the layer whose
-    next grid step costs the least error per pruned weight; the last move stops part-way."""
+    next grid step costs the least error per pruned weight (``errors(layer, grid index)``); the last move
+    stops part-way."""
     need = sparsity * sizes.sum()
     level = np.zeros(len(sizes), dtype=int)
     chosen = np.zeros(len(sizes))
+    last = len(grid) - 1
     while need > 1e-9:
-        movable = level < len(grid) - 1
-        if not movable.any():
+        cost = np.array([(errors(i, level[i] + 1) - errors(i, level[i])) / max((grid[level[i] + 1] - grid[level[i]])
+                                                                               * sizes[i], 1e-300)
+                         if level[i] < last else np.inf for i in range(len(sizes))])
+        if not np.isfinite(cost).any():
             break
-        step = np.where(movable, grid[np.minimum(level + 1, len(grid) - 1)] - grid[level], 0)
-        cost = np.where(movable, (errors[np.arange(len(sizes)), np.minimum(level + 1, len(grid) - 1)]
-                                  - errors[np.arange(len(sizes)), level]) / np.maximum(step * sizes, 1e-300), np.inf)
         layer = int(np.argmin(cost))
-        gained = step[layer] * sizes[layer]
+        gained = (grid[level[layer] + 1] - grid[level[layer]]) * sizes[layer]
         if gained >= need:
             chosen[layer] = grid[level[layer]] + need / sizes[layer]
             break
@@ -202,11 +218,12 @@ class LayerwiseSession:
             return {s.name: Target(sparsity, None, self.scope) for s in self.sources}
         grams = self.grams or self._capture(self.model, self.sources)
         grid = np.unique(np.r_[GRID, sparsity, (1 + sparsity) / 2])
-        with placed_on(self.device):
-            errors = relative_error(self.sources, self.dense, self.estimator, grams, self._lams(grams),
-                                    [Target(float(g), None, self.scope) for g in grid])
+        errors = ErrorCurves(self.sources, self.dense, self.estimator, grams, self._lams(grams),
+                             [Target(float(g), None, self.scope) for g in grid])
         sizes = np.array([self.original[s.name].size for s in self.sources], dtype=float)
-        chosen = allocate(errors, grid, sizes, sparsity)
+        with placed_on(self.device):
+            chosen = allocate(errors, grid, sizes, sparsity)
+        errors.bar.close()
         return {s.name: Target(float(c), None, self.scope) for s, c in zip(self.sources, chosen)}
 
     def prune(self, sparsity: float) -> MethodResult:
