@@ -61,6 +61,12 @@ def test_allocation_is_optimal_where_a_greedy_is_not():
     assert allocate(curves, 22) is None
 
 
+def test_savings_within_the_noise_floor_are_never_chosen():
+    curves = [curve(0, [(9, 1)]), curve(1, [(10, 3)]), curve(2, [(2, 1.5)])]
+    assert allocate(curves, 10, floor=2) == {1: 1}  # group 2's saving is noise: group 1 alone, not 0 and 2
+    assert allocate(curves, 10, floor=10) is None  # nothing saves measurably more than the noise
+
+
 def test_allocation_matches_exhaustive_search_on_random_tables():
     rng = np.random.default_rng(0)
     for _ in range(100):
@@ -110,6 +116,7 @@ def test_target_speedup_is_met_as_measured(tmp_path, chita):
     found = outcome.details["target"]
     assert found["metric"] == "latency_ms" and found["batch"] == 8
     assert found["achieved"] == pytest.approx(1.0 / found["measured"]) and found["achieved"] >= 1.3 * 0.9
+    assert 0.0 <= found["noise"] < 0.2 * found["dense"]  # the A/A difference of the table's two dense copies
     assert outcome.after.macs < outcome.before.macs
 
 

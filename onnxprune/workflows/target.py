@@ -173,7 +173,8 @@ class GroupWidth:
 @dataclass
 class TargetReport:
     """What the allocation did, for the result details: the target, how the cost was measured (``batch``
-    and ``provider`` for latency), the table (``dense``: the cost its savings are counted from), the tries,
+    and ``provider`` for latency), the table (``dense``: the cost its savings are counted from; ``noise``:
+    the A/A difference within which a saving is not counted), the tries,
     each group's width, the chosen model's cost ratio as the table predicted it and as measured, and that
     measured figure in the target's terms (``achieved``: a speed-up or a MACs fraction)."""
 
@@ -182,6 +183,7 @@ class TargetReport:
     batch: int | None
     provider: str | None
     dense: float
+    noise: float
     table: list[GroupCurve]
     tries: list[TargetTry] = field(default_factory=list)
     groups: list[GroupWidth] = field(default_factory=list)
@@ -198,14 +200,16 @@ def candidate_widths(size: int, round_to: int) -> list[int]:
     return sorted(w for w in found if 0 < w < size)
 
 
-def allocate(curves: list[GroupCurve], required: float, steps: int = STEPS) -> dict[int, int] | None:
+def allocate(curves: list[GroupCurve], required: float, steps: int = STEPS, floor: float = 0.0
+             ) -> dict[int, int] | None:
     """The widths (only of the groups pruned) with the smallest summed error whose summed saving is at least
-    ``required``; None when the table cannot save that much.
+    ``required``; None when the table cannot save that much. Savings up to ``floor`` (the table's noise)
+    count as none.
 
     A multiple-choice knapsack solved by dynamic programming over the saving, counted in whole steps of
     ``required / steps`` rounded down, so the answer really saves ``required`` by the table and is optimal
     up to that rounding; unlike a greedy on marginal error per saving, it copes with measured savings that
-    do not grow with the pruning. A width that saves nothing is never chosen.
+    do not grow with the pruning. A width that saves nothing measurable is never chosen.
     """
     if required <= 0:
         return {}
@@ -215,7 +219,7 @@ def allocate(curves: list[GroupCurve], required: float, steps: int = STEPS) -> d
     for curve in curves:
         new, pick, origin = best.copy(), np.full(steps + 1, -1), np.arange(steps + 1)
         for option, (saving, error) in enumerate(zip(curve.savings, curve.errors)):
-            if saving <= 0:
+            if saving <= floor:
                 continue
             k = min(steps, int(np.floor(saving * steps / required)))
             candidate, source = np.full(steps + 1, np.inf), np.zeros(steps + 1, dtype=int)
@@ -263,21 +267,27 @@ def _meter(pruner: Pruner, target: Target) -> LatencyMeter | MacsMeter:
 
 
 def cost_table(session: ChannelSession, meter: Meter,
-               candidates: dict[int, list[int]]) -> tuple[float, list[GroupCurve]]:
-    """The dense cost and each group's curve: the saving of pruning it alone to each candidate width (timed
-    in turns with the folded dense model) and the method's error there."""
-    dense, curves = [], []
+               candidates: dict[int, list[int]]) -> tuple[float, float, list[GroupCurve]]:
+    """The dense cost, the table's noise and each group's curve: the saving of pruning it alone to each
+    candidate width (timed in turns with two copies of the folded dense model, from their mean) and the
+    method's error there. The noise is the largest difference between the two dense copies over the
+    groups: a saving within it is not measurable (an A/A control; 0 for exact MACs)."""
+    dense, noise, curves = [], [], []
     for index, widths in tqdm(candidates.items(), desc=f"{meter.metric} table", unit="group"):
-        costs = meter.costs([session.folded] + [session.shape_model({index: w}) for w in widths], table=True)
-        dense.append(costs[0])
+        costs = meter.costs([session.folded, session.folded] + [session.shape_model({index: w}) for w in widths],
+                            table=True)
+        base = 0.5 * (costs[0] + costs[1])
+        dense.append(base)
+        noise.append(abs(costs[0] - costs[1]))
         curves.append(GroupCurve(index, session.analysis.groups[index].size, widths,
-                                 [costs[0] - c for c in costs[1:]], []))
-    log.info("%s table: dense %.4g; per group, width / saved / error", meter.metric, float(np.median(dense)))
+                                 [base - c for c in costs[2:]], []))
+    log.info("%s table: dense %.4g, noise %.3g; per group, width / saved / error", meter.metric,
+             float(np.median(dense)), max(noise))
     for curve in tqdm(curves, desc="width errors", unit="group"):
         curve.errors = session.width_errors(curve.group, curve.widths)
         log.info("group %d (%d channels): %s", curve.group, curve.size,
                  ", ".join(f"{w} / {s:.4g} / {e:.4g}" for w, s, e in zip(curve.widths, curve.savings, curve.errors)))
-    return float(np.median(dense)), curves
+    return float(np.median(dense)), max(noise), curves
 
 
 def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *,
@@ -302,15 +312,15 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
         raise ConfigError(f"the target {target.figure(target.ratio)} is out of reach: with every group at its "
                           f"smallest candidate width ({KEEP_FRACTIONS[0]:.0%} of its channels) the model measures "
                           f"{target.figure(reach)}, the best reachable; ask for at most that")
-    dense, curves = cost_table(session, meter, candidates)
+    dense, noise, curves = cost_table(session, meter, candidates)
     table_s = time.perf_counter() - start
     timed = isinstance(meter, LatencyMeter)
     outcome = TargetReport(asdict(target), meter.metric, meter.batch if timed else None,
-                           meter.provider if timed else None, dense, curves)
+                           meter.provider if timed else None, dense, noise, curves)
     results: list[MethodResult] = []
     required = 1.0 - target.ratio
     for _ in range(TRIES):
-        widths = allocate(curves, required * dense)
+        widths = allocate(curves, required * dense, floor=noise)
         if widths is None:  # more than the table offers: the smallest widths, measured above to meet the target
             widths = smallest
         result = session.prune_widths(widths)
