@@ -321,6 +321,9 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
     required = 1.0 - target.ratio
     for _ in range(TRIES):
         widths = allocate(curves, required * dense, floor=noise)
+        while widths is not None and any(t.widths == widths for t in outcome.tries):  # measured already: ask more
+            required += TIGHTEN
+            widths = allocate(curves, required * dense, floor=noise)
         if widths is None:  # more than the table offers: the smallest widths, measured above to meet the target
             widths = smallest
         result = session.prune_widths(widths)
