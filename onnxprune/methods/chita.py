@@ -69,9 +69,10 @@ class ChitaConfig(MagnitudeConfig):
     - ``active_ratio``: IHT works on about this many × the kept weights, chosen by diagonal saliency
       (0: all weights).
     - ``max_iter`` / ``tol``: IHT iteration cap and relative objective change that stops it.
-    - ``patience``: IHT also stops once its support has not changed for this many iterations, since the
-      backsolve then gives the exact weights on it (0: off). 30 makes CNN solves ~40% faster with the
-      same accuracy up to 0.9 sparsity; beyond, results moved both ways (tools/bench_chita.py), hence off.
+    - ``patience``: IHT also stops once its support has not changed for this many iterations (0: off). Without
+      it IHT already jumps to the exact minimiser on a support that held for 3 iterations and stops at
+      IHT's fixed point (``chita_solver.REFIT_AFTER``); patience was measured before that, when it made CNN
+      solves ~40% faster and moved results at 0.95+ both ways, hence off.
     - ``engine``: 'model' (whole-model Fisher from per-sample gradients through the torch view), 'layer'
       (each layer's reconstruction loss from ONNX Runtime activations, ``methods/layerwise.py``) or 'auto':
       one-shot ``chita`` takes the layer engine (ahead of the whole-model one on every model measured:
