@@ -244,3 +244,28 @@ def test_allocation_meets_the_budget_and_reads_the_error_curves_one_step_past_ea
     reached = np.ceil(chosen / 0.1 - 1e-9).astype(int)
     assert all(level <= reached[layer] + 1 for layer, level in asked)
     assert len(set(asked)) < 3 * len(grid)
+
+
+def test_swap_changes_are_the_exact_change_of_a_solve_on_the_swapped_support():
+    from onnxprune.methods.layer_solver import _pairs, _solve_rows
+
+    gen = torch.Generator().manual_seed(4)
+    d, rows = 24, 6
+    X = torch.randn(200, d, generator=gen, dtype=torch.float64) @ torch.randn(d, d, generator=gen, dtype=torch.float64)
+    H = X.T @ X / 200 + 0.01 * torch.eye(d, dtype=torch.float64)
+    W_bar = torch.randn(rows, d, generator=gen, dtype=torch.float64)
+    mask = torch.zeros(rows, d, dtype=torch.bool)
+    for i in range(rows):  # 2:4 along each row, an arbitrary valid support
+        for g in range(d // 4):
+            mask[i, 4 * g + torch.randperm(4, generator=gen)[:2]] = True
+    group = torch.arange(d) // 4
+    solved = _solve_rows(W_bar, H, mask, choose=lambda drop, add: _pairs(drop, add, group, 6))
+    checked = 0
+    for i, row in enumerate(solved):
+        for out, into, change in row.swaps:
+            trial = mask[i:i + 1].clone()
+            trial[0, out], trial[0, into] = False, True
+            exact = _solve_rows(W_bar[i:i + 1], H, trial, stats=False)[0].value - row.value
+            assert change == pytest.approx(exact, rel=1e-3, abs=1e-6 * row.value)
+            checked += 1
+    assert checked >= rows * 4

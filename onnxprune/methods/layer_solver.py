@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import torch
@@ -166,19 +167,27 @@ ROW_BATCH_BYTES = 256 << 20
 class _Row:
     """One row's exact solve on its support: weights, value ``f = DᵀH_λD`` (D = w − w̄), the exact increase
     of f from dropping each kept weight (``w_j²/[H_SS⁻¹]_jj``) and decrease from adding each pruned one
-    (``g_j²/s_j``, g = H_λD, s the Schur complement); ±inf marks impossible moves."""
+    (``g_j²/s_j``, g = H_λD, s the Schur complement); ±inf marks impossible moves. ``swaps``: candidate swaps
+    (index out, index in) with the exact change of f each makes, when asked for."""
 
     w: torch.Tensor
     value: float
     drop: torch.Tensor
     add: torch.Tensor
+    swaps: list[tuple[int, int, float]] | None = None
 
 
-def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor,
-                 stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(w, value, drop, add) of rows ``W_bar`` [B, d] solved exactly on their supports ``mask``: each
+# Picks a row's candidate swaps (index out, index in) from its drop and add figures.
+Chooser = Callable[[torch.Tensor, torch.Tensor], list[tuple[int, int]]]
+
+
+def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, stats: bool,
+                 choose: Chooser | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                         torch.Tensor | None, list | None]:
+    """(w, value, drop, add, swaps) of rows ``W_bar`` [B, d] solved exactly on their supports ``mask``: each
     row's ``H_SS`` gathered into a batch padded with identity to the largest support, so one batched
-    Cholesky serves all (``w_S = w̄_S + H_SS⁻¹ H_{S,S̄} w̄_S̄``)."""
+    Cholesky serves all (``w_S = w̄_S + H_SS⁻¹ H_{S,S̄} w̄_S̄``). With ``choose``, each row's candidate swaps
+    with the exact change of f (``_swap_changes``)."""
     rows, d = W_bar.shape
     k = mask.sum(1)
     K, C = int(k.max()), d - int(k.min())
@@ -199,21 +208,48 @@ def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor,
     g = D @ H_l
     value = (D * g).sum(1)
     if not stats:
-        return w, value, None, None
+        return w, value, None, None, None
     # the figures only rank candidate moves (each is then solved exactly): float32 is enough
     low = factor.float()
     inverse = torch.linalg.solve_triangular(low, torch.eye(K, dtype=low.dtype), upper=False)  # L⁻¹
     inverse_diag = inverse.pow(2).sum(1).double()  # diag(H_SS⁻¹): column norms² of L⁻¹
     drop = torch.full_like(W_bar, math.inf).scatter_(1, kept, torch.where(kv, w_kept.pow(2) / inverse_diag, math.inf))
-    explained = (inverse @ cross.float()).pow(2).sum(1).double()  # diag(H_S̄S H_SS⁻¹ H_SS̄)
+    projected = inverse @ cross.float()  # L⁻¹H_SS̄
+    explained = projected.pow(2).sum(1).double()  # diag(H_S̄S H_SS⁻¹ H_SS̄)
     schur = (H_l.diagonal()[dropped] - explained).clamp_min(1e-300)
     add = torch.full_like(W_bar, -math.inf).scatter_(
         1, dropped, torch.where(cv, g.gather(1, dropped).pow(2) / schur, -math.inf))
-    return w, value, drop, add
+    swaps = None
+    if choose is not None:
+        swaps = [_swap_changes(choose(drop[b], add[b]), kept[b], dropped[b], inverse[b], projected[b],
+                               w_kept[b], inverse_diag[b], g[b], schur[b]) for b in range(rows)]
+    return w, value, drop, add, swaps
 
 
-def _solve_rows(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, stats: bool = True) -> list[_Row]:
-    """Every row of ``W_bar`` solved on its support, in batches of similar support sizes."""
+def _swap_changes(pairs: list[tuple[int, int]], kept: torch.Tensor, dropped: torch.Tensor, inverse: torch.Tensor,
+                  projected: torch.Tensor, w_kept: torch.Tensor, inverse_diag: torch.Tensor, g: torch.Tensor,
+                  schur: torch.Tensor) -> list[tuple[int, int, float]]:
+    """The exact change of one row's f from each swap (j out, r in), in O(K) each: dropping j costs
+    ``w_j²/Q_jj`` (Q = H_SS⁻¹) and moves g_r by ``−w_j·u_j/Q_jj`` (u = (Q H_Sr)_j) and r's Schur complement
+    by ``+u_j²/Q_jj``; adding r then gains ``g_r'²/s_r'``."""
+    if not pairs:
+        return []
+    slot = torch.empty(len(kept) + len(dropped), dtype=torch.long)  # column → position in kept / dropped
+    slot[kept], slot[dropped] = torch.arange(len(kept)), torch.arange(len(dropped))
+    out = torch.tensor([j for j, _ in pairs])
+    into = torch.tensor([r for _, r in pairs])
+    j, r = slot[out], slot[into]
+    u = (inverse[:, j] * projected[:, r]).sum(0).double()
+    q, w_j = inverse_diag[j], w_kept[j]
+    g_r = g[dropped[r]] - w_j * u / q
+    change = w_j.pow(2) / q - g_r.pow(2) / (schur[r] + u.pow(2) / q)
+    return [(a, b, float(c)) for a, b, c in zip(out.tolist(), into.tolist(), change.tolist())]
+
+
+def _solve_rows(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, stats: bool = True,
+                choose: Chooser | None = None) -> list[_Row]:
+    """Every row of ``W_bar`` solved on its support, in batches of similar support sizes (with each row's
+    candidate swaps and their exact changes when ``choose`` is given)."""
     rows, d = W_bar.shape
     k = mask.sum(1)
     widest = int(k.max()) if rows else 0
@@ -223,9 +259,10 @@ def _solve_rows(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, stat
     out: list[_Row | None] = [None] * rows
     for start in range(0, rows, chunk):
         idx = order[start:start + chunk]
-        w, value, drop, add = _solve_batch(W_bar[idx], H_l, mask[idx], stats)
+        w, value, drop, add, swaps = _solve_batch(W_bar[idx], H_l, mask[idx], stats, choose)
         for j, i in enumerate(idx.tolist()):
-            out[i] = _Row(w[j], float(value[j]), drop[j] if stats else None, add[j] if stats else None)
+            out[i] = _Row(w[j], float(value[j]), drop[j] if stats else None, add[j] if stats else None,
+                          swaps[j] if swaps is not None else None)
     return out
 
 
@@ -254,13 +291,26 @@ def swap_search(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, targ
                 rounds: int = 3, candidates: int = 4) -> torch.Tensor:
     """Local search over swaps (drop a kept weight, add a pruned one of the same constraint group) with the
     exact backsolve. Each round, per row (the whole layer for a layer-wide budget), candidate pairs are
-    tried in order of estimated change (``candidates`` cheapest drops × best adds) and the first that
-    lowers the exact objective is applied; a row changes at most once per round. Returns the weights."""
+    taken in order of estimated change (``candidates`` cheapest drops × best adds, or with N:M the best
+    pair of each of the ``candidates`` most promising groups) and one that lowers the exact objective is
+    applied; a row changes at most once per round. Returns the weights."""
     mask = mask.clone()
-    rows = _solve_rows(W_bar, H_l, mask, stats=rounds > 0)
-    search = _swap_layer if target.nm is None and target.scope == "layer" else _swap_each_row
-    for _ in range(rounds):
-        touched = search(W_bar, H_l, mask, rows, target, candidates)
+    if target.nm is None and target.scope == "layer":
+        rows = _solve_rows(W_bar, H_l, mask, stats=rounds > 0)
+        for _ in range(rounds):
+            touched = _swap_layer(W_bar, H_l, mask, rows, target, candidates)
+            log.debug("swap round: %d row(s) changed", len(touched))
+            if not touched:
+                break
+        return torch.stack([r.w for r in rows])
+    group = torch.arange(W_bar.shape[1]) // target.nm[1] if target.nm else None
+
+    def choose(drop: torch.Tensor, add: torch.Tensor) -> list[tuple[int, int]]:
+        return _pairs(drop, add, group, candidates)
+
+    rows = _solve_rows(W_bar, H_l, mask, stats=rounds > 0, choose=choose)
+    for round_ in range(rounds):
+        touched = _swap_each_row(W_bar, H_l, mask, rows, choose if round_ < rounds - 1 else None)
         log.debug("swap round: %d row(s) changed", len(touched))
         if not touched:
             break
@@ -287,31 +337,31 @@ def _swap_layer(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, rows
     return []
 
 
-def _swap_each_row(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, rows: list[_Row], target: Target,
-                   candidates: int) -> list[int]:
-    """One swap round in every row independently (per-row or N:M budgets): the rows' k-th candidate pairs
-    are solved as one batch, for rows not yet improved this round; updates ``mask`` and ``rows`` in place
-    and returns the changed rows."""
-    group = torch.arange(W_bar.shape[1]) // target.nm[1] if target.nm else None
-    pairs = [_pairs(r.drop, r.add, group, candidates) for r in rows]
-    pending, touched = set(range(len(rows))), []
-    for rank in range(max(map(len, pairs), default=0)):
-        trying = [i for i in sorted(pending) if rank < len(pairs[i])]
-        if not trying:
-            break
-        trial = mask[trying].clone()
-        for j, i in enumerate(trying):
-            out, into = pairs[i][rank]
-            trial[j, out], trial[j, into] = False, True
-        for j, (i, row) in enumerate(zip(trying, _solve_rows(W_bar[trying], H_l, trial, stats=False))):
-            if row.value < rows[i].value * (1 - 1e-9):
-                mask[i] = trial[j]
-                pending.discard(i)
-                touched.append(i)
-    if touched:
-        for i, row in zip(touched, _solve_rows(W_bar[touched], H_l, mask[touched])):
-            rows[i] = row
-    return touched
+def _swap_each_row(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, rows: list[_Row],
+                   choose: Chooser | None) -> list[int]:
+    """One swap round in every row independently (per-row or N:M budgets): each row takes its candidate swap
+    of the largest exact decrease (``_Row.swaps``), the changed rows are solved again (with their next
+    candidates unless ``choose`` is None: the last round), and a row whose solve does not confirm the
+    decrease keeps its old support. Updates ``mask`` and ``rows`` in place and returns the changed rows."""
+    moves = {}
+    for i, row in enumerate(rows):
+        best = min(row.swaps, key=lambda swap: swap[2], default=None)
+        if best is not None and best[2] < -1e-9 * row.value:
+            moves[i] = best[:2]
+    if not moves:
+        return []
+    touched = sorted(moves)
+    trial = mask[touched].clone()
+    for j, i in enumerate(touched):
+        out, into = moves[i]
+        trial[j, out], trial[j, into] = False, True
+    changed = []
+    for j, (i, row) in enumerate(zip(touched, _solve_rows(W_bar[touched], H_l, trial, stats=choose is not None,
+                                                          choose=choose))):
+        if row.value < rows[i].value * (1 - 1e-9):
+            mask[i], rows[i] = trial[j], row
+            changed.append(i)
+    return changed
 
 
 def solve_chita(problem: Problem, target: Target, *, max_iter: int = 100, tol: float = 1e-6, swap_rounds: int = 3,
