@@ -155,24 +155,26 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
               "the MACs is left, e.g. 0.5 (channel methods; instead of --sparsity).")
 @click.option("--target-batch", type=int, help="Batch the --target-speedup is timed at [default: 8, or the model's "
               "fixed batch].")
+@click.option("--target-table", type=click.Path(dir_okay=False), help="Reuse the latency table of an earlier "
+              "--target-speedup run's --report (same model, batch and machine) instead of timing it again.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def prune(model: str, output: str, method: str, calib: str | None, input_shape: tuple[str, ...], report: str | None,
           compress: bool, use_onnxslim: bool, extra: tuple[str, ...], max_accuracy_drop: float | None,
           min_agreement: float | None, data: str | None, target_speedup: float | None, target_macs: float | None,
-          target_batch: int | None, as_json: bool, **flags: Any) -> None:
+          target_batch: int | None, target_table: str | None, as_json: bool, **flags: Any) -> None:
     """Prune MODEL with a method and write the result to OUTPUT (never overwriting MODEL)."""
     from onnxprune.pipeline import prune as run_prune
 
     options = {k: v for k, v in flags.items() if v is not None}
     options.update(_parse_options(extra))
-    if target_speedup is not None or target_macs is not None or target_batch is not None:
+    if target_speedup is not None or target_macs is not None or target_batch is not None or target_table is not None:
         from onnxprune.errors import ConfigError
         from onnxprune.workflows.target import Target
 
         if max_accuracy_drop is not None or min_agreement is not None:
             raise ConfigError("give either a target (--target-speedup/--target-macs) or an accuracy budget, not both")
         _target_prune(model, output, method, calib, report, compress, use_onnxslim, _shapes(input_shape),
-                      Target(target_speedup, target_macs, target_batch), options, as_json)
+                      Target(target_speedup, target_macs, target_batch, target_table), options, as_json)
         return
     if max_accuracy_drop is not None or min_agreement is not None:
         _budget_search(model, output, method, calib, report, data, max_accuracy_drop, min_agreement, options,

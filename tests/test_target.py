@@ -120,6 +120,20 @@ def test_target_speedup_is_met_as_measured(tmp_path, chita):
     assert outcome.after.macs < outcome.before.macs
 
 
+def test_a_reused_latency_table_is_taken_as_measured_and_must_fit_the_run(tmp_path, chita):
+    first = prune_to_target(chita, Target(speedup=1.3), tmp_path / "a.onnx", report=tmp_path / "a.json")
+    again = prune_to_target(chita, Target(speedup=1.3, table=str(tmp_path / "a.json")), tmp_path / "b.onnx")
+    old, new = first.details["target"], again.details["target"]
+    assert [c["savings"] for c in new["table"]] == [c["savings"] for c in old["table"]]
+    assert [c["errors"] for c in new["table"]] == [c["errors"] for c in old["table"]]
+    assert new["noise"] == old["noise"] and new["model_sha256"] == old["model_sha256"] != ""
+    with pytest.raises(ConfigError, match="batch 8 there, 4 here"):
+        prune_to_target(chita, Target(speedup=1.3, batch=4, table=str(tmp_path / "a.json")), tmp_path / "c.onnx")
+    assert not (tmp_path / "c.onnx").exists()
+    with pytest.raises(ConfigError, match="without --target-speedup"):
+        Target(macs=0.5, table=str(tmp_path / "a.json"))
+
+
 def test_unreachable_target_names_the_best_speedup_and_writes_nothing(tmp_path, calib):
     out = tmp_path / "never.onnx"
     with pytest.raises(ConfigError, match=r"out of reach.* measures \d+\.\d+x, the best reachable"):

@@ -11,6 +11,8 @@ misses, the required saving grows by the miss and the widths are allocated again
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import time
@@ -50,6 +52,7 @@ class Target:
     speedup: float | None = None
     macs: float | None = None
     batch: int | None = None
+    table: str | None = None  # a report of an earlier --target-speedup run whose latency table is reused
 
     def __post_init__(self) -> None:
         if (self.speedup is None) == (self.macs is None):
@@ -65,6 +68,12 @@ class Target:
                               "--target-speedup")
         if self.batch is not None and self.batch < 1:
             raise ConfigError(f"--target-batch must be >= 1; got {self.batch}")
+        if self.table is not None and self.speedup is None:
+            raise ConfigError("--target-table reuses the latency table of an earlier --target-speedup run; it was "
+                              "given without --target-speedup (MACs are counted exactly and need no table)")
+        if self.table is not None and not os.path.isfile(self.table):
+            raise ConfigError(f"--target-table {self.table!r} is not a file (give the --report JSON of an earlier "
+                              "--target-speedup run)")
 
     @property
     def ratio(self) -> float:
@@ -185,6 +194,7 @@ class TargetReport:
     dense: float
     noise: float
     table: list[GroupCurve]
+    model_sha256: str = ""
     tries: list[TargetTry] = field(default_factory=list)
     groups: list[GroupWidth] = field(default_factory=list)
     predicted: float | None = None
@@ -266,13 +276,19 @@ def _meter(pruner: Pruner, target: Target) -> LatencyMeter | MacsMeter:
     return LatencyMeter(make_feed(specs, target.batch or fixed or DEFAULT_BATCH, pruner.calib))
 
 
-def cost_table(session: ChannelSession, meter: Meter,
-               candidates: dict[int, list[int]]) -> tuple[float, float, list[GroupCurve]]:
+def cost_table(session: ChannelSession, meter: Meter, candidates: dict[int, list[int]],
+               reuse: dict[str, Any] | None = None) -> tuple[float, float, list[GroupCurve]]:
     """The dense cost, the table's noise and each group's curve: the saving of pruning it alone to each
     candidate width (timed in turns with two copies of the folded dense model, from their mean) and the
     method's error there. The noise is the largest difference between the two dense copies over the
-    groups: a saving within it is not measurable (an A/A control; 0 for exact MACs)."""
-    dense, noise, curves = [], [], []
+    groups: a saving within it is not measurable (an A/A control; 0 for exact MACs). With ``reuse`` (the
+    target details of an earlier report, checked by ``reusable_table``) the savings are taken from there."""
+    if reuse is not None:
+        dense, noise = [float(reuse["dense"])], [float(reuse["noise"])]
+        curves = [GroupCurve(c["group"], c["size"], list(c["widths"]), list(c["savings"]), []) for c in reuse["table"]]
+        candidates = {}
+    else:
+        dense, noise, curves = [], [], []
     for index, widths in tqdm(candidates.items(), desc=f"{meter.metric} table", unit="group"):
         costs = meter.costs([session.folded, session.folded] + [session.shape_model({index: w}) for w in widths],
                             table=True)
@@ -288,6 +304,36 @@ def cost_table(session: ChannelSession, meter: Meter,
         log.info("group %d (%d channels): %s", curve.group, curve.size,
                  ", ".join(f"{w} / {s:.4g} / {e:.4g}" for w, s, e in zip(curve.widths, curve.savings, curve.errors)))
     return float(np.median(dense)), max(noise), curves
+
+
+def model_fingerprint(model: onnx.ModelProto) -> str:
+    """sha256 of the serialized model: a latency table belongs to one model."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def reusable_table(path: str, meter: Meter, fingerprint: str, candidates: dict[int, list[int]]) -> dict[str, Any]:
+    """The target details of the report at ``path``, when its latency table fits this run (same model, batch
+    and candidate widths); ConfigError naming what differs otherwise."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            found = json.load(file)["details"]["target"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--target-table {path!r} is not the --report of a --target-speedup run ({exc})") from None
+    missing = [key for key in ("table", "dense", "noise") if key not in found]
+    if missing:
+        raise ConfigError(f"--target-table {path!r} has no {', '.join(missing)}: write it again with this version")
+    differs = []
+    if found.get("metric") != meter.metric:
+        differs.append(f"it measured {found.get('metric')}, this run {meter.metric}")
+    if found.get("batch") != getattr(meter, "batch", None):
+        differs.append(f"batch {found.get('batch')} there, {getattr(meter, 'batch', None)} here")
+    if found.get("model_sha256") != fingerprint:
+        differs.append("it was measured on another model (or another canonical form of it)")
+    if {c["group"]: list(c["widths"]) for c in found["table"]} != candidates:
+        differs.append("its groups or candidate widths differ (--round-to, --skip-first/--skip-last?)")
+    if differs:
+        raise ConfigError(f"--target-table {path!r} does not fit this run: {'; '.join(differs)}")
+    return found
 
 
 def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *,
@@ -312,11 +358,13 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
         raise ConfigError(f"the target {target.figure(target.ratio)} is out of reach: with every group at its "
                           f"smallest candidate width ({KEEP_FRACTIONS[0]:.0%} of its channels) the model measures "
                           f"{target.figure(reach)}, the best reachable; ask for at most that")
-    dense, noise, curves = cost_table(session, meter, candidates)
+    fingerprint = model_fingerprint(pruner.canonical.model)
+    reuse = None if target.table is None else reusable_table(target.table, meter, fingerprint, candidates)
+    dense, noise, curves = cost_table(session, meter, candidates, reuse)
     table_s = time.perf_counter() - start
     timed = isinstance(meter, LatencyMeter)
     outcome = TargetReport(asdict(target), meter.metric, meter.batch if timed else None,
-                           meter.provider if timed else None, dense, noise, curves)
+                           meter.provider if timed else None, dense, noise, curves, fingerprint)
     results: list[MethodResult] = []
     required = 1.0 - target.ratio
     for _ in range(TRIES):
