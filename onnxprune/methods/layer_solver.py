@@ -110,6 +110,7 @@ def backsolve(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor) -> tor
 # IHT iterations between fresh computations of the carried gradient.
 _REFRESH = 20
 
+
 def _iht(V_bar: torch.Tensor, Hs: torch.Tensor, constraint: Constraint, V0: torch.Tensor, L: float,
          max_iter: int, tol: float) -> torch.Tensor:
     """IHT ``V ← P(V − τ∇q)`` on ``q(V) = ½tr((V − V̄)Hs(V − V̄)ᵀ)`` with CHITA's step rule: the exact line
@@ -182,9 +183,8 @@ Chooser = Callable[[torch.Tensor, torch.Tensor], list[tuple[int, int]]]
 
 
 def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, stats: bool,
-                 choose: Chooser | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
-                                                         torch.Tensor | None, list | None]:
-    """(w, value, drop, add, swaps) of rows ``W_bar`` [B, d] solved exactly on their supports ``mask``: each
+                 choose: Chooser | None = None) -> list[_Row]:
+    """Rows ``W_bar`` [B, d] solved exactly on their supports ``mask`` (drop/add figures with ``stats``): each
     row's ``H_SS`` gathered into a batch padded with identity to the largest support, so one batched
     Cholesky serves all (``w_S = w̄_S + H_SS⁻¹ H_{S,S̄} w̄_S̄``). With ``choose``, each row's candidate swaps
     with the exact change of f (``_swap_changes``)."""
@@ -208,7 +208,7 @@ def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, sta
     g = D @ H_l
     value = (D * g).sum(1)
     if not stats:
-        return w, value, None, None, None
+        return [_Row(w[b], float(value[b]), None, None) for b in range(rows)]
     # the figures only rank candidate moves (each is then solved exactly): float32 is enough
     low = factor.float()
     inverse = torch.linalg.solve_triangular(low, torch.eye(K, dtype=low.dtype), upper=False)  # L⁻¹
@@ -219,11 +219,10 @@ def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, sta
     schur = (H_l.diagonal()[dropped] - explained).clamp_min(1e-300)
     add = torch.full_like(W_bar, -math.inf).scatter_(
         1, dropped, torch.where(cv, g.gather(1, dropped).pow(2) / schur, -math.inf))
-    swaps = None
-    if choose is not None:
-        swaps = [_swap_changes(choose(drop[b], add[b]), kept[b], dropped[b], inverse[b], projected[b],
-                               w_kept[b], inverse_diag[b], g[b], schur[b]) for b in range(rows)]
-    return w, value, drop, add, swaps
+    return [_Row(w[b], float(value[b]), drop[b], add[b],
+                 None if choose is None else _swap_changes(choose(drop[b], add[b]), kept[b], dropped[b], inverse[b],
+                                                           projected[b], w_kept[b], inverse_diag[b], g[b], schur[b]))
+            for b in range(rows)]
 
 
 def _swap_changes(pairs: list[tuple[int, int]], kept: torch.Tensor, dropped: torch.Tensor, inverse: torch.Tensor,
@@ -259,10 +258,8 @@ def _solve_rows(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, stat
     out: list[_Row | None] = [None] * rows
     for start in range(0, rows, chunk):
         idx = order[start:start + chunk]
-        w, value, drop, add, swaps = _solve_batch(W_bar[idx], H_l, mask[idx], stats, choose)
-        for j, i in enumerate(idx.tolist()):
-            out[i] = _Row(w[j], float(value[j]), drop[j] if stats else None, add[j] if stats else None,
-                          swaps[j] if swaps is not None else None)
+        for i, row in zip(idx.tolist(), _solve_batch(W_bar[idx], H_l, mask[idx], stats, choose)):
+            out[i] = row
     return out
 
 
@@ -361,6 +358,8 @@ def _swap_each_row(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, r
         if row.value < rows[i].value * (1 - 1e-9):
             mask[i], rows[i] = trial[j], row
             changed.append(i)
+        else:  # not confirmed: not tried again
+            rows[i].swaps = [swap for swap in rows[i].swaps if swap[:2] != moves[i]]
     return changed
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -108,17 +108,21 @@ def waves(model: onnx.ModelProto, sources: list[LayerSource]) -> list[list[Layer
     return [g for g in grouped if g]
 
 
+@dataclass
 class ErrorCurves:
     """Relative reconstruction error of each layer pruned by ``solver`` at each target, solved on first use
-    (the allocation only looks one grid step past each layer's level) and kept; 0 at sparsity 0."""
+    (the allocation only looks one grid step past each layer's level) and kept; 0 at sparsity 0. ``bar``
+    counts the solves."""
 
-    def __init__(self, sources: list[LayerSource], dense: dict[str, np.ndarray], solver: LayerSolver,
-                 grams: dict[str, GramStats], lams: dict[str, float], targets: list[Any]) -> None:
-        self.sources, self.dense, self.solver, self.grams, self.lams, self.targets = (sources, dense, solver, grams,
-                                                                                      lams, targets)
-        self.known: dict[tuple[int, int], float] = {}
-        self.problems: dict[int, list[Any]] = {}  # per layer: its Problems, whose factors every solve shares
-        self.bar = tqdm(desc="error curves", unit="solve", leave=False)
+    sources: list[LayerSource]
+    dense: dict[str, np.ndarray]
+    solver: LayerSolver
+    grams: dict[str, GramStats]
+    lams: dict[str, float]
+    targets: list[Any]
+    bar: Any
+    known: dict[tuple[int, int], float] = field(default_factory=dict)
+    problems: dict[int, list[Any]] = field(default_factory=dict)  # per layer: Problems whose factors solves share
 
     def __call__(self, layer: int, level: int) -> float:
         if (layer, level) not in self.known:
@@ -218,12 +222,11 @@ class LayerwiseSession:
             return {s.name: Target(sparsity, None, self.scope) for s in self.sources}
         grams = self.grams or self._capture(self.model, self.sources)
         grid = np.unique(np.r_[GRID, sparsity, (1 + sparsity) / 2])
-        errors = ErrorCurves(self.sources, self.dense, self.estimator, grams, self._lams(grams),
-                             [Target(float(g), None, self.scope) for g in grid])
         sizes = np.array([self.original[s.name].size for s in self.sources], dtype=float)
-        with placed_on(self.device):
+        with placed_on(self.device), tqdm(desc="error curves", unit="solve", leave=False) as bar:
+            errors = ErrorCurves(self.sources, self.dense, self.estimator, grams, self._lams(grams),
+                                 [Target(float(g), None, self.scope) for g in grid], bar)
             chosen = allocate(errors, grid, sizes, sparsity)
-        errors.bar.close()
         return {s.name: Target(float(c), None, self.scope) for s, c in zip(self.sources, chosen)}
 
     def prune(self, sparsity: float) -> MethodResult:

@@ -103,6 +103,7 @@ class Meter(Protocol):
     ``table``: one of the table's many measurements, which may be cheaper, rather than a check."""
 
     metric: str
+    exact: bool  # the same model always measures the same (no noise to control for)
 
     def costs(self, models: list[onnx.ModelProto], table: bool) -> list[float]: ...
 
@@ -116,6 +117,7 @@ class LatencyMeter:
 
     feed: dict[str, np.ndarray]
     metric: str = "latency_ms"
+    exact: bool = False
     provider: str | None = None
 
     def costs(self, models: list[onnx.ModelProto], table: bool) -> list[float]:
@@ -137,6 +139,7 @@ class MacsMeter:
 
     shapes: dict[str, tuple[int, ...]]
     metric: str = "macs"
+    exact: bool = True
 
     def costs(self, models: list[onnx.ModelProto], table: bool) -> list[float]:
         found = [model_stats(model, None, self.shapes).macs for model in models]
@@ -276,34 +279,40 @@ def _meter(pruner: Pruner, target: Target) -> LatencyMeter | MacsMeter:
     return LatencyMeter(make_feed(specs, target.batch or fixed or DEFAULT_BATCH, pruner.calib))
 
 
+def _measured_savings(session: ChannelSession, meter: Meter, candidates: dict[int, list[int]]
+                      ) -> tuple[float, float, list[GroupCurve]]:
+    """(dense cost, noise, curves without errors): each group pruned alone to each candidate width, measured
+    together with the folded dense model; a noisy meter times two dense copies, and savings count from
+    their mean, their largest difference over the groups being the noise (an A/A control)."""
+    copies = 1 if meter.exact else 2
+    dense, noise, curves = [], [0.0], []
+    for index, widths in tqdm(candidates.items(), desc=f"{meter.metric} table", unit="group"):
+        costs = meter.costs([session.folded] * copies + [session.shape_model({index: w}) for w in widths],
+                            table=True)
+        base = float(np.mean(costs[:copies]))
+        dense.append(base)
+        noise.append(max(costs[:copies]) - min(costs[:copies]))
+        curves.append(GroupCurve(index, session.analysis.groups[index].size, widths,
+                                 [base - c for c in costs[copies:]], []))
+    return float(np.median(dense)), max(noise), curves
+
+
 def cost_table(session: ChannelSession, meter: Meter, candidates: dict[int, list[int]],
                reuse: dict[str, Any] | None = None) -> tuple[float, float, list[GroupCurve]]:
-    """The dense cost, the table's noise and each group's curve: the saving of pruning it alone to each
-    candidate width (timed in turns with two copies of the folded dense model, from their mean) and the
-    method's error there. The noise is the largest difference between the two dense copies over the
-    groups: a saving within it is not measurable (an A/A control; 0 for exact MACs). With ``reuse`` (the
-    target details of an earlier report, checked by ``reusable_table``) the savings are taken from there."""
-    if reuse is not None:
-        dense, noise = [float(reuse["dense"])], [float(reuse["noise"])]
-        curves = [GroupCurve(c["group"], c["size"], list(c["widths"]), list(c["savings"]), []) for c in reuse["table"]]
-        candidates = {}
+    """The dense cost, the table's noise (a saving within it is not measurable) and each group's curve: the
+    saving of pruning it alone to each candidate width (``_measured_savings``, or taken from ``reuse``, the
+    target details of an earlier report checked by ``reusable_table``) and the method's error there."""
+    if reuse is None:
+        dense, noise, curves = _measured_savings(session, meter, candidates)
     else:
-        dense, noise, curves = [], [], []
-    for index, widths in tqdm(candidates.items(), desc=f"{meter.metric} table", unit="group"):
-        costs = meter.costs([session.folded, session.folded] + [session.shape_model({index: w}) for w in widths],
-                            table=True)
-        base = 0.5 * (costs[0] + costs[1])
-        dense.append(base)
-        noise.append(abs(costs[0] - costs[1]))
-        curves.append(GroupCurve(index, session.analysis.groups[index].size, widths,
-                                 [base - c for c in costs[2:]], []))
-    log.info("%s table: dense %.4g, noise %.3g; per group, width / saved / error", meter.metric,
-             float(np.median(dense)), max(noise))
+        dense, noise = float(reuse["dense"]), float(reuse["noise"])
+        curves = [GroupCurve(c["group"], c["size"], list(c["widths"]), list(c["savings"]), []) for c in reuse["table"]]
+    log.info("%s table: dense %.4g, noise %.3g; per group, width / saved / error", meter.metric, dense, noise)
     for curve in tqdm(curves, desc="width errors", unit="group"):
         curve.errors = session.width_errors(curve.group, curve.widths)
         log.info("group %d (%d channels): %s", curve.group, curve.size,
                  ", ".join(f"{w} / {s:.4g} / {e:.4g}" for w, s, e in zip(curve.widths, curve.savings, curve.errors)))
-    return float(np.median(dense)), max(noise), curves
+    return dense, noise, curves
 
 
 def model_fingerprint(model: onnx.ModelProto) -> str:
@@ -311,7 +320,8 @@ def model_fingerprint(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
-def reusable_table(path: str, meter: Meter, fingerprint: str, candidates: dict[int, list[int]]) -> dict[str, Any]:
+def reusable_table(path: str, meter: LatencyMeter, fingerprint: str, candidates: dict[int, list[int]]
+                   ) -> dict[str, Any]:
     """The target details of the report at ``path``, when its latency table fits this run (same model, batch
     and candidate widths); ConfigError naming what differs otherwise."""
     try:
@@ -325,8 +335,8 @@ def reusable_table(path: str, meter: Meter, fingerprint: str, candidates: dict[i
     differs = []
     if found.get("metric") != meter.metric:
         differs.append(f"it measured {found.get('metric')}, this run {meter.metric}")
-    if found.get("batch") != getattr(meter, "batch", None):
-        differs.append(f"batch {found.get('batch')} there, {getattr(meter, 'batch', None)} here")
+    if found.get("batch") != meter.batch:
+        differs.append(f"batch {found.get('batch')} there, {meter.batch} here")
     if found.get("model_sha256") != fingerprint:
         differs.append("it was measured on another model (or another canonical form of it)")
     if {c["group"]: list(c["widths"]) for c in found["table"]} != candidates:
@@ -352,14 +362,14 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
     if not candidates:
         raise ConfigError("no channel group can be narrowed (see onnxprune inspect; a --round-to as large as a "
                           "group leaves it whole)")
+    fingerprint = model_fingerprint(pruner.canonical.model)
+    reuse = None if target.table is None else reusable_table(target.table, meter, fingerprint, candidates)
     smallest = {index: widths[0] for index, widths in candidates.items()}
     reach = _ratio(meter, pruner.canonical.model, session.shape_model(smallest))
     if reach > target.ratio:
         raise ConfigError(f"the target {target.figure(target.ratio)} is out of reach: with every group at its "
                           f"smallest candidate width ({KEEP_FRACTIONS[0]:.0%} of its channels) the model measures "
                           f"{target.figure(reach)}, the best reachable; ask for at most that")
-    fingerprint = model_fingerprint(pruner.canonical.model)
-    reuse = None if target.table is None else reusable_table(target.table, meter, fingerprint, candidates)
     dense, noise, curves = cost_table(session, meter, candidates, reuse)
     table_s = time.perf_counter() - start
     timed = isinstance(meter, LatencyMeter)
