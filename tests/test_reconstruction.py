@@ -153,3 +153,60 @@ def test_bundled_cnn_with_unlabelled_calibration(tmp_path):
     assert groups and all(g["reconstruction"]["error_after"] < g["reconstruction"]["error_before"] for g in groups)
     test = load_data(MODELS / "cnn_test.npz", onnx.load(str(model_path))).take(500)
     assert evaluate(out, test, threads=1, device="cpu").accuracy > 90.0
+
+
+def test_paired_capture_holds_both_grams_and_their_cross_product():
+    from onnxprune.activations.capture import with_outputs
+    from onnxprune.activations.gram import capture_grams
+    from onnxprune.activations.layers import conv_rows, layer_sources
+
+    rng = np.random.default_rng(3)
+    model = conv_pair(rng.standard_normal((6, 3, 3, 3)), rng.standard_normal(6), rng.standard_normal((4, 6, 3, 3)))
+    reference = conv_pair(rng.standard_normal((6, 3, 3, 3)), rng.standard_normal(6), rng.standard_normal((4, 6, 3, 3)))
+    data = images(10)
+    sources, _ = layer_sources(model, ["w2"])
+    stats = capture_grams(model, data, sources, batch_size=4, reference=reference)["w2"]
+    inputs = [make_session(with_outputs(m, {"r": TensorProto.FLOAT}), device="cpu").run(["r"], data.inputs)[0]
+              for m in (model, reference)]
+    x, x_ref = (conv_rows(a.astype(np.float64), sources[0].keys[0])[0] for a in inputs)
+    H, cross, H_ref, mean, mean_ref = stats.blocks()
+    assert stats.paired and stats.n_rows == x.shape[0] == 10 * 64
+    for got, want in ((H, x.T @ x), (cross, x.T @ x_ref), (H_ref, x_ref.T @ x_ref)):
+        assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max()
+    assert np.allclose(mean, x.mean(0)) and np.allclose(mean_ref, x_ref.mean(0))
+    assert np.abs(cross - H).max() > 1.0  # the two models do differ
+
+
+def test_masked_model_computes_what_the_pruned_model_does():
+    from onnxprune.channels.analysis import analyse_channels
+    from onnxprune.channels.surgery import ChannelMap, apply_channel_maps, masked_model
+
+    model = duplicated((1.0, 0.5, 2.0, 1.0, 0.1, 0.3), {})
+    analysis = analyse_channels(model)
+    keep = np.array([0, 2, 5])
+    fused = np.random.default_rng(1).uniform(0.0, 1.0, (6, 3))  # a fusion: kept channels mix several
+    channel_map = ChannelMap(fused, ChannelMap.selection(6, keep).consumer)
+    pruned = apply_channel_maps(model, analysis, {0: channel_map})
+    masked = masked_model(model, analysis, {0: channel_map.in_place(keep)})
+    data = images(8)
+    assert numpy_helper.to_array(next(t for t in pruned.graph.initializer if t.name == "w1")).shape[0] == 3
+    assert {t.name: tuple(t.dims) for t in masked.graph.initializer} == \
+        {t.name: tuple(t.dims) for t in model.graph.initializer}
+    expected = run(pruned, data)
+    assert np.abs(run(masked, data) - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert np.abs(run(model, data) - expected).max() > 0.1
+
+
+def test_sequential_refit_absorbs_earlier_groups_errors_on_the_bundled_cnn():
+    model = onnx.load(str(MODELS / "cnn.onnx"))
+    calib = load_data(MODELS / "cnn_calib.npz", model).take(200)
+    test = load_data(MODELS / "cnn_test.npz", model).take(1000)
+    accuracy = {}
+    for sequential in (False, True):
+        result = prune_model("l1-channel", model, ChannelConfig(sparsity=0.5, calib_rows=4000,
+                                                                sequential="on" if sequential else "off"), calib)
+        accuracy[sequential] = evaluate(result.model, test, threads=1, device="cpu").accuracy
+        assert result.details.get("sequential_passes", 1) == (6 if sequential else 1)
+    assert accuracy[True] > accuracy[False] + 0.5, accuracy
+    with pytest.raises(ConfigError, match="sequential"):
+        prune_model("l1-channel", model, ChannelConfig(sparsity=0.5, sequential="on"))

@@ -1,11 +1,12 @@
 """Benchmark of structured pruning with calibration data on the bundled CNN: l1-channel, intrafusion
-(reconstruction on and off) and chita-channel, whole network; and chita-channel to a speed-up target.
+(reconstruction off, from one capture, and sequential) and chita-channel (one capture, sequential), whole
+network; and chita-channel to a speed-up target.
 
 Run: ``.venv/bin/python tools/bench_structured.py`` (about 15 minutes on 2 busy CPU cores). For every
 sparsity and variant it prints the test accuracy in ONNX Runtime on all test images, the ORT CPU
 speed-up at batch 32 against the dense model (interleaved runs), the MACs ratio and the prune time
 (a fresh session each: BatchNorm folding, capture, selection, refit, surgery). Then, per sparsity and
-selector, whether reconstruction helped, and the verdict on the target at 0.5 (>= 97.5 % accuracy,
+selector, whether reconstruction and the sequential capture helped, and the verdict on the target at 0.5 (>= 97.5 % accuracy,
 >= 2x speed-up at batch 32, prune time <= 2 minutes). ``--target-speedup 2`` adds a chita-channel row per
 target, each group's width allocated to that speed-up timed at batch 32 (``prune --target-speedup``; prune
 time = latency table + error curves + allocation, about a minute each); ``--sparsities`` with no value leaves
@@ -38,11 +39,16 @@ SPARSITIES = (0.3, 0.5, 0.7)
 TARGET_ACCURACY, TARGET_SPEEDUP, TARGET_SECONDS = 97.5, 2.0, 120.0
 HELPS = 0.5  # accuracy points reconstruction must add to count as helping
 # (label, method, options); reconstruction pairs share the label before '+'.
+# '+refit': every group refitted from one capture of the dense model; '+seq': sequential (the default with
+# calibration data), each wave captured on the model with the earlier waves pruned.
 VARIANTS = (("l1", "l1-channel", {"reconstruct": "off"}),
-            ("l1+refit", "l1-channel", {"reconstruct": "on"}),
+            ("l1+refit", "l1-channel", {"reconstruct": "on", "sequential": "off"}),
+            ("l1+seq", "l1-channel", {"reconstruct": "on", "sequential": "on"}),
             ("intrafusion", "intrafusion", {"reconstruct": "off"}),
-            ("intrafusion+refit", "intrafusion", {"reconstruct": "on"}),
-            ("chita-channel", "chita-channel", {}))
+            ("intrafusion+refit", "intrafusion", {"reconstruct": "on", "sequential": "off"}),
+            ("intrafusion+seq", "intrafusion", {"reconstruct": "on", "sequential": "on"}),
+            ("chita-channel+refit", "chita-channel", {"sequential": "off"}),
+            ("chita-channel+seq", "chita-channel", {"sequential": "on"}))
 
 
 def _measure(model: Path, out: Path, data, outcome: PruneOutcome, label: str, setting: str | float, seconds: float,
@@ -71,7 +77,7 @@ def _target_row(model: Path, calib: Path, data, workdir: Path, speedup: float, r
     found = outcome.details["target"]
     print(f"target {speedup}x: widths {[(g['before'], g['after']) for g in found['groups']]}, measured in the "
           f"allocation {1 / found['measured']:.2f}x ({len(found['tries'])} tries)", flush=True)
-    return _measure(model, out, data, outcome, "chita-channel", f"{speedup}x target",
+    return _measure(model, out, data, outcome, "chita-channel+seq", f"{speedup}x target",
                     outcome.timings["table"] + outcome.timings["method"], runs, dense_macs)
 
 
@@ -106,11 +112,15 @@ def main() -> None:
                       "ORT CPU (2 threads) speed-up vs dense at batch 32"))
     found = {(r[0], r[1]): r for r in rows[1:]}
     for sparsity in args.sparsities:
-        for base in ("l1", "intrafusion"):
-            off, on = found[(base, sparsity)][2], found[(f"{base}+refit", sparsity)][2]
+        for base, what, more in (("l1", "reconstruction", "l1+refit"), ("intrafusion", "reconstruction",
+                                                                         "intrafusion+refit"),
+                                 ("l1+refit", "sequential capture", "l1+seq"),
+                                 ("intrafusion+refit", "sequential capture", "intrafusion+seq"),
+                                 ("chita-channel+refit", "sequential capture", "chita-channel+seq")):
+            off, on = found[(base, sparsity)][2], found[(more, sparsity)][2]
             verdict = "helps" if on - off >= HELPS else f"does NOT help (under {HELPS} point)"
-            print(f"{base} at {sparsity}: reconstruction {verdict} ({off:.2f} -> {on:.2f} %)")
-    for label in ("l1+refit", "intrafusion+refit", "chita-channel"):
+            print(f"{base} at {sparsity}: {what} {verdict} ({off:.2f} -> {on:.2f} %)")
+    for label in ("l1+seq", "intrafusion+seq", "chita-channel+seq"):
         if (label, 0.5) in found:
             _, _, accuracy, speedup, _, seconds = found[(label, 0.5)]
             met = accuracy >= TARGET_ACCURACY and speedup >= TARGET_SPEEDUP and seconds <= TARGET_SECONDS

@@ -52,8 +52,9 @@ class Capture:
         self.fixed_batch = fixed_batch(self.session)
 
     def run(self, data: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """The captured tensors for every batch of ``data`` (a fixed model batch wins over ``batch_size``)."""
-        step = self.fixed_batch or batch_size
+        """The captured tensors for every batch of ``data`` (a fixed model batch wins over ``batch_size``);
+        batches are consecutive slices of ``batch_step(batch_size)`` samples."""
+        step = self.batch_step(batch_size)
         for start in range(0, len(data), step):
             feed = {name: array[start:start + step] for name, array in data.inputs.items()}
             try:
@@ -62,3 +63,7 @@ class Capture:
                 raise ModelError(f"ONNX Runtime failed while capturing layer inputs: {first_line(exc)}") from None
             values.update({n: feed[n] for n in self.tensors if n in feed})
             yield {n: values[n] for n in self.tensors}
+
+    def batch_step(self, batch_size: int) -> int:
+        """Samples per ORT call for a requested ``batch_size``."""
+        return self.fixed_batch or batch_size

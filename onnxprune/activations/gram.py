@@ -36,15 +36,34 @@ class RowSource(Protocol):
 
 @dataclass
 class GramStats:
-    """``H[g] = Σ x xᵀ`` over the ``n_rows`` rows x of group g (float64 ``[groups, d, d]``) and their mean."""
+    """``H[g] = Σ x xᵀ`` over the ``n_rows`` rows x of group g (float64 ``[groups, d, d]``) and their mean.
+    ``paired``: every row is ``[x, x_ref]``, the input in the model and in a reference model on the same
+    sample, so H holds both Grams and their cross product (see ``blocks``)."""
 
     H: np.ndarray
     n_rows: int
     mean: np.ndarray
+    paired: bool = False
 
     @property
     def nbytes(self) -> int:
         return self.H.nbytes + self.mean.nbytes
+
+    def blocks(self, group: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(Σ x xᵀ, Σ x x_refᵀ, Σ x_ref x_refᵀ, mean of x, mean of x_ref)`` of ``group`` (x_ref = x when not
+        paired)."""
+        H, mean = self.H[group], self.mean[group]
+        if not self.paired:
+            return H, H, H, mean, mean
+        d = H.shape[0] // 2
+        return H[:d, :d], H[:d, d:], H[d:, d:], mean[:d], mean[d:]
+
+    def unpaired(self) -> "GramStats":
+        """The statistics of the model's own rows (without the reference's)."""
+        if not self.paired:
+            return self
+        d = self.H.shape[-1] // 2
+        return GramStats(self.H[:, :d, :d].copy(), self.n_rows, self.mean[:, :d].copy())
 
 
 def _resident_bytes() -> int | None:
@@ -91,19 +110,37 @@ def _refuse(needed: int, gram: int, batch: int, samples: int, budget: int) -> No
                         f"--max-memory is {format_bytes(budget)}: {advice}")
 
 
+def _thin(rows: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """A seeded random ``share`` of the rows (all of them when ``share`` ≥ 1)."""
+    if share >= 1:
+        return rows
+    count = max(1, int(round(rows.shape[1] * share)))
+    return rows[:, np.sort(rng.choice(rows.shape[1], count, replace=False))]
+
+
 def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSource], *, batch_size: int = 64,
-                  max_memory: int = 4 << 30, on_batch: BatchHook | None = None) -> dict[str, GramStats]:
+                  max_memory: int = 4 << 30, on_batch: BatchHook | None = None,
+                  reference: onnx.ModelProto | None = None, max_rows: int | None = None,
+                  seed: int = 0) -> dict[str, GramStats]:
     """``GramStats`` of every source's rows over all of ``data``, streamed through one ORT session.
 
     Lowers the batch when all H (``groups·d²·8`` bytes each) plus one batch of activations would exceed
     ``max_memory``, and refuses (ResourceError) before the run when even one sample does not fit;
-    ``on_batch`` sees every batch's raw captured tensors."""
-    known = sum(s.groups * s.d_in ** 2 * 8 for s in sources if hasattr(s, "d_in"))
+    ``on_batch`` sees every batch's raw captured tensors. ``reference``: a model with the same inputs and
+    tensor names (e.g. the model before pruning), run on the same batches; each row is paired with its
+    reference row (``GramStats.paired``). ``max_rows``: keep a seeded random subset of about that many rows
+    per source (a Gram costs rows·d², and a Conv gives one row per output position and sample).
+    """
+    copies = 1 if reference is None else 2
+    known = sum(s.groups * (copies * s.d_in) ** 2 * 8 for s in sources if hasattr(s, "d_in"))
     _refuse(known, known, 0, 0, max_memory)
     types = tensor_types(model)
     tensors = {t: s.elem_type or types.get(t, onnx.TensorProto.FLOAT) for s in sources for t in s.tensors}
-    capture = Capture(model, tensors)
+    captures = [Capture(model, tensors)] + ([Capture(reference, tensors)] if reference is not None else [])
+    capture = captures[0]
     widths, probe_bytes, probe_samples = _probe(capture, sources, data)
+    widths = {name: copies * width for name, width in widths.items()}
+    probe_bytes *= copies
     gram = sum(s.groups * (widths[s.name] ** 2 + widths[s.name]) * 8 for s in sources)
     samples = capture.fixed_batch or min(batch_size, len(data))
     if not capture.fixed_batch and gram + probe_bytes * samples // probe_samples > max_memory:
@@ -114,19 +151,28 @@ def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSo
         samples = batch_size = max(1, int(fitting))
     batch = probe_bytes * samples // probe_samples
     _refuse(gram + batch, gram, batch, samples, max_memory)
-    log.info("capturing %d layer input(s): Gram matrices %s, one batch %s", len(sources), format_bytes(gram),
+    log.info("capturing %d layer input(s)%s: Gram matrices %s, one batch %s", len(sources),
+             " paired with a reference model" if reference is not None else "", format_bytes(gram),
              format_bytes(batch))
     H = {s.name: np.zeros((s.groups, widths[s.name], widths[s.name])) for s in sources}
     sums = {s.name: np.zeros((s.groups, widths[s.name])) for s in sources}
     counts = dict.fromkeys(H, 0)
-    for values in capture.run(data, batch_size):
+    rng = np.random.default_rng(seed)
+    step = capture.batch_step(batch_size)
+    for number, batches in enumerate(zip(*(c.run(data, batch_size) for c in captures))):
         if on_batch is not None:
-            on_batch(values)
+            on_batch(batches[0])
+        in_batch = min(step, len(data) - number * step)
         for source in sources:
             for index, tensor in enumerate(source.tensors):
-                rows = source.rows(index, values[tensor]).astype(np.float64)
+                parts = [source.rows(index, b[tensor]) for b in batches]
+                rows = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+                if max_rows is not None:
+                    per_sample = rows.shape[1] / max(in_batch, 1)
+                    rows = _thin(rows, max_rows / (per_sample * len(data) * len(source.tensors)), rng)
+                rows = rows.astype(np.float64)
                 for g in range(rows.shape[0]):
                     H[source.name][g] += rows[g].T @ rows[g]  # numpy takes the symmetric (syrk) path
                 sums[source.name] += rows.sum(axis=1)
                 counts[source.name] += rows.shape[1]
-    return {n: GramStats(H[n], counts[n], sums[n] / max(counts[n], 1)) for n in H}
+    return {n: GramStats(H[n], counts[n], sums[n] / max(counts[n], 1), reference is not None) for n in H}

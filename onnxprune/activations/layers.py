@@ -145,25 +145,6 @@ class LayerSource:
         return np.ascontiguousarray(w if self.trans_b else w.T)
 
 
-@dataclass(frozen=True)
-class TensorSource:
-    """Any float tensor of the graph as rows: ``feature_axis`` becomes the columns, every other axis rows
-    (for consumers' inputs beyond prunable weights, e.g. channel groups: ``feature_axis=1`` on NCHW)."""
-
-    name: str
-    feature_axis: int = -1
-    elem_type: int = onnx.TensorProto.FLOAT
-    groups: int = 1
-
-    @property
-    def tensors(self) -> tuple[str, ...]:
-        return (self.name,)
-
-    def rows(self, index: int, activation: np.ndarray) -> np.ndarray:
-        moved = np.moveaxis(activation, self.feature_axis, -1)
-        return moved.reshape(1, -1, moved.shape[-1])
-
-
 def _key(node: onnx.NodeProto, weight: tuple[int, ...]) -> object:
     """The geometry of one consumer node."""
     if node.op_type == "Conv":

@@ -41,6 +41,14 @@ class ChannelMap:
         matrix[np.asarray(keep), np.arange(len(keep))] = 1.0
         return cls(matrix, matrix)
 
+    def in_place(self, keep: np.ndarray) -> "ChannelMap":
+        """The n×n map that writes kept channel j (column j) to its own slot ``keep[j]`` and zeroes the
+        dropped ones: at the dense shapes, the model computes what the pruned one does."""
+        size, keep = self.producer.shape[0], np.asarray(keep)
+        producer, consumer = np.zeros((size, size)), np.zeros((size, size))
+        producer[:, keep], consumer[:, keep] = self.producer, self.consumer
+        return ChannelMap(producer, consumer)
+
 
 def member_slab(array: np.ndarray, member: Member, size: int) -> np.ndarray:
     """The ``size`` channels of ``member`` as rows: shape [size, entries per channel] (a view when possible)."""
@@ -165,6 +173,15 @@ def _apply_fixes(model: onnx.ModelProto, analysis: ChannelAnalysis, kept: dict[i
         for position, new in positions.items():
             value[position] = new
         _write_constant(graph, node, slot, value.reshape(original.shape).astype(original.dtype), readers, taken)
+
+
+def masked_model(model: onnx.ModelProto, analysis: ChannelAnalysis, maps: dict[int, ChannelMap]) -> onnx.ModelProto:
+    """A copy of ``model`` with each group's n×n map (``ChannelMap.in_place``) applied to its members: the
+    pruned model's function under the dense tensor names and shapes, e.g. to capture its activations."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    _rewrite_members(out.graph, analysis, maps)
+    return out
 
 
 def apply_channel_maps(model: onnx.ModelProto, analysis: ChannelAnalysis,

@@ -29,6 +29,9 @@ from onnxprune.graph.protos import attr, names_in_use, reader_counts, unique_nam
 log = logging.getLogger(__name__)
 
 RECONSTRUCT = ("auto", "on", "off")
+# A consumer is fitted to the dense model's output from the partly pruned model's inputs (sequential mode)
+# only with at least this many calibration rows per column; with fewer, such a fit follows the few samples.
+PAIRED_ROWS = 4
 
 
 def wants_reconstruction(mode: str, calib: Dataset | None) -> bool:
@@ -72,58 +75,20 @@ class ConsumerInput:
 
     def design(self, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
         """Gram of the design ``[X_G, 1]`` (channel-major columns, then the constant when ``intercept``),
-        its product with the group's dense contribution ``T = X_G W_G``, and ``‖T‖²``."""
+        its product with the group's dense contribution ``T = X_G W_G``, and ``‖T‖²``. With paired
+        statistics X is the input in the partly pruned model and T is computed from the dense model's."""
         cols = self.columns.ravel()
-        H, n, mean = self.stats.H[0], self.stats.n_rows, self.stats.mean[0]
+        H, cross_h, H_ref, mean, mean_ref = self.stats.blocks()
+        n, cut = self.stats.n_rows, np.ix_(cols, cols)
         gram = np.empty((len(cols) + 1, len(cols) + 1))
-        gram[:-1, :-1] = H[np.ix_(cols, cols)]
+        gram[:-1, :-1] = H[cut]
         gram[:-1, -1] = gram[-1, :-1] = n * mean[cols]
         gram[-1, -1] = n
-        if not self.intercept:
-            gram = gram[:-1, :-1]
         w_g = self.weight(values)[:, cols].T
-        cross = gram[:, :len(cols)] @ w_g
-        return gram, cross, float(np.sum(w_g * cross[:len(cols)]))
-
-
-@dataclass(frozen=True)
-class SampledRows:
-    """A layer's rows thinned to about ``limit`` over ``samples`` calibration samples: a seeded random
-    subset of each batch's rows (a Gram costs rows·d², and a Conv gives one row per output position)."""
-
-    layer: LayerSource
-    limit: int
-    samples: int
-    rng: np.random.Generator
-
-    @property
-    def name(self) -> str:
-        return self.layer.name
-
-    @property
-    def elem_type(self) -> int:
-        return self.layer.elem_type
-
-    @property
-    def tensors(self) -> tuple[str, ...]:
-        return self.layer.tensors
-
-    @property
-    def groups(self) -> int:
-        return self.layer.groups
-
-    @property
-    def d_in(self) -> int:
-        return self.layer.d_in
-
-    def rows(self, index: int, activation: np.ndarray) -> np.ndarray:
-        rows = self.layer.rows(index, activation)
-        batch = activation.shape[-1] if self.layer.op_type == "Gemm" and self.layer.keys[index] else len(activation)
-        fraction = self.limit / (rows.shape[1] / max(batch, 1) * self.samples * len(self.layer.tensors))
-        if fraction >= 1:
-            return rows
-        count = max(1, int(round(rows.shape[1] * fraction)))
-        return rows[:, np.sort(self.rng.choice(rows.shape[1], count, replace=False))]
+        cross = np.vstack([cross_h[cut] @ w_g, n * mean_ref[cols] @ w_g])
+        if not self.intercept:
+            gram, cross = gram[:-1, :-1], cross[:-1]
+        return gram, cross, float(np.sum(w_g * (H_ref[cut] @ w_g)))
 
 
 def _columns(member: Member, source: LayerSource, size: int) -> np.ndarray | None:
@@ -180,18 +145,18 @@ def add_consumer_biases(model: onnx.ModelProto, analysis: ChannelAnalysis) -> tu
 
 
 def capture_inputs(model: onnx.ModelProto, groups: list[ChannelGroup], calib: Dataset, max_rows: int,
-                   seed: int = 0, batch_size: int = 64) -> dict[int, list[ConsumerInput]]:
+                   seed: int = 0, batch_size: int = 64,
+                   reference: onnx.ModelProto | None = None) -> dict[int, list[ConsumerInput]]:
     """The consumers of every group with their calibration Gram statistics over at most about ``max_rows``
-    rows each, from one ORT capture on ``model``; a consumer whose rows cannot be captured (no
-    Conv/Gemm/MatMul weight) is logged and left out."""
+    rows each, from one ORT capture on ``model`` (paired with ``reference``, the dense model, when given);
+    a consumer whose rows cannot be captured (no Conv/Gemm/MatMul weight) is logged and left out."""
     members = {(g.index, m.tensor, m.offset): m for g in groups for m in g.members if m.role == CONSUMER and m.weight}
     sources, skipped = layer_sources(model, list(dict.fromkeys(m.tensor for m in members.values())))
     for name, reason in skipped.items():
         log.info("consumer %s is not refitted: %s", name, reason)
     by_name = {s.name: s for s in sources}
-    rng = np.random.default_rng(seed)
-    sampled = [SampledRows(s, max_rows, len(calib), rng) for s in sources]
-    stats = capture_grams(model, calib, sampled, batch_size=batch_size) if sources else {}
+    stats = capture_grams(model, calib, sources, batch_size=batch_size, reference=reference, max_rows=max_rows,
+                          seed=seed) if sources else {}
     nodes = {n.name: n for n in model.graph.node}
     inits = {t.name: t for t in model.graph.initializer}
     readers = reader_counts(model.graph)
@@ -208,11 +173,16 @@ def capture_inputs(model: onnx.ModelProto, groups: list[ChannelGroup], calib: Da
         node = nodes[member.node]
         bias = _bias_of(node, inits, readers, source.d_out) if len(source.keys) == 1 else None
         gemm = node.op_type == "Gemm"
-        found[index].append(ConsumerInput(member, source, stats[tensor], columns, bias,
+        width, stat = columns.size + 1, stats[tensor]
+        if stat.paired and stat.n_rows < PAIRED_ROWS * width:
+            log.info("consumer %s of group %d: %d calibration rows are too few to fit %d columns to the dense "
+                     "model's output; it is fitted to the dense weights on its own inputs", tensor, index,
+                     stat.n_rows, width)
+            stat = stat.unpaired()
+        found[index].append(ConsumerInput(member, source, stat, columns, bias,
                                           float(attr(node, "alpha", 1.0)) if gemm else 1.0,
                                           float(attr(node, "beta", 1.0)) if gemm else 1.0))
-        width = columns.size + 1
-        if stats[tensor].n_rows < width:
+        if stat.n_rows < width:
             log.warning("consumer %s of group %d sees %d calibration row(s) for %d columns: the refit is "
                         "underdetermined and the ridge decides it; pass more calibration samples",
                         tensor, index, stats[tensor].n_rows, width)

@@ -14,8 +14,9 @@ import onnx
 
 from onnxprune.channels.analysis import analyse_channels
 from onnxprune.channels.batchnorm import fold_batchnorms
-from onnxprune.channels.model import ChannelGroup, Member
-from onnxprune.channels.surgery import ChannelMap, apply_channel_maps, group_slabs, read_initializers
+from onnxprune.activations.layers import layer_sources
+from onnxprune.channels.model import CONSUMER, ChannelGroup, Member
+from onnxprune.channels.surgery import ChannelMap, apply_channel_maps, group_slabs, masked_model, read_initializers
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
 from onnxprune.methods.base import Interval, MethodConfig, MethodResult, OneOf
@@ -41,6 +42,10 @@ class ChannelConfig(MethodConfig):
     ``ridge`` (default 1e-4): the refit's ridge, relative to the mean diagonal of the Gram matrix.
     ``calib_rows`` (default 20000): about how many calibration rows (a Conv has one per output
     position and sample) each consumer's Gram matrix is summed over, a seeded random subset.
+    ``sequential`` (default 'auto': on with calibration data): prune the groups in topological
+    waves, each wave's consumers captured on the model with the earlier waves already pruned and
+    fitted to the dense model's outputs (one capture per wave, paired with the dense model), so later
+    refits absorb earlier errors; 'off': every group from one capture of the dense model.
     """
 
     group: int | None = None
@@ -49,10 +54,12 @@ class ChannelConfig(MethodConfig):
     reconstruct: str = "auto"
     ridge: float = 1e-4
     calib_rows: int = 20_000
+    sequential: str = "auto"
 
     constraints = {"group": Interval(0, None, what="a group index (an integer)"), "round_to": Interval(1, None),
                    "importance": OneOf(IMPORTANCES), "reconstruct": OneOf(RECONSTRUCT), "ridge": Interval(0.0, None),
-                   "calib_rows": Interval(1, None, what="a row count (an integer)")}
+                   "calib_rows": Interval(1, None, what="a row count (an integer)"),
+                   "sequential": OneOf(RECONSTRUCT)}
 
 
 def kept_channels(size: int, sparsity: float, round_to: int = 1) -> int:
@@ -148,6 +155,10 @@ class ChannelSession:
                  errors: ErrorFn | None = None) -> None:
         if needs_inputs and calib is None:
             raise ConfigError("this method selects channels on calibration data: pass --calib DATA.npz")
+        if config.sequential == "on" and calib is None:
+            raise ConfigError("sequential pruning captures each wave on calibration data: pass --calib DATA.npz "
+                              "or use -O sequential=off")
+        self.sequential = config.sequential != "off" and calib is not None
         self.config, self.calib, self.plan, self.select, self.extra = config, calib, plan, select, extra or {}
         self.errors = errors
         self.reconstruct = wants_reconstruction(config.reconstruct, calib)
@@ -180,16 +191,44 @@ class ChannelSession:
         """The groups a call may prune: every prunable one, or the configured ``group`` alone."""
         return pruned_groups(self.analysis.groups, self.config.group)[0]
 
-    def _views(self, indices: Sequence[int]) -> dict[int, GroupView]:
-        """What the selector and the plan see of each named group (scores and Grams computed on first use)."""
+    def _views(self, indices: Sequence[int],
+               inputs: dict[int, list[ConsumerInput]] | None = None) -> dict[int, GroupView]:
+        """What the selector and the plan see of each named group (scores and Grams computed on first use);
+        ``inputs``: the consumers' statistics to use instead of the dense model's."""
         groups = [self.analysis.groups[i] for i in indices]
         missing = [g for g in groups if g.index not in self.scores]
         if missing:
             self.scores.update(channel_importance(self.folded, self.values, missing, self.config.importance,
                                                   self.calib, self.config.seed))
-        inputs = self.consumer_inputs() if self.needs_inputs else {}
+        if inputs is None:
+            inputs = self.consumer_inputs() if self.needs_inputs else {}
         return {g.index: GroupView(g, group_slabs(self.values, g), self.scores[g.index], inputs.get(g.index, []),
                                    self.values) for g in groups}
+
+    def _waves(self, indices: Sequence[int]) -> list[list[int]]:
+        """The groups in the order sequential pruning takes them: by the topological wave of their first
+        captured consumer (one wave when not sequential)."""
+        if not (self.sequential and self.needs_inputs):
+            return [list(indices)]
+        from onnxprune.methods.layerwise import waves
+
+        consumers = {i: [m.tensor for m in self.analysis.groups[i].members if m.role == CONSUMER and m.weight]
+                     for i in indices}
+        sources, _ = layer_sources(self.folded, list(dict.fromkeys(t for ts in consumers.values() for t in ts)))
+        wave_of = {s.name: k for k, wave in enumerate(waves(self.folded, sources)) for s in wave}
+        first = {i: min((wave_of[t] for t in consumers[i] if t in wave_of), default=0) for i in indices}
+        return [sorted(i for i in indices if first[i] == k) for k in sorted(set(first.values()))]
+
+    def _wave_inputs(self, indices: list[int], maps: dict[int, ChannelMap],
+                     keeps: dict[int, np.ndarray], updated: dict[str, np.ndarray]) -> dict[int, list[ConsumerInput]] | None:
+        """The consumers of ``indices`` captured on the model with the groups in ``maps`` pruned (at the dense
+        shapes), paired with the dense model; None (the dense capture) before any group is pruned."""
+        if not maps:
+            return None
+        current = masked_model(with_initializers(self.folded, updated), self.analysis,
+                               {i: m.in_place(keeps[i]) for i, m in maps.items()})
+        return capture_inputs(current, [self.analysis.groups[i] for i in indices], self.calib,
+                              self.config.calib_rows, self.config.seed, reference=self.folded)
 
     def _selection(self, view: GroupView, count: int) -> np.ndarray:
         """The group's kept channels at ``count``, selected once per group and count."""
@@ -214,24 +253,29 @@ class ChannelSession:
             if not group.prunable or not 1 <= count <= group.size:
                 raise ConfigError(f"group {index} ({group.size} channels) cannot keep {count} channel(s)"
                                   + ("" if group.prunable else f": {group.reason}"))
-        maps, report, updated = {}, [], {}
-        for index, view in self._views(sorted(widths)).items():
-            group = view.group
-            keep = self._selection(view, widths[index])
-            if len(keep) == group.size:
-                continue
-            maps[index] = self.plan(view, keep)
-            entry = {"group": index, "size": group.size, "kept": len(keep), "producers": list(group.producers)}
-            if self.reconstruct:
-                maps[index], entry["reconstruction"] = refit_group(
-                    group, view.inputs, maps[index], keep, self.values, updated, self.config.ridge)
-            report.append(entry)
+        maps, keeps, report, updated = {}, {}, [], {}
+        passes = self._waves(sorted(widths))
+        for wave in passes:
+            inputs = self._wave_inputs(wave, maps, keeps, updated) if len(passes) > 1 else None
+            for index, view in self._views(wave, inputs).items():
+                group = view.group
+                keep = self._selection(view, widths[index]) if inputs is None else self.select(view, widths[index])
+                if len(keep) == group.size:
+                    continue
+                maps[index], keeps[index] = self.plan(view, keep), keep
+                entry = {"group": index, "size": group.size, "kept": len(keep), "producers": list(group.producers)}
+                if self.reconstruct:
+                    maps[index], entry["reconstruction"] = refit_group(
+                        group, view.inputs, maps[index], keep, self.values, updated, self.config.ridge)
+                report.append(entry)
         source = with_initializers(self.folded, updated) if updated else self.folded
         pruned = apply_channel_maps(source, self.analysis, maps)
         if skipped is None:
             skipped = pruned_groups(self.analysis.groups, None)[1]
         details = {"importance": self.config.importance, "batchnorms_folded": self.folded_count,
                    "reconstruct": self.reconstruct, "groups": report, "skipped": skipped, **self.extra}
+        if self.sequential and self.needs_inputs:
+            details["sequential_passes"] = len(passes)
         if self.biases_added:
             details["biases_added"] = self.biases_added
         return MethodResult(pruned, details)
