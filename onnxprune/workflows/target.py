@@ -164,12 +164,14 @@ class GroupCurve:
 @dataclass
 class TargetTry:
     """One allocation: the saving asked of the table (a fraction of the dense cost), the widths given, and
-    the cost ratio (pruned / input model) the table predicts and the pruned model measures."""
+    the cost ratio (pruned / input model) the table predicts and the model measures: the pruned model when
+    ``pruned``, else the model of those shapes alone (a miss there needs no selection or refit)."""
 
     required: float
     widths: dict[int, int]
     predicted: float
     measured: float
+    pruned: bool = False
 
 
 @dataclass
@@ -375,7 +377,7 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
     timed = isinstance(meter, LatencyMeter)
     outcome = TargetReport(asdict(target), meter.metric, meter.batch if timed else None,
                            meter.provider if timed else None, dense, noise, curves, fingerprint)
-    results: list[MethodResult] = []
+    results: dict[int, MethodResult] = {}
     required = 1.0 - target.ratio
     for _ in range(TRIES):
         widths = allocate(curves, required * dense, floor=noise)
@@ -384,17 +386,24 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
             widths = allocate(curves, required * dense, floor=noise)
         if widths is None:  # more than the table offers: the smallest widths, measured above to meet the target
             widths = smallest
-        result = session.prune_widths(widths)
-        measured = _ratio(meter, pruner.canonical.model, result.model)
-        outcome.tries.append(TargetTry(required, widths, 1.0 - _saving(curves, widths) / dense, measured))
-        results.append(result)
-        log.info("try %d: widths %s, predicted %s, measured %s", len(results), widths,
-                 target.figure(outcome.tries[-1].predicted), target.figure(measured))
+        measured = _ratio(meter, pruner.canonical.model, session.shape_model(widths))
+        last = measured <= target.ratio or widths == smallest
+        if last:  # the shapes meet the target: prune, and the pruned model's own figure decides
+            results[len(outcome.tries)] = session.prune_widths(widths)
+            measured = _ratio(meter, pruner.canonical.model, results[len(outcome.tries)].model)
+        outcome.tries.append(TargetTry(required, widths, 1.0 - _saving(curves, widths) / dense, measured, last))
+        log.info("try %d: widths %s, predicted %s, measured %s%s", len(outcome.tries), widths,
+                 target.figure(outcome.tries[-1].predicted), target.figure(measured), "" if last else " (shapes)")
         if measured <= target.ratio or widths == smallest:
             break
         required += max(measured - target.ratio, TIGHTEN)
     chosen = int(np.argmin([t.measured for t in outcome.tries]))  # the one that met the target, if any: the last
-    result, widths = results[chosen], outcome.tries[chosen].widths
+    widths = outcome.tries[chosen].widths
+    if chosen not in results:  # the best of several misses was measured on its shapes: prune it and measure that
+        results[chosen] = session.prune_widths(widths)
+        outcome.tries[chosen].measured = _ratio(meter, pruner.canonical.model, results[chosen].model)
+        outcome.tries[chosen].pruned = True
+    result = results[chosen]
     outcome.predicted, outcome.measured = outcome.tries[chosen].predicted, outcome.tries[chosen].measured
     outcome.achieved, outcome.met = target.value(outcome.measured), outcome.measured <= target.ratio
     if not outcome.met:
