@@ -363,7 +363,7 @@ def _swap_each_row(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, r
     return changed
 
 
-def solve_chita(problem: Problem, target: Target, *, max_iter: int = 100, tol: float = 1e-6, swap_rounds: int = 3,
+def solve_chita(problem: Problem, target: Target, *, max_iter: int = 100, tol: float = 1e-6, swap_rounds: int = 1,
                 restarts: int = 0) -> np.ndarray:
     """CHITA on one layer: IHT in Jacobi-scaled variables ``v_ij = sqrt(H_jj + λ)·w_ij`` (so thresholding
     ranks by saliency) warm-started from the OBS sweep, then the swap search with the exact ridge backsolve
