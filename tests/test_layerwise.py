@@ -269,3 +269,26 @@ def test_swap_changes_are_the_exact_change_of_a_solve_on_the_swapped_support():
             assert change == pytest.approx(exact, rel=1e-3, abs=1e-6 * row.value)
             checked += 1
     assert checked >= rows * 4
+
+
+def test_depthwise_gram_equals_im2col_and_thins_long_rows():
+    from onnxprune.activations.layers import DEPTHWISE_ROWS, ConvGeometry, conv_rows, depthwise_gram
+
+    rng = np.random.default_rng(5)
+    for geometry, shape in ((ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "NOTSET", 12), (3, 12, 10, 14)),
+                            (ConvGeometry((5, 5), (2, 1), (1, 2), (0, 0, 0, 0), "SAME_UPPER", 6), (2, 6, 15, 17)),
+                            (ConvGeometry((3,), (1,), (1,), (1, 1), "NOTSET", 4), (2, 4, 40))):
+        x = rng.standard_normal(shape).astype(np.float32)
+        rows = conv_rows(x, geometry).astype(np.float64)
+        H, sums, count = depthwise_gram(x, geometry)
+        assert count == rows.shape[1] <= DEPTHWISE_ROWS
+        assert np.abs(H - np.einsum("gri,grj->gij", rows, rows)).max() <= 1e-12 * np.abs(H).max()
+        assert np.allclose(sums, rows.sum(1))
+    # a long input: every s-th position of the widest axis, about DEPTHWISE_ROWS rows, the same second moments
+    geometry = ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "NOTSET", 4)
+    x = rng.standard_normal((16, 4, 24, 160)).astype(np.float32)
+    H, _, count = depthwise_gram(x, geometry)
+    rows = conv_rows(x, geometry).astype(np.float64)
+    full = np.einsum("gri,grj->gij", rows, rows) / rows.shape[1]
+    assert DEPTHWISE_ROWS // 2 <= count <= 1.1 * DEPTHWISE_ROWS < rows.shape[1]
+    assert np.abs(H / count - full).max() < 0.1 * np.abs(full).max()

@@ -93,6 +93,11 @@ def _probe(capture: Capture, sources: Sequence[RowSource], data: Dataset) -> tup
     widths, rows_bytes = {}, 0
     for source in sources:
         for index, tensor in enumerate(source.tensors):
+            direct = getattr(source, "gram", None)
+            found = direct(index, batch[tensor]) if direct else None
+            if found is not None:  # summed without its rows (a depthwise Conv): bounded, see depthwise_gram
+                widths[source.name] = found[0].shape[-1]
+                continue
             rows = source.rows(index, batch[tensor])
             widths[source.name] = rows.shape[-1]
             rows_bytes = max(rows_bytes, rows.size * (rows.itemsize + 8))  # the rows and their float64 copy
@@ -165,6 +170,14 @@ def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSo
         in_batch = min(step, len(data) - number * step)
         for source in sources:
             for index, tensor in enumerate(source.tensors):
+                direct = getattr(source, "gram", None)
+                found = direct(index, batches[0][tensor]) if direct and max_rows is None and len(batches) == 1 \
+                    else None
+                if found is not None:  # the Gram without the rows (a depthwise Conv)
+                    H[source.name] += found[0]
+                    sums[source.name] += found[1]
+                    counts[source.name] += found[2]
+                    continue
                 parts = [source.rows(index, b[tensor]) for b in batches]
                 rows = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
                 if max_rows is not None:

@@ -40,23 +40,59 @@ class ConvGeometry:
         return list(zip(pads[:rank], pads[rank:]))
 
 
-def conv_rows(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
-    """im2col of a Conv input ``[N, C, *spatial]``: ``[groups, N·positions, C/groups·prod(kernel)]``, the
-    columns ordered like the weight's ``[C/groups, *kernel]`` (any number of spatial axes)."""
-    n, channels, spatial = x.shape[0], x.shape[1], x.shape[2:]
+def _patches(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """A Conv input ``[N, C, *spatial]`` as its patches ``[N, C, *out, *kernel]`` (a strided view of the padded
+    input)."""
+    spatial = x.shape[2:]
     rank = len(spatial)
     padded = np.pad(x, [(0, 0), (0, 0)] + geometry.padding(spatial))
     extents = tuple((k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilations))
-    axes = tuple(range(2, 2 + rank))
-    windows = sliding_window_view(padded, extents, axis=axes)  # [N, C, *positions, *extents], a view
+    windows = sliding_window_view(padded, extents, axis=tuple(range(2, 2 + rank)))  # [N, C, *positions, *extents]
     picks = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in geometry.strides) \
         + tuple(slice(None, None, d) for d in geometry.dilations)
-    patches = windows[picks]  # [N, C, *out, *kernel]
+    return windows[picks]
+
+
+def conv_rows(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """im2col of a Conv input ``[N, C, *spatial]``: ``[groups, N·positions, C/groups·prod(kernel)]``, the
+    columns ordered like the weight's ``[C/groups, *kernel]`` (any number of spatial axes)."""
+    n, channels, rank = x.shape[0], x.shape[1], x.ndim - 2
+    patches = _patches(x, geometry)
     out = patches.shape[2:2 + rank]
     g = geometry.group
     patches = patches.reshape(n, g, channels // g, *out, *geometry.kernel)
     order = (1, 0, *range(3, 3 + rank), 2, *range(3 + rank, 3 + 2 * rank))  # [G, N, *out, C/G, *kernel]
     return patches.transpose(order).reshape(g, n * int(np.prod(out)), -1)
+
+
+# A depthwise Conv's Gram is summed over at most about this many rows (output positions × samples) per batch,
+# every s-th position along the widest output axis: its rows (one per position, a few columns each) outnumber
+# its columns by thousands, and their im2col would cost k times the input in float64.
+DEPTHWISE_ROWS = 4096
+# Bytes of the float64 patches a depthwise Gram holds at once (channels are taken in chunks).
+_DEPTHWISE_CHUNK = 64 << 20
+
+
+def depthwise_gram(x: np.ndarray, geometry: ConvGeometry) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(Σ x xᵀ [C, k, k], Σ x [C, k], rows)`` of a depthwise Conv's rows (one input channel per group, k kernel
+    positions) on a batch, over every s-th output position along the widest output axis so that about
+    ``DEPTHWISE_ROWS`` rows remain, channels in chunks: bounded memory instead of an im2col of every row."""
+    rank = x.ndim - 2
+    patches = _patches(x, geometry)  # [N, C, *out, *kernel], a view
+    out = patches.shape[2:2 + rank]
+    axis = 2 + int(np.argmax(out))
+    step = max(1, -(-x.shape[0] * int(np.prod(out)) // DEPTHWISE_ROWS))
+    patches = patches[(slice(None),) * axis + (slice(None, None, step),)]
+    channels, k = x.shape[1], int(np.prod(geometry.kernel))
+    rows = x.shape[0] * int(np.prod(patches.shape[2:2 + rank]))
+    order = (1, *range(2 + rank, 2 + 2 * rank), 0, *range(2, 2 + rank))  # [C, *kernel, N, *out]
+    H, sums = np.empty((channels, k, k)), np.empty((channels, k))
+    chunk = max(1, _DEPTHWISE_CHUNK // (8 * k * rows))
+    for start in range(0, channels, chunk):
+        part = patches[:, start:start + chunk].transpose(order).reshape(-1, k, rows).astype(np.float64)
+        H[start:start + chunk] = part @ part.transpose(0, 2, 1)
+        sums[start:start + chunk] = part.sum(axis=2)
+    return H, sums, rows
 
 
 def _ints(node: onnx.NodeProto, name: str, default: tuple[int, ...] = ()) -> tuple[int, ...]:
@@ -129,6 +165,14 @@ class LayerSource:
             a = activation.T if key else activation
             return a.reshape(1, -1, self.d_in)
         return activation.reshape(1, -1, self.d_in)
+
+    def gram(self, index: int, activation: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """``(H [groups, d, d], Σ rows [groups, d], row count)`` of consumer ``index`` on a batch, computed
+        without its rows where that is much cheaper (a depthwise Conv); None otherwise."""
+        key = self.keys[index]
+        if self.op_type == "Conv" and self.shape[1] == 1 and key.group == activation.shape[1] > 1:
+            return depthwise_gram(activation, key)
+        return None
 
     def to_groups(self, weight: np.ndarray) -> np.ndarray:
         """The weight as ``[groups, d_out, d_in]`` matrices (a copy in float64)."""
