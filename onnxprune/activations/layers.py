@@ -82,7 +82,7 @@ def depthwise_gram(x: np.ndarray, geometry: ConvGeometry) -> tuple[np.ndarray, n
     out = patches.shape[2:2 + rank]
     axis = 2 + int(np.argmax(out))
     step = max(1, -(-x.shape[0] * int(np.prod(out)) // DEPTHWISE_ROWS))
-    patches = patches[(slice(None),) * axis + (slice(None, None, step),)]
+    patches = patches[(slice(None),) * axis + (slice(step // 2, None, step),)]  # centred: edges are padding
     channels, k = x.shape[1], int(np.prod(geometry.kernel))
     rows = x.shape[0] * int(np.prod(patches.shape[2:2 + rank]))
     order = (1, *range(2 + rank, 2 + 2 * rank), 0, *range(2, 2 + rank))  # [C, *kernel, N, *out]
