@@ -292,3 +292,7 @@ def test_depthwise_gram_equals_im2col_and_thins_long_rows():
     full = np.einsum("gri,grj->gij", rows, rows) / rows.shape[1]
     assert DEPTHWISE_ROWS // 2 <= count <= 1.1 * DEPTHWISE_ROWS < rows.shape[1]
     assert np.abs(H / count - full).max() < 0.1 * np.abs(full).max()
+    # a batch of many 1×1 maps: the widest axis has one position, so every row is kept (none would be empty)
+    x = rng.standard_normal((9000, 4, 1, 1)).astype(np.float32)
+    H, sums, count = depthwise_gram(x, geometry)
+    assert count == 9000 and np.allclose(H[:, 4, 4], (x[:, :, 0, 0].astype(np.float64) ** 2).sum(0))

@@ -81,7 +81,7 @@ def depthwise_gram(x: np.ndarray, geometry: ConvGeometry) -> tuple[np.ndarray, n
     patches = _patches(x, geometry)  # [N, C, *out, *kernel], a view
     out = patches.shape[2:2 + rank]
     axis = 2 + int(np.argmax(out))
-    step = max(1, -(-x.shape[0] * int(np.prod(out)) // DEPTHWISE_ROWS))
+    step = min(max(1, -(-x.shape[0] * int(np.prod(out)) // DEPTHWISE_ROWS)), patches.shape[axis])
     patches = patches[(slice(None),) * axis + (slice(step // 2, None, step),)]  # centred: edges are padding
     channels, k = x.shape[1], int(np.prod(geometry.kernel))
     rows = x.shape[0] * int(np.prod(patches.shape[2:2 + rank]))
