@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from onnxprune.data import input_specs
 from onnxprune.errors import ConfigError
+from onnxprune.graph.io import load_model
 from onnxprune.graph.stats import model_stats
 from onnxprune.methods.base import MethodResult, MethodSpec
 from onnxprune.methods.structured import ChannelSession, kept_channels
@@ -367,7 +368,8 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
     fingerprint = model_fingerprint(pruner.canonical.model)
     reuse = None if target.table is None else reusable_table(target.table, meter, fingerprint, candidates)
     smallest = {index: widths[0] for index, widths in candidates.items()}
-    reach = _ratio(meter, pruner.canonical.model, session.shape_model(smallest))
+    given = load_model(pruner.model_path, check=False)  # figures are against the file as the user has it
+    reach = _ratio(meter, given, session.shape_model(smallest))
     if reach > target.ratio:
         raise ConfigError(f"the target {target.figure(target.ratio)} is out of reach: with every group at its "
                           f"smallest candidate width ({KEEP_FRACTIONS[0]:.0%} of its channels) the model measures "
@@ -386,11 +388,11 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
             widths = allocate(curves, required * dense, floor=noise)
         if widths is None:  # more than the table offers: the smallest widths, measured above to meet the target
             widths = smallest
-        measured = _ratio(meter, pruner.canonical.model, session.shape_model(widths))
+        measured = _ratio(meter, given, session.shape_model(widths))
         last = measured <= target.ratio or widths == smallest
         if last:  # the shapes meet the target: prune, and the pruned model's own figure decides
             results[len(outcome.tries)] = session.prune_widths(widths)
-            measured = _ratio(meter, pruner.canonical.model, results[len(outcome.tries)].model)
+            measured = _ratio(meter, given, results[len(outcome.tries)].model)
         outcome.tries.append(TargetTry(required, widths, 1.0 - _saving(curves, widths) / dense, measured, last))
         log.info("try %d: widths %s, predicted %s, measured %s%s", len(outcome.tries), widths,
                  target.figure(outcome.tries[-1].predicted), target.figure(measured), "" if last else " (shapes)")
@@ -401,7 +403,7 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
     widths = outcome.tries[chosen].widths
     if chosen not in results:  # the best of several misses was measured on its shapes: prune it and measure that
         results[chosen] = session.prune_widths(widths)
-        outcome.tries[chosen].measured = _ratio(meter, pruner.canonical.model, results[chosen].model)
+        outcome.tries[chosen].measured = _ratio(meter, given, results[chosen].model)
         outcome.tries[chosen].pruned = True
     result = results[chosen]
     outcome.predicted, outcome.measured = outcome.tries[chosen].predicted, outcome.tries[chosen].measured
