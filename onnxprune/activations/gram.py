@@ -75,6 +75,13 @@ def _resident_bytes() -> int | None:
         return None
 
 
+def _direct_gram(source: RowSource, index: int, activation: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The source's Gram, row sums and row count on a batch, summed without its rows where the source offers
+    that (``LayerSource.gram``: a depthwise Conv); None otherwise."""
+    direct = getattr(source, "gram", None)
+    return None if direct is None else direct(index, activation)
+
+
 def _probe(capture: Capture, sources: Sequence[RowSource], data: Dataset) -> tuple[dict[str, int], int, int]:
     """Run the smallest batch once: (d of every source, bytes of one batch's activations and rows, its samples).
     The bytes include what ONNX Runtime itself keeps per sample (its arena of intermediate tensors): the
@@ -93,8 +100,7 @@ def _probe(capture: Capture, sources: Sequence[RowSource], data: Dataset) -> tup
     widths, rows_bytes = {}, 0
     for source in sources:
         for index, tensor in enumerate(source.tensors):
-            direct = getattr(source, "gram", None)
-            found = direct(index, batch[tensor]) if direct else None
+            found = _direct_gram(source, index, batch[tensor])
             if found is not None:  # summed without its rows (a depthwise Conv): bounded, see depthwise_gram
                 widths[source.name] = found[0].shape[-1]
                 continue
@@ -170,8 +176,7 @@ def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSo
         in_batch = min(step, len(data) - number * step)
         for source in sources:
             for index, tensor in enumerate(source.tensors):
-                direct = getattr(source, "gram", None)
-                found = direct(index, batches[0][tensor]) if direct and max_rows is None and len(batches) == 1 \
+                found = _direct_gram(source, index, batches[0][tensor]) if max_rows is None and len(batches) == 1 \
                     else None
                 if found is not None:  # the Gram without the rows (a depthwise Conv)
                     H[source.name] += found[0]

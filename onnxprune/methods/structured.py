@@ -158,11 +158,12 @@ class ChannelSession:
         if config.sequential == "on" and calib is None:
             raise ConfigError("sequential pruning captures each wave on calibration data: pass --calib DATA.npz "
                               "or use -O sequential=off")
-        self.sequential = config.sequential != "off" and calib is not None
         self.config, self.calib, self.plan, self.select, self.extra = config, calib, plan, select, extra or {}
         self.errors = errors
         self.reconstruct = wants_reconstruction(config.reconstruct, calib)
         self.needs_inputs = needs_inputs or self.reconstruct
+        # waves of captures on the partly pruned model: only where consumers are captured at all
+        self.sequential = config.sequential != "off" and calib is not None and self.needs_inputs
         self.folded, self.folded_count = fold_batchnorms(model)
         self.analysis = analyse_channels(self.folded)
         self.biases_added = 0
@@ -208,7 +209,7 @@ class ChannelSession:
     def _waves(self, indices: Sequence[int]) -> list[list[int]]:
         """The groups in the order sequential pruning takes them: by the topological wave of their first
         captured consumer (one wave when not sequential)."""
-        if not (self.sequential and self.needs_inputs):
+        if not self.sequential:
             return [list(indices)]
         from onnxprune.methods.layerwise import waves
 
@@ -274,7 +275,7 @@ class ChannelSession:
             skipped = pruned_groups(self.analysis.groups, None)[1]
         details = {"importance": self.config.importance, "batchnorms_folded": self.folded_count,
                    "reconstruct": self.reconstruct, "groups": report, "skipped": skipped, **self.extra}
-        if self.sequential and self.needs_inputs:
+        if self.sequential:
             details["sequential_passes"] = len(passes)
         if self.biases_added:
             details["biases_added"] = self.biases_added

@@ -389,13 +389,13 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
         if widths is None:  # more than the table offers: the smallest widths, measured above to meet the target
             widths = smallest
         measured = _ratio(meter, given, session.shape_model(widths))
-        last = measured <= target.ratio or widths == smallest
-        if last:  # the shapes meet the target: prune, and the pruned model's own figure decides
+        pruned = measured <= target.ratio or widths == smallest
+        if pruned:  # the shapes meet the target: prune, and the pruned model's own figure decides
             results[len(outcome.tries)] = session.prune_widths(widths)
             measured = _ratio(meter, given, results[len(outcome.tries)].model)
-        outcome.tries.append(TargetTry(required, widths, 1.0 - _saving(curves, widths) / dense, measured, last))
+        outcome.tries.append(TargetTry(required, widths, 1.0 - _saving(curves, widths) / dense, measured, pruned))
         log.info("try %d: widths %s, predicted %s, measured %s%s", len(outcome.tries), widths,
-                 target.figure(outcome.tries[-1].predicted), target.figure(measured), "" if last else " (shapes)")
+                 target.figure(outcome.tries[-1].predicted), target.figure(measured), "" if pruned else " (shapes)")
         if measured <= target.ratio or widths == smallest:
             break
         required += max(measured - target.ratio, TIGHTEN)
