@@ -82,7 +82,7 @@ class ChitaConfig(MagnitudeConfig):
       wave-by-wave capture and its capture batch (see ``LayerwiseConfig``); the model engine ignores them.
     - ``swap_rounds``: rounds of the layer engine's swap search after IHT (0: none). With N:M or per-row
       budgets every row takes a swap per round and is solved again, the bulk of the time: on MiniLM-L3
-      at 2:4, 0/1/3 rounds took 62/107/~190 s for mean cosine 0.9898/0.9902/0.9907.
+      at 2:4, 0/1/3 rounds took 62/107/188-205 s for mean cosine 0.9898/0.9902/0.9907 (README).
     - ``reuse_gradients``: a later CHITA++ stage reuses the gradient matrix of an earlier one while the
       weights are within this relative L2 distance of those it was computed at (A changes smoothly with
       the weights; 0: recompute every stage). Off by default: reuse up to 0.1 and 0.3 cost 0.9 and 0.4
