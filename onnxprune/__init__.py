@@ -5,8 +5,8 @@ one model, re-using work), ``evaluate`` and ``benchmark`` measure written files 
 ``inspect_model`` describes a model, ``sweep`` compares methods, ``search_sparsity`` meets a budget,
 ``prune(..., target=Target(speedup=1.5))`` gives each channel group its own width to meet a target.
 Names are imported on first use, so ``import onnxprune`` (and the CLI's start) stays fast. Importing
-onnxprune before torch makes idle OpenMP threads wait passively (see ``onnxprune.threads``) unless
-``OMP_WAIT_POLICY`` is already set.
+onnxprune before torch sets how idle OpenMP threads wait, from the cores' idleness (see
+``onnxprune.threads``), unless ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` is already set.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from onnxprune.threads import prefer_passive_waits
+from onnxprune.threads import choose_waits
 
-prefer_passive_waits()
+choose_waits()
 
 __version__ = "0.1.0"
 

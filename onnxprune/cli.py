@@ -354,10 +354,10 @@ def demo(out: str | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point; idle OpenMP threads wait passively unless the user chose otherwise."""
-    from onnxprune.threads import prefer_passive_waits
+    """Console-script entry point; sets how idle OpenMP threads wait before torch loads (``threads.choose_waits``)."""
+    from onnxprune.threads import choose_waits
 
-    prefer_passive_waits()
+    choose_waits()
     cli(prog_name="onnxprune")
 
 

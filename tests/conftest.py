@@ -1,6 +1,7 @@
 """Test session setup: torch's OpenMP threads wait passively, set before any test module imports torch
 (spinning threads slow every test many times over when another process is busy)."""
 
-from onnxprune.threads import prefer_passive_waits
+import os
 
-prefer_passive_waits()
+# set before onnxprune or torch is imported: the suite runs on shared CI cores whatever their load at start
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -58,6 +58,14 @@ def test_gradient_rows_equal_per_sample_autograd(resnet, targets, per_row):
         grads = torch.autograd.grad(loss, [view.params[n] for n in names])
         expected = layout.flatten({n: g.numpy() for n, g in zip(names, grads)})
         np.testing.assert_allclose(at[:, row].numpy(), expected, rtol=1e-4, atol=1e-6)
+    # a column range across tensors, stored at some positions only, with the square sum over all of it
+    start, stop = layout.slots[1].offset - 100, layout.slots[2].offset + 50
+    index = torch.arange(0, stop - start, 7)
+    square_sum = torch.zeros((), dtype=torch.float64)
+    part = gradient_matrix(view, layout, weights, data, picked, rows=5, samples_per_row=per_row,
+                           columns=(start, stop), index=index, square_sum=square_sum)
+    torch.testing.assert_close(part, at[start:stop][index])
+    assert float(square_sum) == pytest.approx(float(at[start:stop].double().pow(2).sum()), rel=1e-5)
 
 
 def test_chita_beats_magnitude_on_the_bundled_mlp(tmp_path):

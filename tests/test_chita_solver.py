@@ -129,23 +129,42 @@ def test_refit_on_a_settled_support_reaches_a_fixed_point_of_iht_in_few_iteratio
     assert torch.equal(again.mask, fast.mask)  # IHT from there keeps the support: a fixed point
 
 
-@pytest.mark.parametrize("keep", [10, 150])  # a support smaller and larger than n = 40 rows
-@pytest.mark.parametrize("first_order", [False, True])
-def test_backsolve_is_the_exact_minimiser_on_its_support(keep, first_order):
-    blocks = [(0, 120), (120, 300)]
-    problem = _random_problem(2, blocks=blocks, first_order=first_order)
-    rng = np.random.default_rng(3)
-    mask = torch.zeros(problem.size, dtype=torch.bool)
-    mask[torch.from_numpy(rng.choice(problem.size, keep, replace=False))] = True
-    w = solver.backsolve(problem, mask).double().numpy()
+def _assert_exact_on_support(problem: Problem, mask: torch.Tensor, w: torch.Tensor) -> None:
+    """``w`` is the exact ridge minimiser of every block on its part of ``mask``, and zero off it."""
+    w = w.double().numpy()
     at, anchor, ridge = problem.at.double().numpy(), problem.anchor.double().numpy(), problem.ridge.numpy()
-    for b, (start, stop) in enumerate(blocks):
+    for b, (start, stop) in enumerate(problem.blocks):
         cols = np.flatnonzero(mask[start:stop].numpy()) + start
         A_s = at[cols].T
         target = problem.y[b].numpy()
         expected = np.linalg.solve(A_s.T @ A_s + np.diag(ridge[cols]), A_s.T @ target + ridge[cols] * anchor[cols])
         np.testing.assert_allclose(w[cols], expected, rtol=2e-4, atol=2e-5)
     assert np.all(w[~mask.numpy()] == 0)
+
+
+@pytest.mark.parametrize("keep", [10, 150])  # a support smaller and larger than n = 40 rows
+@pytest.mark.parametrize("first_order", [False, True])
+def test_backsolve_is_the_exact_minimiser_on_its_support(keep, first_order):
+    problem = _random_problem(2, blocks=[(0, 120), (120, 300)], first_order=first_order)
+    rng = np.random.default_rng(3)
+    mask = torch.zeros(problem.size, dtype=torch.bool)
+    mask[torch.from_numpy(rng.choice(problem.size, keep, replace=False))] = True
+    _assert_exact_on_support(problem, mask, solver.backsolve(problem, mask))
+    # a second support differing in the second block only: the first block's solution is kept, the second's solved
+    moved = mask.clone()
+    moved[120:] = torch.from_numpy(rng.permutation(moved[120:].numpy()))
+    first = problem.solved[0][1]
+    _assert_exact_on_support(problem, moved, solver.backsolve(problem, moved))
+    assert problem.solved[0][1] is first and torch.equal(problem.solved[1][0], moved[120:])
+
+
+def test_rescaling_forgets_the_kept_backsolves():
+    problem = _random_problem(2, blocks=[(0, 120), (120, 300)])
+    mask = torch.arange(problem.size) % 3 == 0
+    solver.backsolve(problem, mask)
+    scaled = problem.rescale(torch.linspace(0.5, 2.0, problem.size, dtype=torch.float64))
+    assert not problem.solved
+    _assert_exact_on_support(scaled, mask, solver.backsolve(scaled, mask))
 
 
 def test_gradient_matches_finite_differences_with_blocks():

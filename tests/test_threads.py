@@ -1,4 +1,4 @@
-"""Thread settings reach torch and ONNX Runtime; idle OpenMP threads wait passively unless the user chose."""
+"""Thread settings reach torch and ONNX Runtime; idle OpenMP threads wait as the cores' idleness says unless the user chose."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from onnxprune.errors import ConfigError
-from onnxprune.threads import default_threads, set_threads, thread_count, usable_cpus
+from onnxprune.threads import (QUIET_SPINCOUNT, WAIT_VARIABLES, default_threads, set_threads, thread_count,
+                               usable_cpus, wait_settings)
 from onnxprune.validate.runtime import make_session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,15 +59,25 @@ def _run(code: str, env: dict[str, str]) -> str:
     return proc.stdout.strip()
 
 
-def test_passive_waits_unless_the_user_chose_a_policy():
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert _run("import onnxprune, os; print(os.environ['OMP_WAIT_POLICY'])", env) == "PASSIVE"
-    assert _run("import onnxprune, os; print(os.environ['OMP_WAIT_POLICY'])",
-                {**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+def test_waits_spin_briefly_on_idle_cores_and_sleep_beside_busy_ones():
+    assert wait_settings(2.0, 2) == {"GOMP_SPINCOUNT": str(QUIET_SPINCOUNT)}
+    assert wait_settings(1.7, 2) == {"GOMP_SPINCOUNT": str(QUIET_SPINCOUNT)}
+    assert wait_settings(1.0, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert wait_settings(None, 4) == {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_import_chooses_the_waits_unless_the_user_did():
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
+    show = "import onnxprune, os; print([os.environ.get(v) for v in %r])" % (WAIT_VARIABLES,)
+    chosen = _run(show, env)
+    assert chosen in (str(["PASSIVE", None, None]), str([None, str(QUIET_SPINCOUNT), None]))
+    for variable, value in [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "5"), ("KMP_BLOCKTIME", "0")]:
+        expected = [value if v == variable else None for v in WAIT_VARIABLES]
+        assert _run(show, {**env, variable: value}) == str(expected)
 
 
 def test_cli_threads_option_reaches_torch(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
     code = ("import sys, torch; from onnxprune.cli import main; sys.argv = ['onnxprune', '--threads', '1', "
             f"'prune', {str(CNN)!r}, '-o', {str(tmp_path / 'o.onnx')!r}, '--sparsity', '0.3']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"

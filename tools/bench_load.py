@@ -2,9 +2,10 @@
 
 Each command runs on a quiet machine, then beside one busy-loop process (``python -c "while True:
 pass"``), and the table gives both wall times and their ratio. ``--old`` adds the behaviour before
-threads were chosen deliberately (spinning OpenMP waits, every core) for comparison.
+threads were chosen deliberately (spinning OpenMP waits, every core), ``--passive`` passive waits
+always (the default before waits followed the cores' idleness), for comparison.
 
-    python tools/bench_load.py [--runs 1] [--old] [--only chita|chita-model|demo]
+    python tools/bench_load.py [--runs 1] [--old] [--passive] [--only chita|chita-model|chita++|demo]
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from onnxprune.threads import WAIT_VARIABLES  # noqa: E402
 CLI = [sys.executable, "-m", "onnxprune.cli"]
 
 
 def commands(out: Path) -> dict[str, list[str]]:
     chita = [*CLI, "prune", "models/cnn.onnx", "-o", str(out / "chita.onnx"), "--method", "chita",
              "--sparsity", "0.7", "--calib", "models/cnn_calib.npz"]
-    return {"chita": chita, "chita-model": [*chita, "-O", "engine=model"], "demo": [*CLI, "demo"]}
+    staged = [*CLI, "prune", "models/cnn.onnx", "-o", str(out / "staged.onnx"), "--method", "chita++",
+              "--sparsity", "0.9", "-O", "stages=3", "--calib", "models/cnn_calib.npz"]
+    return {"chita": chita, "chita-model": [*chita, "-O", "engine=model"], "chita++": staged, "demo": [*CLI, "demo"]}
 
 
 def wall(command: list[str], env: dict[str, str]) -> float:
@@ -43,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--old", action="store_true", help="also time spinning waits on every core")
-    parser.add_argument("--only", choices=["chita", "chita-model", "demo"])
+    parser.add_argument("--passive", action="store_true", help="also time passive waits on the default threads")
+    parser.add_argument("--only", choices=["chita", "chita-model", "chita++", "demo"])
     args = parser.parse_args(argv)
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    base = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
     settings = {"onnxprune defaults": (base, [])}
+    if args.passive:
+        settings["passive waits"] = ({**base, "OMP_WAIT_POLICY": "PASSIVE"}, [])
     if args.old:
         settings["spinning waits, all cores"] = ({**base, "OMP_WAIT_POLICY": "ACTIVE"},
                                                  ["--threads", str(os.cpu_count() or 1)])

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import onnxprune  # noqa: E402,F401  (before torch: idle OpenMP threads wait passively)
+import onnxprune  # noqa: E402,F401  (before torch: sets how idle OpenMP threads wait)
 
 log = logging.getLogger("bench_scale")
 

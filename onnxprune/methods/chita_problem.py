@@ -196,6 +196,9 @@ class Problem:
     tiles: list[tuple[int, int, int, int]] = field(init=False, repr=False)
     whole_tiles: bool = field(init=False, repr=False)
     block_of: torch.Tensor = field(init=False, repr=False)
+    # block → (support, exact weights) of its last backsolve: IHT's later refits in a stage change the
+    # support of a few blocks only (cleared when ``at`` is rescaled in place)
+    solved: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.runs = _runs(self.blocks)
@@ -224,6 +227,7 @@ class Problem:
     def rescale(self, scale: torch.Tensor) -> "Problem":
         """The same objective in variables ``v = scale ⊙ w``; divides ``at``'s rows by ``scale`` in place
         (this problem is consumed; ``rescale(1/scale)`` on the result restores it)."""
+        self.solved.clear()
         self.at.mul_((1.0 / scale).float().unsqueeze(1))
         return Problem(self.at, (self.anchor.double() * scale).float(), self.y, self.ridge / scale.pow(2),
                        self.blocks, self.constant)

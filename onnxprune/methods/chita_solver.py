@@ -253,8 +253,16 @@ def _backsolve_block(problem: Problem, b: int, mask: torch.Tensor) -> torch.Tens
 
 
 def backsolve(problem: Problem, mask: torch.Tensor) -> torch.Tensor:
-    """The exact minimiser of Q with support ``mask`` (CHITA-BSO), block by block."""
-    return torch.cat([_backsolve_block(problem, b, mask[start:stop]) for b, (start, stop) in enumerate(problem.blocks)])
+    """The exact minimiser of Q with support ``mask`` (CHITA-BSO), block by block; a block whose support
+    is the one of its last backsolve on this problem keeps that solution."""
+    parts = []
+    for b, (start, stop) in enumerate(problem.blocks):
+        support = mask[start:stop]
+        kept = problem.solved.get(b)
+        if kept is None or not torch.equal(kept[0], support):
+            kept = problem.solved[b] = (support.clone(), _backsolve_block(problem, b, support))
+        parts.append(kept[1])
+    return torch.cat(parts)
 
 
 def _spd_solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

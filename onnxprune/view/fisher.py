@@ -26,8 +26,9 @@ from onnxprune.view.torchview import TorchView
 log = logging.getLogger(__name__)
 
 TARGETS = ("auto", "labels", "predicted", "sampled", "logits")
-# Bytes of per-sample gradients held at once while computing A (sets the vmap chunk size).
-_CHUNK_BYTES = 96 << 20
+# Bytes of per-sample gradients held at once while computing A (sets the vmap chunk size): a pass over the
+# bundled CNN's 1,000 rows took 3.4 s with 48 MB (41 rows a call), 3.9 s with 96 MB and 4.5 s with 16 MB.
+_CHUNK_BYTES = 48 << 20
 _MAX_CHUNK = 64
 # The solver's working memory relative to A: an active-set copy of at most a quarter of its rows (larger
 # active sets are solved in place, see chita_solver.ACTIVE_COPY) plus bounded tiles and column chunks.
@@ -51,6 +52,10 @@ class Slot:
     @property
     def size(self) -> int:
         return int(np.prod(self.shape))
+
+    def flat(self, batched: torch.Tensor) -> torch.Tensor:
+        """Batched values of this tensor, ``[B, *shape]``, in the flat order: ``[B, size]``."""
+        return batched.permute(0, *(a + 1 for a in self.axes)).reshape(batched.shape[0], -1)
 
 
 class FlatLayout:
@@ -82,16 +87,11 @@ class FlatLayout:
             out[s.name] = np.ascontiguousarray(np.transpose(permuted, np.argsort(s.axes)))
         return out
 
-    def columns(self, grads: dict[str, torch.Tensor], start: int, stop: int) -> torch.Tensor:
-        """Batched per-tensor gradients ``[B, *shape]`` as the flat columns ``start:stop``, ``[B, stop-start]``."""
-        parts = []
-        for s in self.slots:
-            lo, hi = max(start, s.offset), min(stop, s.offset + s.size)
-            if lo < hi:
-                g = grads[s.name]
-                flat = g.permute(0, *(a + 1 for a in s.axes)).reshape(g.shape[0], -1)
-                parts.append(flat[:, lo - s.offset:hi - s.offset])
-        return torch.cat(parts, dim=1)
+    def pieces(self, start: int, stop: int) -> list[tuple[Slot, int, int]]:
+        """``(slot, lo, hi)``: the coordinates ``lo:hi`` of each tensor (in its flat order) that fall in
+        the flat columns ``start:stop``, in order."""
+        return [(s, max(start, s.offset) - s.offset, min(stop, s.offset + s.size) - s.offset)
+                for s in self.slots if s.offset < stop and s.offset + s.size > start]
 
     def names_in(self, start: int, stop: int) -> list[str]:
         """The tensors that own at least one coordinate in ``start:stop``."""
@@ -270,7 +270,16 @@ def gradient_matrix(view: TorchView, layout: FlatLayout, weights: dict[str, np.n
     per_row = torch.func.vmap(torch.func.grad(row_loss), in_dims=(None, 0) + (0,) * len(view.input_names))
     at = torch.empty((stop - start if index is None else index.numel(), rows), dtype=torch.float32)
     chunk = max(1, min(_MAX_CHUNK, _CHUNK_BYTES // max(1, 4 * m * (stop - start))))
-    path_of = {n: view.param_paths[n] for n in names}
+    # each tensor's gradients go straight to their rows of ``at`` (the stored positions of its coordinates)
+    pieces = []
+    for slot, lo, hi in layout.pieces(start, stop):
+        first_column = slot.offset + lo - start
+        if index is None:
+            pieces.append((slot, lo, hi, slice(first_column, first_column + hi - lo), None))
+        else:
+            a, b = torch.searchsorted(index, torch.tensor([first_column, first_column + hi - lo],
+                                                          device=index.device)).tolist()
+            pieces.append((slot, lo, hi, slice(a, b), index[a:b] - first_column))
     with tqdm(total=rows, desc=progress, unit="row", disable=None, leave=False) as bar:
         for first in range(0, rows, chunk):
             count = min(chunk, rows - first)
@@ -279,9 +288,10 @@ def gradient_matrix(view: TorchView, layout: FlatLayout, weights: dict[str, np.n
             inputs = [x.reshape(count, m, *x.shape[1:]) for x in inputs]
             target = targets[first * m:(first + count) * m].reshape(count, -1)
             grads = per_row(trainable, target, *inputs)
-            block = layout.columns({n: grads[p] for n, p in path_of.items()}, start, stop)
-            if square_sum is not None:
-                square_sum += float(torch.linalg.vector_norm(block)) ** 2
-            at[:, first:first + count] = (block if index is None else block[:, index]).T
+            for slot, lo, hi, stored, picked in pieces:
+                flat = slot.flat(grads[view.param_paths[slot.name]])[:, lo:hi]
+                if square_sum is not None:
+                    square_sum += float(torch.linalg.vector_norm(flat)) ** 2
+                at[stored, first:first + count] = (flat if picked is None else flat[:, picked]).T
             bar.update(count)
     return at
