@@ -26,7 +26,6 @@ _chosen: int | None = None
 QUIET_SPINCOUNT = 10000
 # Variables by which a user chooses how OpenMP threads wait (libgomp, LLVM and Intel runtimes).
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-_SAMPLE_S = 0.1
 _REUSE_SAMPLE_S = 2.0  # the start-up sample of idle cores also serves the default thread count this long
 _sample: tuple[float, float | None] | None = None  # (monotonic time, idle CPUs) of the last sample
 
@@ -90,7 +89,7 @@ def _idle_now() -> float | None:
     """Idle usable CPUs: a fresh sample, or the last one when it is under ``_REUSE_SAMPLE_S`` old."""
     global _sample
     if _sample is None or time.monotonic() - _sample[0] > _REUSE_SAMPLE_S:
-        _sample = (time.monotonic(), idle_cpus(_SAMPLE_S))
+        _sample = (time.monotonic(), idle_cpus())
     return _sample[1]
 
 

@@ -154,9 +154,10 @@ def capture_inputs(model: onnx.ModelProto, groups: list[ChannelGroup], calib: Da
     sources, skipped = layer_sources(model, list(dict.fromkeys(m.tensor for m in members.values())))
     for name, reason in skipped.items():
         log.info("consumer %s is not refitted: %s", name, reason)
-    for source in [s for s in sources if s.groups != 1]:  # a grouped Conv's rows do not spell its channels
-        log.info("consumer %s is not refitted: a grouped Conv", source.name)
-        sources.remove(source)
+    for source in sources:
+        if source.groups != 1:  # a grouped Conv's rows do not spell its channels
+            log.info("consumer %s is not refitted: a grouped Conv", source.name)
+    sources = [s for s in sources if s.groups == 1]
     by_name = {s.name: s for s in sources}
     stats = capture_grams(model, calib, sources, batch_size=batch_size, reference=reference, max_rows=max_rows,
                           seed=seed) if sources else {}
