@@ -17,7 +17,7 @@ from onnxprune.validate.evaluation import evaluate
 from onnxprune.view.fisher import FlatLayout, choose_targets, gradient_matrix, parse_bytes, plan_memory, resolve_rows
 from onnxprune.graph.io import load_model
 from onnxprune.methods import prune_model
-from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, schedule
+from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, schedule, stage_rows
 from onnxprune.pipeline import prune
 from onnxprune.graph.prunable import read_weights, select_prunable
 from onnxprune.view.torchview import build_torch_view
@@ -124,6 +124,17 @@ def test_chita_plus_on_a_batchnorm_resnet_is_exact_and_deterministic(resnet, tmp
         assert np.count_nonzero(a[w.name]) <= int(np.floor(0.3 * w.size))
     assert [round(s["sparsity"], 4) for s in first.details["stages"]] == [round(s, 4) for s in schedule(
         config.schedule, config.base_sparsity, config.sparsity, config.stages)]
+    assert [s["rows"] for s in first.details["stages"]] == [20, 40]  # the first half of the way: early_rows
+
+
+@pytest.mark.parametrize("early,base,expected", [(0.5, 0.0, [500] * 5 + [1000] * 5), (1.0, 0.0, [1000] * 10),
+                                                 (0.25, 0.5, [250] * 5 + [1000] * 5)])
+def test_early_stages_take_the_first_rows_up_to_half_the_way_in_log_density(early, base, expected):
+    config = ChitaPlusConfig(sparsity=0.9, early_rows=early, base_sparsity=base)
+    levels = schedule(config.schedule, base, 0.9, config.stages)
+    assert [stage_rows(1000, config, level, base, 0.9) for level in levels] == expected
+    assert stage_rows(1000, ChitaConfig(sparsity=0.9), 0.1, 0.0, 0.9) == 1000  # one-shot CHITA: all rows
+    assert stage_rows(3, config, levels[0], base, 0.9) == max(1, round(3 * early))
 
 
 def test_memory_budget_splits_the_gradient_matrix_into_passes():

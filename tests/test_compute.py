@@ -80,7 +80,7 @@ def test_cpu_and_auto_give_the_same_masks_through_the_one_code_path(no_gpu, monk
 
 def test_chita_plus_stages_are_nested_and_reuse_nearby_gradients(mlp):
     model, calib = mlp
-    session = ChitaSession(model, ChitaPlusConfig(rows=200, stages=3, reuse_gradients=1.0), calib)
+    session = ChitaSession(model, ChitaPlusConfig(rows=200, stages=3, reuse_gradients=1.0, early_rows=1.0), calib)
     low, high = session.prune(0.5), session.prune(0.8)
     assert [s["gradients_reused"] for s in low.details["stages"]] == [0, 1, 1]
     kept_low, kept_high = read_weights(low.model), read_weights(high.model)
@@ -94,9 +94,11 @@ def test_gradient_cache_reuses_close_weights_and_subsets_only():
     weights, index = torch.ones(10), torch.arange(10)
     at = torch.arange(20.0).reshape(10, 2)
     cache.store(weights, index, at, 1.0)
-    assert cache.lookup(weights, index) is at
-    subset = cache.lookup(weights * 1.05, torch.tensor([2, 5]))
+    assert cache.lookup(weights, index, 2) is at
+    subset = cache.lookup(weights * 1.05, torch.tensor([2, 5]), 2)
     assert torch.equal(subset, at[[2, 5]])
-    assert cache.lookup(weights, torch.tensor([2, 7])) is None and cache.at is None  # not kept: dropped
+    assert cache.lookup(weights, torch.tensor([2, 7]), 2) is None and cache.at is None  # not kept: dropped
     cache.store(weights, index, at, 1.0)
-    assert cache.lookup(weights * 2, index) is None and cache.at is None
+    assert cache.lookup(weights * 2, index, 2) is None and cache.at is None
+    cache.store(weights, index, at, 1.0)
+    assert cache.lookup(weights, index, 4) is None and cache.at is None  # another row count: dropped
