@@ -130,8 +130,8 @@ class ChitaPlusConfig(ChitaConfig):
     - ``early_rows``: the stages in the first half of the way from ``base_sparsity`` to ``sparsity`` (in log
       density) use this fraction of the gradient rows, their first ones (1: all rows in every stage). Those
       stages prune the least salient weights, where a coarser Fisher suffices: on the CNN at 0.9, 0.5 took
-      47-59 s against 67-73 s, and on CNN, MLP, ppocr_cls and lcnet_ori it kept accuracy within each model's
-      run-to-run spread (README).
+      47-59 s against 67-73 s, and on CNN, MLP, ppocr_cls, ppocr_rec and lcnet_ori it kept accuracy within
+      each model's run-to-run spread (README).
     """
 
     stages: int = 10
