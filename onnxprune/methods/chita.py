@@ -87,7 +87,8 @@ class ChitaConfig(MagnitudeConfig):
       weights are within this relative L2 distance of those it was computed at (A changes smoothly with
       the weights; 0: recompute every stage). Off by default: on the CNN at 0.9 (its 10 stages move the weights
       by 0.07-0.4 each) reuse up to 0.2 took 62 s for 96.13 % against 68-70 s for 96.15 %, and lcnet_ori kept its
-      accuracy in half the time, but ppocr_cls at 0.7 lost 7 points of its 99.2 % of dense (README).
+      accuracy in half the time; ppocr_cls's 7-point loss at 0.7 was within its run-to-run spread, but CHITA++'s
+      ``early_rows`` is as fast and was measured on more models (README).
     - ``device``: where the torch view, the gradients and the solver run: 'auto' (CUDA when torch sees a
       GPU), 'cpu' or 'cuda'.
     """
@@ -305,14 +306,13 @@ def _counts(index: torch.Tensor, part: Constraint) -> list[int]:
 
 
 def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], constraint: Constraint,
-           stage: int, cache: _GradientCache | None = None, nested: bool = False, rows: int = 0
+           stage: int, rows: int, cache: _GradientCache | None = None, nested: bool = False
            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One CHITA solve around ``current``: gradients, IHT + backsolve per column range of the memory plan.
     ``cache`` gives and keeps the gradients when A fits in one pass. ``nested`` (CHITA++) solves over the
     weights ``current`` keeps only: pruned weights stay pruned, so A is built and searched on those
-    columns alone, and IHT starts from the previous stage's support and weights. ``rows`` (0: all) takes
-    the first gradient rows only."""
-    rows = rows or ctx.rows
+    columns alone, and IHT starts from the previous stage's support and weights. A is built from the first
+    ``rows`` gradient rows."""
     anchor = from_numpy(ctx.layout.flatten(current))
     plan = plan_memory(rows, ctx.layout.size, ctx.budget)
     ranges = constraint.ranges(plan.columns_per_pass)
@@ -483,10 +483,10 @@ class ChitaSession:
             for index, (level, keep) in enumerate(tqdm(levels, desc="CHITA stages", unit="stage", leave=False,
                                                        disable=True if len(levels) < 2 else None)):
                 constraint = _constraint(self.ctx, level, config, keep)
+                rows = stage_rows(self.ctx.rows, config, level, self.base, levels[-1][0])
                 with placed_on(self.ctx.device):
-                    rows = stage_rows(self.ctx.rows, config, level, self.base, levels[-1][0])
-                    current, info = _stage(self.ctx, config, current, constraint, self.stages_run, self.gradients,
-                                           nested=self.staged, rows=rows)
+                    current, info = _stage(self.ctx, config, current, constraint, self.stages_run, rows,
+                                           self.gradients, nested=self.staged)
                 self.stages_run += 1
                 info.update(sparsity=level, kept=constraint.budget)
                 log.info("stage %d/%d: sparsity %.4f, %d rows, gradients %.1fs, solve %.1fs, objective %.4g (start "
