@@ -1,9 +1,11 @@
 """onnxprune: post-training pruning of ONNX models, validated in ONNX Runtime.
 
-The Python API mirrors the CLI: ``prune`` writes a pruned model (``Pruner`` writes several sparsities of
-one model, re-using work), ``evaluate`` and ``benchmark`` measure written files in ONNX Runtime,
-``inspect_model`` describes a model, ``sweep`` compares methods, ``search_sparsity`` meets a budget,
-``prune(..., target=Target(speedup=1.5))`` gives each channel group its own width to meet a target.
+The Python API mirrors the CLI, one function per mode: ``prune`` writes a model pruned at one sparsity
+(``Pruner`` writes several sparsities of one model, re-using work), ``prune_to_target`` gives each channel
+group its own width to meet a ``Target`` (a speed-up or a MACs fraction), ``search_sparsity`` finds the
+highest sparsity within a ``Budget``; ``evaluate`` and ``benchmark`` measure written files in ONNX Runtime,
+``inspect_model`` describes a model, ``sweep`` compares methods. Every fraction (sparsity, accuracy,
+agreement, a budget) is a number in [0, 1].
 Names are imported on first use, so ``import onnxprune`` (and the CLI's start) stays fast. Importing
 onnxprune before torch sets how idle OpenMP threads wait, from the cores' idleness (see
 ``onnxprune.threads``), unless ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` is already set.
@@ -35,7 +37,8 @@ _EXPORTS = {
     "SweepReport": "workflows.sweeps", "sweep": "workflows.sweeps",
     "set_threads": "threads", "thread_count": "threads",
     "Budget": "workflows.budget", "BudgetResult": "workflows.budget", "search_sparsity": "workflows.budget",
-    "Target": "workflows.target", "prune_to_target": "workflows.target",
+    "Target": "workflows.target", "prune_to_target": "workflows.target", "PruneSession": "methods.base",
+    "QualityError": "errors", "method_catalogue": "methods",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,6 @@
-"""The ``onnxprune`` command line: a thin layer over the Python API. Errors are one line, exit 2."""
+"""The ``onnxprune`` command line: a thin layer over the Python API, one entry point per mode. Errors are
+one line (a JSON object under ``--json``), exit 2; ``--json``, ``--debug`` and ``-v`` go before or after
+the command."""
 
 from __future__ import annotations
 
@@ -6,68 +8,118 @@ import json
 import logging
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any
+import warnings
+from typing import Any, Callable
 
 import click
 
-from onnxprune.errors import OnnxPruneError
-from onnxprune.report import fmt, human_bytes, table
-
-if TYPE_CHECKING:  # the workflow imports ONNX Runtime: loaded only when a target is given
-    from onnxprune.workflows.target import Target
+from onnxprune.errors import OnnxPruneError, QualityError
+from onnxprune.report import fmt, percent, table
+from onnxprune.units import format_bytes
 
 log = logging.getLogger("onnxprune")
 
 
+def _flags(ctx: click.Context) -> dict[str, Any]:
+    """The flags every command shares, kept on the root context (``--json``, ``--debug``, ``-v``)."""
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = {"json": False, "debug": False, "verbose": 0}
+    return root.obj
+
+
+def _fail(ctx: click.Context, message: str, kind: str, code: int) -> None:
+    """One line on stderr, or one JSON object on stdout under --json; then exit ``code``."""
+    if _flags(ctx)["json"]:
+        click.echo(json.dumps({"error": message, "type": kind, "exit_code": code}))
+    else:
+        click.echo(f"error: {message}" if kind != "internal" else message, err=True)
+    sys.exit(code)
+
+
 class _Group(click.Group):
-    """Turns onnxprune errors into one line on stderr and a non-zero exit, tracebacks only with --debug."""
+    """Turns onnxprune errors into one line and a non-zero exit, tracebacks only with --debug."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except OnnxPruneError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+            if _flags(ctx)["debug"]:
                 traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            _fail(ctx, str(exc), type(exc).__name__, 3 if isinstance(exc, QualityError) else 2)
         except KeyboardInterrupt:
             click.echo("interrupted; nothing was written", err=True)
             sys.exit(130)
+        except click.UsageError as exc:
+            if not _flags(ctx)["json"]:
+                raise
+            _fail(ctx, exc.format_message(), "UsageError", exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug in onnxprune: still one line unless --debug
-            if ctx.obj and ctx.obj.get("debug"):
+            if _flags(ctx)["debug"]:
                 traceback.print_exc()
-            click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
-            sys.exit(1)
+            _fail(ctx, f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                  "internal", 1)
 
 
-def _emit(data: dict[str, Any], text: str, as_json: bool) -> None:
-    """Print one JSON object or the human-readable text."""
-    if as_json:
+def _logging(ctx: click.Context) -> None:
+    """Log level from -v/--debug; warnings (option renames) as one line each."""
+    flags = _flags(ctx)
+    level = logging.DEBUG if flags["verbose"] > 1 or flags["debug"] else logging.INFO if flags["verbose"] else logging.WARNING
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
+
+
+def _set(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        flags = _flags(ctx)
+        if name == "verbose":
+            flags[name] = max(flags[name], value)
+        else:
+            flags[name] = flags[name] or value
+        _logging(ctx)
+        return value
+    return callback
+
+
+def _shared(command: Callable) -> Callable:
+    """--json, --debug and -v on a command (the group takes them too, so either position works)."""
+    for option in reversed((
+            click.option("--json", "as_json", is_flag=True, is_eager=True, expose_value=False, callback=_set("json"),
+                         help="Print one JSON object (errors too)."),
+            click.option("--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set("debug"),
+                         help="Show tracebacks on errors."),
+            click.option("-v", "--verbose", count=True, is_eager=True, expose_value=False, callback=_set("verbose"),
+                         help="More log output (-v info, -vv debug)."))):
+        command = option(command)
+    return command
+
+
+@click.group(cls=_Group)
+@_shared
+@click.option("--threads", "thread_total", type=int, help="Threads for torch and ONNX Runtime [default: the idle "
+              "cores of this process].")
+@click.version_option(package_name="onnxprune")
+@click.pass_context
+def cli(ctx: click.Context, thread_total: int | None) -> None:
+    """Prune ONNX models post-training and validate them in ONNX Runtime."""
+    _logging(ctx)
+    if thread_total is not None:
+        from onnxprune.threads import set_threads
+
+        set_threads(thread_total)
+
+
+def _emit(data: dict[str, Any], text: str) -> None:
+    """Print one JSON object (under --json) or the human-readable text."""
+    if _flags(click.get_current_context())["json"]:
         from onnxprune.report import json_default
 
         click.echo(json.dumps(data, default=json_default))
     else:
         click.echo(text)
-
-
-@click.group(cls=_Group)
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-@click.option("--threads", "thread_total", type=int, help="Threads for torch and ONNX Runtime [default: the idle "
-              "cores of this process].")
-@click.version_option(package_name="onnxprune")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: int, thread_total: int | None) -> None:
-    """Prune ONNX models post-training and validate them in ONNX Runtime."""
-    ctx.obj = {"debug": debug}
-    level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if thread_total is not None:
-        from onnxprune.threads import set_threads
-
-        set_threads(thread_total)
 
 
 _INPUT_SHAPE = click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=D0,D1,...",
@@ -84,8 +136,8 @@ def _shapes(texts: tuple[str, ...]) -> dict[str, tuple[int, ...]] | None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @_INPUT_SHAPE
 @click.option("--data", type=click.Path(dir_okay=False), help="Count MACs at the shapes of this data's samples.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def inspect(model: str, input_shape: tuple[str, ...], data: str | None, as_json: bool) -> None:
+@_shared
+def inspect(model: str, input_shape: tuple[str, ...], data: str | None) -> None:
     """Opset, inputs/outputs, parameters, prunable tensors, MACs, channel groups, unconvertible ops."""
     from onnxprune.inspection import inspect_model
 
@@ -96,7 +148,7 @@ def inspect(model: str, input_shape: tuple[str, ...], data: str | None, as_json:
     s = info.stats
     macs = fmt(s.macs) if s.macs is not None else "unknown (dynamic dims: give --input-shape or --data)"
     lines.append(f"  parameters {fmt(s.params)}, prunable {fmt(s.prunable_params)} (sparsity {s.sparsity:.1%}), "
-                 f"MACs/sample {macs}, file {human_bytes(s.file_bytes)}")
+                 f"MACs/sample {macs}, file {format_bytes(s.file_bytes)}")
     lines += [f"  canonicalization: {c}" for c in info.canonical_changes]
     lines.append(table(["tensor", "op", "shape", "size", "sparsity"],
                        [[t.name, t.op_type, "x".join(map(str, t.shape)), t.size, f"{t.sparsity:.1%}"]
@@ -109,7 +161,7 @@ def inspect(model: str, input_shape: tuple[str, ...], data: str | None, as_json:
     if info.unsupported:
         lines.append("no torch view for: " + ", ".join(f"{u['op']}-{u['version']} ({u['node']})"
                                                          for u in info.unsupported))
-    _emit(info.to_dict(), "\n".join(lines), as_json)
+    _emit(info.to_dict(), "\n".join(lines))
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -123,6 +175,16 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
+def _quality_lines(quality: Any, data: str) -> list[str]:
+    """The written model against the input model on --data, one line (and the note of what is missing)."""
+    if quality is None:
+        return []
+    figures = [f"{name} {value:.2%}" for name, value in (("accuracy", quality.accuracy),
+                                                          ("top-1 agreement", quality.agreement)) if value is not None]
+    figures.append(f"cosine {quality.cosine:.4f}")
+    return [f"on {data} ({quality.samples} samples), against the input model: {', '.join(figures)}"]
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model to write.")
@@ -134,9 +196,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--compress", is_flag=True, help="Store sparse weights as sparse initializers (smaller file).")
 @click.option("--onnxslim", "use_onnxslim", is_flag=True, help="Simplify the graph with onnxslim first.")
 @click.option("--allocation", help="global | uniform sparsity allocation (unstructured methods).")
-@click.option("--pattern", help="N:M semi-structured pattern, e.g. 2:4 (chita).")
-@click.option("--max-memory", help="Memory budget, e.g. 2G (chita).")
-@click.option("--rows", type=int, help="Gradient rows n (chita).")
+@click.option("--pattern", help="N:M semi-structured pattern, e.g. 2:4 (unstructured methods).")
+@click.option("--max-memory", help="Memory budget, e.g. 2G (chita, chita++, sparsegpt, wanda).")
+@click.option("--rows", type=int, help="Rows of the second-order matrix (chita, channel methods).")
 @click.option("--group", type=int, help="Prune only this channel group (structured methods).")
 @click.option("--round-to", type=int, help="Keep channel counts multiples of this (structured methods).")
 @click.option("--importance", help="Channel importance: l1 | l2 | taylor | random (structured methods).")
@@ -144,11 +206,12 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--skip-last", is_flag=True, default=None, help="Leave the last prunable layer dense.")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("-O", "--option", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method option.")
-@click.option("--max-accuracy-drop", type=float, help="Budget: find the highest sparsity losing at most this "
-              "many accuracy points on --data.")
-@click.option("--min-agreement", type=float, help="Budget: highest sparsity keeping this top-1 agreement (%) with "
-              "the input model on --data (no labels needed).")
-@click.option("--data", type=click.Path(dir_okay=False), help="Evaluation data for a budget search.")
+@click.option("--data", type=click.Path(dir_okay=False), help="Evaluation data: the written model is measured "
+              "against the input model on it (accuracy with labels, fidelity); needed by budgets.")
+@click.option("--max-accuracy-drop", type=float, help="Budget, in accuracy points on --data: the highest sparsity "
+              "within it, or with a target a guard that refuses a model that breaks it.")
+@click.option("--min-agreement", type=float, help="Budget, in percent top-1 agreement with the input model on "
+              "--data (no labels needed); like --max-accuracy-drop.")
 @click.option("--target-speedup", type=float, help="Target: choose each channel group's width so that ORT runs the "
               "model this many times faster (channel methods; instead of --sparsity).")
 @click.option("--target-macs", type=float, help="Target: choose each channel group's width so that this fraction of "
@@ -157,50 +220,53 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
               "fixed batch].")
 @click.option("--target-table", type=click.Path(dir_okay=False), help="Reuse the latency table of an earlier "
               "--target-speedup run's --report (same model, batch and machine) instead of timing it again.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_shared
 def prune(model: str, output: str, method: str, calib: str | None, input_shape: tuple[str, ...], report: str | None,
-          compress: bool, use_onnxslim: bool, extra: tuple[str, ...], max_accuracy_drop: float | None,
-          min_agreement: float | None, data: str | None, target_speedup: float | None, target_macs: float | None,
-          target_batch: int | None, target_table: str | None, as_json: bool, **flags: Any) -> None:
-    """Prune MODEL with a method and write the result to OUTPUT (never overwriting MODEL)."""
-    from onnxprune.pipeline import prune as run_prune
-
+          compress: bool, use_onnxslim: bool, extra: tuple[str, ...], data: str | None,
+          max_accuracy_drop: float | None, min_agreement: float | None, target_speedup: float | None,
+          target_macs: float | None, target_batch: int | None, target_table: str | None, **flags: Any) -> None:
+    """Prune MODEL with a method and write the result to OUTPUT (never overwriting MODEL): at one sparsity, to a
+    target (per-group channel widths) or at the highest sparsity within an accuracy budget."""
     options = {k: v for k, v in flags.items() if v is not None}
     options.update(_parse_options(extra))
-    if target_speedup is not None or target_macs is not None or target_batch is not None or target_table is not None:
-        from onnxprune.errors import ConfigError
+    common = dict(calib=calib, report=report, compress=compress, use_onnxslim=use_onnxslim,
+                  input_shapes=_shapes(input_shape))
+    budget = None
+    if max_accuracy_drop is not None or min_agreement is not None:
+        from onnxprune.workflows.budget import Budget
+
+        budget = Budget(None if max_accuracy_drop is None else max_accuracy_drop / 100,
+                        None if min_agreement is None else min_agreement / 100)
+    if any(v is not None for v in (target_speedup, target_macs, target_batch, target_table)):
         from onnxprune.workflows.target import Target
 
-        if max_accuracy_drop is not None or min_agreement is not None:
-            raise ConfigError("give either a target (--target-speedup/--target-macs) or an accuracy budget, not both")
-        _target_prune(model, output, method, calib, report, compress, use_onnxslim, _shapes(input_shape),
-                      Target(target_speedup, target_macs, target_batch, target_table), options, as_json)
-        return
-    if max_accuracy_drop is not None or min_agreement is not None:
-        _budget_search(model, output, method, calib, report, data, max_accuracy_drop, min_agreement, options,
-                       as_json)
-        return
-    outcome = run_prune(model, output, method, calib=calib, report=report, compress=compress,
-                        use_onnxslim=use_onnxslim, input_shapes=_shapes(input_shape), **options)
-    b, a = outcome.before, outcome.after
-    rows = [["parameters", b.params, a.params], ["prunable sparsity", f"{b.sparsity:.1%}", f"{a.sparsity:.1%}"],
-            ["MACs / sample", b.macs if b.macs is not None else "unknown", a.macs if a.macs is not None else "unknown"],
-            ["MACs skipping zeros", b.sparse_macs, a.sparse_macs],
-            ["file size", human_bytes(b.file_bytes), human_bytes(a.file_bytes)]]
-    text = "\n".join([f"wrote {outcome.output} ({method}, sparsity {outcome.config['sparsity']})",
-                      table(["", "before", "after"], rows),
-                      "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())])
-    _emit(outcome.to_dict(), text, as_json)
+        _target_prune(model, output, method, Target(target_speedup, target_macs, target_batch, target_table),
+                      common, data, budget, options)
+    elif budget is not None:
+        _budget_search(model, output, method, budget, common, data, options)
+    else:
+        from onnxprune.pipeline import prune as run_prune
+
+        outcome = run_prune(model, output, method, data=data, **common, **options)
+        b, a = outcome.before, outcome.after
+        rows = [["parameters", b.params, a.params], ["prunable sparsity", f"{b.sparsity:.1%}", f"{a.sparsity:.1%}"],
+                ["MACs / sample", b.macs if b.macs is not None else "unknown",
+                 a.macs if a.macs is not None else "unknown"],
+                ["MACs skipping zeros", b.sparse_macs, a.sparse_macs],
+                ["file size", format_bytes(b.file_bytes), format_bytes(a.file_bytes)]]
+        text = "\n".join([f"wrote {outcome.output} ({method}, sparsity {outcome.config['sparsity']})",
+                          table(["", "before", "after"], rows), *_quality_lines(outcome.quality, data),
+                          "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())])
+        _emit(outcome.to_dict(), text)
 
 
-def _target_prune(model: str, output: str, method: str, calib: str | None, report: str | None, compress: bool,
-                  use_onnxslim: bool, input_shapes: dict[str, tuple[int, ...]] | None, target: Target,
-                  options: dict[str, Any], as_json: bool) -> None:
-    """``prune`` to a target: per-group widths, the table of each group's width and error, the measured figure."""
-    from onnxprune.pipeline import prune as run_prune
+def _target_prune(model: str, output: str, method: str, target: Any, common: dict[str, Any], data: str | None,
+                  budget: Any, options: dict[str, Any]) -> None:
+    """``prune`` to a target: per-group widths, the table of each group's width and error, the measured figure,
+    the fidelity on the calibration hold-out and, with a budget, its verdict on --data."""
+    from onnxprune.workflows.target import prune_to_target
 
-    outcome = run_prune(model, output, method, calib=calib, report=report, compress=compress,
-                        use_onnxslim=use_onnxslim, input_shapes=input_shapes, target=target, **options)
+    outcome = prune_to_target(model, output, method, target, data=data, budget=budget, **common, **options)
     found = outcome.details["target"]
     rows = [[g["group"], g["before"], g["after"], f"{g['error']:.4g}"] for g in found["groups"]]
     wanted = target.figure(target.ratio)
@@ -211,34 +277,40 @@ def _target_prune(model: str, output: str, method: str, calib: str | None, repor
              f"target {wanted}; the table predicted {target.figure(found['predicted'])}; "
              f"{len(found['tries'])} allocation(s))",
              f"MACs / sample: {fmt(outcome.before.macs)} -> {fmt(outcome.after.macs)}, parameters "
-             f"{fmt(outcome.before.params)} -> {fmt(outcome.after.params)}",
-             "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())]
-    _emit(outcome.to_dict(), "\n".join(lines), as_json)
+             f"{fmt(outcome.before.params)} -> {fmt(outcome.after.params)}"]
+    held = found.get("holdout")
+    if held is not None:
+        agreement = "" if held["agreement"] is None else f", top-1 agreement {held['agreement']:.2%}"
+        lines.append(f"fidelity to the input model on {held['samples']} held-out calibration samples: cosine "
+                     f"{held['cosine']:.4f}{agreement}")
+    else:
+        lines.append("fidelity on a calibration hold-out: none (too few calibration samples, or no --calib)")
+    lines += _quality_lines(outcome.quality, data)
+    if "budget" in found:
+        lines.append(f"budget on {data}: {found['budget']['text']}")
+    lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items()))
+    _emit(outcome.to_dict(), "\n".join(lines))
 
 
-def _budget_search(model: str, output: str, method: str, calib: str | None, report: str | None, data: str | None,
-                   max_accuracy_drop: float | None, min_agreement: float | None, options: dict[str, Any],
-                   as_json: bool) -> None:
+def _budget_search(model: str, output: str, method: str, budget: Any, common: dict[str, Any], data: str | None,
+                   options: dict[str, Any]) -> None:
     """``prune`` with a budget: bisect the sparsity, write the best model within budget."""
-    from onnxprune.workflows.budget import Budget, search_sparsity
     from onnxprune.errors import ConfigError
-    from onnxprune.report import write_json
+    from onnxprune.workflows.budget import search_sparsity
 
-    budget = Budget(max_accuracy_drop, min_agreement)
     if data is None:
         raise ConfigError("a budget search needs evaluation data: pass --data DATA.npz")
-    result = search_sparsity(model, output, method, budget, data=data, calib=calib, **options)
-    if report is not None:
-        write_json(result.to_dict(), report, inputs=[model])
-    rows = [[f"{t.sparsity:.4f}", t.accuracy, t.agreement, "yes" if t.within else "no", t.error or ""]
-            for t in sorted(result.trials, key=lambda t: t.sparsity)]
+    result = search_sparsity(model, output, method, budget, data=data, **common, **options)
+    rows = [[f"{t.sparsity:.4f}", percent(t.accuracy), percent(t.agreement), "yes" if t.within else "no",
+             t.error or ""] for t in sorted(result.trials, key=lambda t: t.sparsity)]
     lines = [table(["sparsity", "acc %", "agree %", "within budget", "error"], rows, title="trials")]
     if result.sparsity is None:
         lines.append("no sparsity in the search range stays within the budget; nothing was written")
     else:
-        lines.append(f"wrote {output}: {method} at sparsity {result.sparsity:.4f} (accuracy {fmt(result.accuracy)}, "
-                     f"dense {fmt(result.dense_accuracy)}, agreement {fmt(result.agreement)})")
-    _emit(result.to_dict(), "\n".join(lines), as_json)
+        lines.append(f"wrote {output}: {method} at sparsity {result.sparsity:.4f} (accuracy "
+                     f"{fmt(percent(result.accuracy))} %, dense {fmt(percent(result.dense_accuracy))} %, agreement "
+                     f"{fmt(percent(result.agreement))} %)")
+    _emit(result.to_dict(), "\n".join(lines))
     if result.sparsity is None:
         sys.exit(3)
 
@@ -252,24 +324,27 @@ def _budget_search(model: str, output: str, method: str, calib: str | None, repo
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--iou-threshold", default=0.5, show_default=True, type=float,
               help="Threshold for the IoU of outputs that are maps in [0, 1].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_shared
 def eval_command(model: str, data: str, reference: str | None, batch_size: int, threads: int | None,
-                 device: str, iou_threshold: float, as_json: bool) -> None:
+                 device: str, iou_threshold: float) -> None:
     """Accuracy (with labels) and fidelity of every output to a reference, measured in ONNX Runtime:
     agreement for class scores, IoU for maps in [0, 1], cosine and relative L2 for all."""
     from onnxprune.validate.evaluation import evaluate
 
     result = evaluate(model, data, reference=reference, batch_size=batch_size, threads=threads, device=device,
                       iou_threshold=iou_threshold)
-    rows = [[k, v] for k, v in result.to_dict().items() if v is not None and k != "outputs"]
-    text = table(["metric", "value"], rows, title=f"{model} on {data}")
+    rows = [["samples", result.samples], ["provider", result.provider], ["seconds", result.seconds],
+            ["accuracy %", percent(result.accuracy)]]
+    text = table(["metric", "value"], [r for r in rows if r[1] is not None], title=f"{model} on {data}")
     if result.outputs:
         text += "\n" + table(["output", "shape", "kind", "agree %", f"IoU@{iou_threshold:g}", "cosine", "rel L2",
                               "max |diff|"],
-                             [[o.name, "x".join(map(str, o.shape)), o.kind, o.agreement, o.iou, f"{o.cosine:.4f}",
-                               f"{o.rel_l2:.4g}", f"{o.max_abs_diff:.4g}"] for o in result.outputs],
+                             [[o.name, "x".join(map(str, o.shape)), o.kind, percent(o.agreement), o.iou,
+                               f"{o.cosine:.4f}", f"{o.rel_l2:.4g}", f"{o.max_abs_diff:.4g}"] for o in result.outputs],
                              title=f"fidelity to {reference}")
-    _emit(result.to_dict(), text, as_json)
+    if result.note:
+        text += f"\nnote: {result.note}"
+    _emit(result.to_dict(), text)
 
 
 @cli.command()
@@ -282,9 +357,9 @@ def eval_command(model: str, data: str, reference: str | None, batch_size: int, 
 @click.option("--data", type=click.Path(dir_okay=False), help="Take inputs from this data file.")
 @_INPUT_SHAPE
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_shared
 def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int, warmup: int,
-          data: str | None, input_shape: tuple[str, ...], device: str, as_json: bool) -> None:
+          data: str | None, input_shape: tuple[str, ...], device: str) -> None:
     """Latency (median, p90) in ONNX Runtime; with --vs, the speed-up of MODEL over OTHER."""
     from onnxprune.validate.bench import benchmark
 
@@ -295,7 +370,7 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
                  title=f"{r.provider} provider, batch {r.batch}, {r.threads} threads, {r.runs} runs")
     if r.ratio is not None:
         text += f"\nspeed-up of {r.model} over {r.vs}: {r.ratio:.2f}x"
-    _emit(r.to_dict(), text, as_json)
+    _emit(r.to_dict(), text)
 
 
 @cli.command()
@@ -311,10 +386,9 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
 @click.option("--runs", default=50, show_default=True, type=int, help="Timed runs per model (>= 50).")
 @click.option("-O", "--option", "extra", multiple=True, metavar="[METHOD.]KEY=VALUE",
               help="Method option for every swept method that has it (round_to=8), or for one (chita++.stages=5).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_shared
 def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: str | None,
-          sparsities: str | None, batch: int, threads: int | None, runs: int, extra: tuple[str, ...],
-          as_json: bool) -> None:
+          sparsities: str | None, batch: int, threads: int | None, runs: int, extra: tuple[str, ...]) -> None:
     """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
     from onnxprune.workflows.sweeps import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
 
@@ -323,34 +397,41 @@ def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: s
                        sparsities=parse_list(sparsities, float) if sparsities else DEFAULT_SPARSITIES,
                        batch=batch, threads=threads, runs=runs, options=_parse_options(extra),
                        command="onnxprune " + " ".join(sys.argv[1:]))
-    _emit(report.to_dict(), sweep_table(report), as_json)
+    _emit(report.to_dict(), sweep_table(report))
 
 
 @cli.command()
+@_shared
 def methods() -> None:
-    """List the pruning methods and their options."""
-    import dataclasses
+    """The pruning methods, and every option once: its meaning and each method's default."""
+    from onnxprune.methods import method_catalogue
 
-    from onnxprune.methods import METHODS
-
-    rows = [[spec.name, "structured" if spec.structured else "unstructured", "yes" if spec.needs_calib else "no",
-             spec.summary] for spec in METHODS.values()]
-    lines = [table(["method", "kind", "needs data", "what"], rows), "", "options (set with -O name=value; defaults shown):"]
-    for spec in METHODS.values():
-        options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config_cls))
-        lines.append(f"  {spec.name}: {options}")
-    click.echo("\n".join(lines))
+    catalogue = method_catalogue()
+    rows = [[m["name"], m["kind"], "yes" if m["needs_calib"] else "no", m["summary"]] for m in catalogue["methods"]]
+    lines = [table(["method", "kind", "needs data", "what"], rows), "",
+             "options (set with -O name=value or the flag of the same name; defaults per method):"]
+    for option in catalogue["options"]:
+        defaults = ", ".join(f"{method} {value!r}" for method, value in option["defaults"].items())
+        lines.append(f"  {option['name']}: {option['meaning']}")
+        lines.append(f"      default: {defaults}")
+    renamed = catalogue["renamed"]
+    if renamed:
+        lines += ["", "renamed (the old names still work in this release, with a warning): "
+                  + ", ".join(f"{old} -> {new}" for old, new in renamed.items())]
+    lines += ["", "what a session keeps between sparsities (sweep, budget search, Pruner.write):"]
+    lines += [f"  {m['name']}: {m['reuse']}" for m in catalogue["methods"]]
+    _emit(catalogue, "\n".join(lines))
 
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), help="Keep the pruned models in this folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def demo(out: str | None, as_json: bool) -> None:
+@_shared
+def demo(out: str | None) -> None:
     """The whole pipeline on the bundled CNN with every method: prune, eval, bench, one table."""
     from onnxprune.workflows.demo import run_demo
 
     result = run_demo(out)
-    _emit(result.to_dict(), result.text(), as_json)
+    _emit(result.to_dict(), result.text())
 
 
 def main() -> None:

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from onnxprune.errors import ConfigError
+from onnxprune.options import DEVICES
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def torch_device(requested: str = "auto") -> torch.device:

@@ -34,5 +34,9 @@ class OutputError(OnnxPruneError):
     """The output path is unusable (equal to the input, missing folder) or the write failed."""
 
 
+class QualityError(OnnxPruneError):
+    """The result misses the quality budget asked for, so nothing was written."""
+
+
 class ResourceError(OnnxPruneError):
     """The requested work does not fit the given memory budget."""

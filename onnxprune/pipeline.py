@@ -1,7 +1,9 @@
 """The prune pipeline: load → canonicalize → method → check in ORT → atomic write → report.
 
-Every input is validated before any expensive work, and nothing is written unless the pruned graph
-passes ``onnx.checker`` and runs in ONNX Runtime with the input's output shapes."""
+``Pruner`` is the one way into pruning: a single prune (``prune`` here), the sweep, the budget search and
+the target search (``workflows/``) all go through it. Every input is validated before any expensive work,
+and nothing is written unless the pruned graph passes ``onnx.checker`` and runs in ONNX Runtime with the
+input's output shapes."""
 
 from __future__ import annotations
 
@@ -11,27 +13,25 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
 
-from onnxprune.validate.bench import make_feed
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import (LABELS, Dataset, check_input_shapes, input_specs, load_data, sample_shapes, unknown_dims,
                             validate)
 from onnxprune.errors import ConfigError, ModelError
 from onnxprune.graph.io import check_model, check_output_path, load_model, save_model
 from onnxprune.methods import get_method, make_config
-from onnxprune.methods.base import MethodResult, SparsitySession
+from onnxprune.methods.base import MethodResult, PruneSession
 from onnxprune.graph.prunable import find_prunable
-from onnxprune.validate.runtime import make_session, run_batched
+from onnxprune.runtime.feeds import fixed_batch, make_feed, run_batched
+from onnxprune.runtime.sessions import make_session
 from onnxprune.graph.stats import ModelStats, model_stats
 from onnxprune.graph.edit import compress_sparse
 from onnxprune.report import write_json
-
-if TYPE_CHECKING:
-    from onnxprune.workflows.target import Target
+from onnxprune.validate.evaluation import EvalResult, evaluate, reference_outputs
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class PruneOutcome:
     details: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     compressed: list[str] = field(default_factory=list)
+    quality: EvalResult | None = None  # the written model against the input model on --data, when given
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -63,7 +64,7 @@ def sample_feed(model: onnx.ModelProto, sample: Dataset | None,
     """A few inputs for the ORT checks: from the calibration data, else random at ``shapes`` (dynamic dims
     not given there are 1); a fixed batch is kept."""
     specs = input_specs(model)
-    fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
+    fixed = fixed_batch(specs)
     if sample is not None:
         return sample.take(fixed or min(4, len(sample))).inputs
     shapes = shapes or {}
@@ -127,14 +128,32 @@ def check_outputs(output: str | os.PathLike, report: str | os.PathLike | None, m
         check_output_path(report, [model_path])
 
 
+def split_holdout(data: Dataset, fraction: float, batch: int | None = None) -> tuple[Dataset, Dataset | None]:
+    """(fit, hold-out): the last ``fraction`` of the samples held out (at least one batch), none when fewer
+    than two batches would be left to fit on."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"holdout is a fraction of the calibration samples in [0, 1), not {fraction}")
+    step = batch or 1
+    held = -(-int(np.ceil(fraction * len(data))) // step) * step if fraction > 0 else 0
+    if held == 0 or len(data) - held < 2 * step:
+        if fraction > 0:
+            log.warning("%d calibration samples are too few to hold %.0f%% of them out: the fidelity is measured "
+                        "on the samples the method used", len(data), fraction * 100)
+        return data, None
+    return data.take(len(data) - held), data.take(held, start=len(data) - held)
+
+
 class Pruner:
     """One model, method and calibration set, loaded, canonicalized and checked once; ``write`` prunes at
-    a sparsity and writes the result. Sweeps and the budget search call ``write`` many times, and the
-    method's session keeps what does not depend on the sparsity (see ``MethodSpec.open``)."""
+    a sparsity and writes the result. The sweep, the budget search and the target search are workflows over
+    it, and the method's session keeps what does not depend on the sparsity (``PruneSession.reuse``).
+    ``holdout``: this fraction of the calibration samples (the last ones) is kept from the method, to
+    measure the pruned model's fidelity to the input model on data it did not see."""
 
     def __init__(self, model_path: str | os.PathLike, method: str = "magnitude", *,
                  calib: str | os.PathLike | Dataset | None = None, use_onnxslim: bool = False,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None, **options: Any) -> None:
+                 input_shapes: dict[str, tuple[int, ...]] | None = None, holdout: float = 0.0,
+                 **options: Any) -> None:
         self.spec = get_method(method)
         self.config = make_config(self.spec, **options)
         self.model_path = model_path
@@ -144,11 +163,13 @@ class Pruner:
         model = self.canonical.model
         if isinstance(calib, Dataset):
             arrays = dict(calib.inputs) if calib.labels is None else {**calib.inputs, LABELS: calib.labels}
-            self.calib = validate(arrays, input_specs(model), source="calibration data")
-        else:
-            self.calib = None if calib is None else load_data(Path(calib), model)
-        if self.spec.needs_calib and self.calib is None:
+            calib = validate(arrays, input_specs(model), source="calibration data")
+        elif calib is not None:
+            calib = load_data(Path(calib), model)
+        if self.spec.needs_calib and calib is None:
             raise ConfigError(f"method {method!r} needs calibration data: pass --calib DATA.npz")
+        self.calib, self.holdout = (calib, None) if calib is None else split_holdout(calib, holdout,
+                                                                                     fixed_batch(input_specs(model)))
         check_prunable(model)
         if input_shapes:
             check_input_shapes(input_shapes, input_specs(model))
@@ -158,31 +179,52 @@ class Pruner:
         self.reference = run_input_model(model, self.feed, self.shapes)
         self.before = model_stats(model, model_path, self.shapes)
         self.load_s = time.perf_counter() - start
-        self._session: SparsitySession | None = None
+        self._session: PruneSession | None = None
+        self._dense_outputs: dict[int, list[np.ndarray]] = {}
 
-    def session(self) -> SparsitySession:
+    def session(self) -> PruneSession:
         """The method's session, opened on first use (for CHITA this builds the torch view)."""
         if self._session is None:
             self._session = self.spec.open(self.canonical.model, self.config, self.calib)
         return self._session
 
+    def load_data(self, data: str | os.PathLike | Dataset) -> Dataset:
+        """Evaluation data for this model (a file, or a Dataset checked against the model)."""
+        if isinstance(data, Dataset):
+            arrays = dict(data.inputs) if data.labels is None else {**data.inputs, LABELS: data.labels}
+            return validate(arrays, input_specs(self.canonical.model), source="evaluation data")
+        return load_data(Path(data), self.canonical.model)
+
+    def dense_outputs(self, data: Dataset) -> list[np.ndarray]:
+        """The input model's ORT outputs on ``data``, computed once per dataset."""
+        if id(data) not in self._dense_outputs:
+            self._dense_outputs[id(data)] = reference_outputs(self.canonical.model, data)
+        return self._dense_outputs[id(data)]
+
+    def fidelity(self, model: str | os.PathLike | onnx.ModelProto, data: Dataset) -> EvalResult:
+        """``model`` against the input model on ``data`` in ORT (accuracy too when ``data`` has labels)."""
+        return evaluate(model, data, reference=self.dense_outputs(data))
+
     def write(self, output: str | os.PathLike, sparsity: float | None = None, *,
-              report: str | os.PathLike | None = None, compress: bool = False) -> PruneOutcome:
+              report: str | os.PathLike | None = None, compress: bool = False,
+              data: Dataset | None = None) -> PruneOutcome:
         """Prune at ``sparsity`` (default: the configured one), check the result in ORT and write it
-        atomically to ``output`` (and the JSON ``report``); nothing is written when a check fails."""
+        atomically to ``output`` (and the JSON ``report``); nothing is written when a check fails. With
+        ``data``, the written model is measured against the input model on it (``PruneOutcome.quality``)."""
         config = self.config if sparsity is None else dataclasses.replace(self.config, sparsity=sparsity)
         check_outputs(output, report, self.model_path)
         start = time.perf_counter()
         result = self.session().prune(config.sparsity)
         timings = {"load": self.load_s, "method": time.perf_counter() - start}
         return self.write_result(result, output, config=asdict(config), timings=timings, report=report,
-                                 compress=compress)
+                                 compress=compress, data=data)
 
     def write_result(self, result: MethodResult, output: str | os.PathLike, *, config: dict[str, Any],
                      timings: dict[str, float], report: str | os.PathLike | None = None,
-                     compress: bool = False) -> PruneOutcome:
+                     compress: bool = False, data: Dataset | None = None) -> PruneOutcome:
         """Check a method's result in ORT and write it atomically to ``output`` (and the JSON ``report``,
-        with ``config`` as the settings); nothing is written when a check fails."""
+        with ``config`` as the settings); nothing is written when a check fails. With ``data``, the written
+        model is measured against the input model on it."""
         start = time.perf_counter()
         pruned = result.model
         check_model(pruned, "the pruned model")
@@ -196,6 +238,10 @@ class Pruner:
                                canonical_changes=self.canonical.changes, before=self.before,
                                after=model_stats(pruned, written, self.shapes), details=result.details, timings=timings,
                                compressed=compressed)
+        if data is not None:
+            began = time.perf_counter()
+            outcome.quality = self.fidelity(written, data)
+            outcome.timings["evaluate"] = time.perf_counter() - began
         if report is not None:
             write_json(outcome.to_dict(), report, inputs=[self.model_path])
         return outcome
@@ -204,21 +250,15 @@ class Pruner:
 def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str = "magnitude", *,
           calib: str | os.PathLike | Dataset | None = None, report: str | os.PathLike | None = None,
           compress: bool = False, use_onnxslim: bool = False, input_shapes: dict[str, tuple[int, ...]] | None = None,
-          target: Target | None = None, **options: Any) -> PruneOutcome:
-    """Prune ``model_path`` with ``method`` (options: the method's config fields, e.g. sparsity=0.5), or to
-    ``target`` (a speed-up or MACs fraction, channel methods only, each group's width chosen), and write the
-    result atomically to ``output``; returns the outcome with before/after stats."""
-    spec = get_method(method)
-    make_config(spec, **options)  # bad options and paths fail before loading anything
-    if target is not None:
-        from onnxprune.workflows.target import check_target_options
-
-        check_target_options(spec, options)
+          data: str | os.PathLike | Dataset | None = None, **options: Any) -> PruneOutcome:
+    """Prune ``model_path`` with ``method`` at one sparsity (options: the method's config fields, e.g.
+    sparsity=0.5) and write the result atomically to ``output``; returns the outcome with before/after stats,
+    and with ``data`` the written model's accuracy and fidelity to the input model on it. Targets and
+    accuracy budgets are ``prune_to_target`` and ``search_sparsity``."""
+    if "target" in options:
+        raise ConfigError("prune(target=...) is now onnxprune.prune_to_target(model, output, method, target, ...)")
     check_outputs(output, report, model_path)
     pruner = Pruner(model_path, method, calib=calib, use_onnxslim=use_onnxslim, input_shapes=input_shapes,
                     **options)
-    if target is not None:
-        from onnxprune.workflows.target import prune_to_target
-
-        return prune_to_target(pruner, target, output, report=report, compress=compress)
-    return pruner.write(output, report=report, compress=compress)
+    return pruner.write(output, report=report, compress=compress,
+                        data=None if data is None else pruner.load_data(data))

@@ -1,4 +1,4 @@
-"""What reports are made of: plain-text tables, byte counts, JSON written atomically."""
+"""What reports are made of: plain-text tables and JSON written atomically."""
 
 from __future__ import annotations
 
@@ -23,16 +23,9 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def human_bytes(count: int | None) -> str:
-    """Bytes as B/KB/MB/GB with one decimal."""
-    if count is None:
-        return "-"
-    size = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
+def percent(fraction: float | None) -> float | None:
+    """A fraction (how onnxprune reports accuracy, agreement and sparsity) as percent, for tables."""
+    return None if fraction is None else fraction * 100.0
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:

@@ -10,7 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from nets import random_data
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.graph.prunable import find_prunable
-from onnxprune.validate.runtime import make_session, run_batched
+from onnxprune.runtime.feeds import run_batched
+from onnxprune.runtime.sessions import make_session
 
 RNG = np.random.default_rng(0)
 

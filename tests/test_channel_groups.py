@@ -21,9 +21,9 @@ from onnxprune.channels.model import CHANNELWISE, CONSUMER
 from onnxprune.channels.surgery import ChannelMap, apply_channel_maps
 from onnxprune.errors import ConfigError
 from onnxprune.graph.io import load_model
-from onnxprune.methods.l1_channel import ChannelConfig
+from onnxprune.methods.structured.l1_channel import ChannelConfig
 from onnxprune.methods import prune_model
-from onnxprune.validate.runtime import make_session
+from onnxprune.runtime.sessions import make_session
 
 EXPORTS = {"legacy": (False, 13), "dynamo": (True, None)}
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from onnxprune.methods import chita_problem
-from onnxprune.methods.chita_problem import Constraint, Problem, Segment
-from onnxprune.methods import chita_solver as solver
+from onnxprune.methods.solvers import chita_problem
+from onnxprune.methods.solvers.chita_problem import SupportConstraint, FisherProblem, Segment
+from onnxprune.methods.solvers import chita_solver as solver
 
 
-def _problem(A: np.ndarray, anchor: np.ndarray, ridge: float, blocks=None, first_order=False) -> Problem:
-    return Problem.build(torch.tensor(A.T.copy(), dtype=torch.float32),
+def _problem(A: np.ndarray, anchor: np.ndarray, ridge: float, blocks=None, first_order=False) -> FisherProblem:
+    return FisherProblem.build(torch.tensor(A.T.copy(), dtype=torch.float32),
                                 torch.tensor(anchor, dtype=torch.float32), ridge, first_order, blocks)
 
 
@@ -66,7 +66,7 @@ def _softmax_regression(seed: int, n: int = 200) -> tuple[np.ndarray, np.ndarray
 def test_chita_is_within_one_percent_of_the_best_subset(seed, patience):
     A, anchor, ridge, keep = _regression(seed)
     problem = _problem(A, anchor, ridge)
-    result = solver.chita(problem, Constraint.top_k(A.shape[1], keep), patience=patience)
+    result = solver.chita(problem, SupportConstraint.top_k(A.shape[1], keep), patience=patience)
     optimum = _best_subset(A, anchor, ridge, keep)
     assert problem.value(result.w) <= optimum * 1.01 + 1e-9
     assert int(result.mask.sum()) == keep and int((result.w != 0).sum()) <= keep
@@ -79,9 +79,9 @@ def test_chita_on_pruning_like_problems_is_within_one_percent_and_beats_magnitud
         ridge = 1e-2 * np.sum(A ** 2) / A.shape[1]
         for keep in (4, 8, 11):
             problem = _problem(A, anchor, ridge)
-            constraint = Constraint.top_k(A.shape[1], keep)
+            constraint = SupportConstraint.top_k(A.shape[1], keep)
             found = problem.value(solver.chita(problem, constraint).w)
-            magnitude = problem.value(solver.backsolve(problem, constraint.project(problem.anchor)))
+            magnitude = problem.value(solver.fisher_backsolve(problem, constraint.project(problem.anchor)))
             optimum = _best_subset(A, anchor, ridge, keep)
             assert found <= magnitude * (1 + 1e-6)
             gaps.append(found / optimum - 1)
@@ -97,7 +97,7 @@ def _random_problem(seed: int, p: int = 300, n: int = 40, blocks=None, first_ord
 @pytest.mark.parametrize("blocks", [None, [(0, 100), (100, 200), (200, 250), (250, 300)]])
 def test_iht_objective_never_increases(blocks):
     problem = _random_problem(1, blocks=blocks)
-    constraint = Constraint.top_k(problem.size, 60)
+    constraint = SupportConstraint.top_k(problem.size, 60)
     values = [problem.value(solver.iht(problem, constraint, problem.anchor, max_iter=i, tol=0).w)
               for i in range(0, 40, 3)]
     assert all(b <= a * (1 + 1e-6) for a, b in zip(values, values[1:]))
@@ -108,28 +108,28 @@ def test_iht_objective_never_increases(blocks):
 
 def test_patience_stops_iht_once_the_support_settles():
     problem = _random_problem(2)
-    constraint = Constraint.top_k(problem.size, 60)
+    constraint = SupportConstraint.top_k(problem.size, 60)
     full = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0, refit_after=0)
     early = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0, patience=10, refit_after=0)
     assert len(early.objectives) < len(full.objectives) == 201
-    exact = [problem.value(solver.backsolve(problem, r.mask)) for r in (full, early)]
+    exact = [problem.value(solver.fisher_backsolve(problem, r.mask)) for r in (full, early)]
     assert exact[1] <= exact[0] * 1.01  # the backsolve on the settled support is as good
 
 
 @pytest.mark.parametrize("keep", [20, 60, 200])
 def test_refit_on_a_settled_support_reaches_a_fixed_point_of_iht_in_few_iterations(keep):
     problem = _random_problem(2)
-    constraint = Constraint.top_k(problem.size, keep)
+    constraint = SupportConstraint.top_k(problem.size, keep)
     crawl = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0, refit_after=0)
     fast = solver.iht(problem, constraint, problem.anchor, max_iter=200, tol=0)
     assert len(fast.objectives) < len(crawl.objectives) / 4
-    assert fast.objectives[-1] <= problem.value(solver.backsolve(problem, crawl.mask)) * (1 + 1e-9)
-    assert fast.objectives[-1] == pytest.approx(problem.value(solver.backsolve(problem, fast.mask)), rel=1e-9)
+    assert fast.objectives[-1] <= problem.value(solver.fisher_backsolve(problem, crawl.mask)) * (1 + 1e-9)
+    assert fast.objectives[-1] == pytest.approx(problem.value(solver.fisher_backsolve(problem, fast.mask)), rel=1e-9)
     again = solver.iht(problem, constraint, fast.w, max_iter=50, tol=0, refit_after=0)
     assert torch.equal(again.mask, fast.mask)  # IHT from there keeps the support: a fixed point
 
 
-def _assert_exact_on_support(problem: Problem, mask: torch.Tensor, w: torch.Tensor) -> None:
+def _assert_exact_on_support(problem: FisherProblem, mask: torch.Tensor, w: torch.Tensor) -> None:
     """``w`` is the exact ridge minimiser of every block on its part of ``mask``, and zero off it."""
     w = w.double().numpy()
     at, anchor, ridge = problem.at.double().numpy(), problem.anchor.double().numpy(), problem.ridge.numpy()
@@ -149,22 +149,22 @@ def test_backsolve_is_the_exact_minimiser_on_its_support(keep, first_order):
     rng = np.random.default_rng(3)
     mask = torch.zeros(problem.size, dtype=torch.bool)
     mask[torch.from_numpy(rng.choice(problem.size, keep, replace=False))] = True
-    _assert_exact_on_support(problem, mask, solver.backsolve(problem, mask))
+    _assert_exact_on_support(problem, mask, solver.fisher_backsolve(problem, mask))
     # a second support differing in the second block only: the first block's solution is kept, the second's solved
     moved = mask.clone()
     moved[120:] = torch.from_numpy(rng.permutation(moved[120:].numpy()))
     first = problem.solved[0][1]
-    _assert_exact_on_support(problem, moved, solver.backsolve(problem, moved))
+    _assert_exact_on_support(problem, moved, solver.fisher_backsolve(problem, moved))
     assert problem.solved[0][1] is first and torch.equal(problem.solved[1][0], moved[120:])
 
 
 def test_rescaling_forgets_the_kept_backsolves():
     problem = _random_problem(2, blocks=[(0, 120), (120, 300)])
     mask = torch.arange(problem.size) % 3 == 0
-    solver.backsolve(problem, mask)
+    solver.fisher_backsolve(problem, mask)
     scaled = problem.rescale(torch.linspace(0.5, 2.0, problem.size, dtype=torch.float64))
     assert not problem.solved
-    _assert_exact_on_support(scaled, mask, solver.backsolve(scaled, mask))
+    _assert_exact_on_support(scaled, mask, solver.fisher_backsolve(scaled, mask))
 
 
 def test_gradient_matches_finite_differences_with_blocks():
@@ -178,7 +178,7 @@ def test_gradient_matches_finite_differences_with_blocks():
 
 
 def test_projection_and_support_step_respect_groups():
-    constraint = Constraint((Segment(0, 8, 4, 2), Segment(8, 14, 6, 6),
+    constraint = SupportConstraint((Segment(0, 8, 4, 2), Segment(8, 14, 6, 6),
                                     Segment(14, 20, 6, 1)))
     values = torch.tensor([4., -1., 3., 2., 0.5, -6., 1., 0.1, 1, 2, 3, 4, 5, 6, 1, -9, 2, 3, 0, 1])
     mask = constraint.project(values)
@@ -193,7 +193,7 @@ def test_projection_and_support_step_respect_groups():
 
 
 def test_ranges_never_split_groups_and_windows_keep_the_budget():
-    constraint = Constraint((Segment(0, 40, 4, 1), Segment(40, 77, 37, 9)))
+    constraint = SupportConstraint((Segment(0, 40, 4, 1), Segment(40, 77, 37, 9)))
     ranges = constraint.ranges(10)
     assert ranges[0][0] == 0 and ranges[-1][1] == 77
     assert all(a < b and (b <= 40 and b % 4 == 0 or b > 40) for a, b in ranges)
@@ -203,12 +203,12 @@ def test_ranges_never_split_groups_and_windows_keep_the_budget():
 
 def test_active_set_and_uniform_budgets_give_exact_sparsity():
     problem = _random_problem(5, p=2000, n=30)
-    uniform = Constraint((Segment(0, 1200, 1200, 100), Segment(1200, 2000, 800, 50)))
-    for constraint in (Constraint.top_k(2000, 150), uniform):
+    uniform = SupportConstraint((Segment(0, 1200, 1200, 100), Segment(1200, 2000, 800, 50)))
+    for constraint in (SupportConstraint.top_k(2000, 150), uniform):
         result = solver.chita(problem, constraint, active_ratio=1.5)
         assert int(result.mask.sum()) == 150
         assert int(result.mask[:1200].sum()) == 100 or constraint is not uniform
-        assert problem.value(result.w) < problem.value(solver.backsolve(problem, constraint.project(problem.anchor)))
+        assert problem.value(result.w) < problem.value(solver.fisher_backsolve(problem, constraint.project(problem.anchor)))
 
 
 @pytest.mark.parametrize("tile_bytes", [4 << 20, 4 * 40 * 7])  # whole blocks per tile, and pieces of blocks
@@ -242,7 +242,7 @@ def test_tiled_products_match_dense_algebra(monkeypatch, tile_bytes):
 def test_active_set_in_place_matches_its_restricted_copy():
     blocks = [(0, 100), (100, 200), (200, 300)]
     problem = _random_problem(7, blocks=blocks)
-    constraint = Constraint.top_k(300, 80)
+    constraint = SupportConstraint.top_k(300, 80)
     active = constraint.scaled(1.5).project(problem.anchor)
     w0 = torch.where(constraint.project(problem.anchor), problem.anchor, torch.zeros(()))
     masked = solver.iht(problem, constraint, w0, active=active, tol=0, max_iter=30)
@@ -257,7 +257,7 @@ def test_active_set_in_place_matches_its_restricted_copy():
 
 def test_support_step_equals_the_float64_formula():
     gen = torch.Generator().manual_seed(3)
-    constraint = Constraint((Segment(0, 4000, 4000, 1500), Segment(4000, 4800, 8, 3)))
+    constraint = SupportConstraint((Segment(0, 4000, 4000, 1500), Segment(4000, 4800, 8, 3)))
     w = torch.randn(4800, generator=gen) * torch.exp(3 * torch.randn(4800, generator=gen))
     g = torch.randn(4800, generator=gen)
     mask = constraint.project(w)

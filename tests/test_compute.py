@@ -14,9 +14,9 @@ from onnxprune.errors import ConfigError
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.graph.io import load_model
 from onnxprune.graph.prunable import read_weights
-from onnxprune.methods import chita
+from onnxprune.methods.unstructured import chita
 from onnxprune.methods import prune_model
-from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, ChitaSession, _GradientCache
+from onnxprune.methods.unstructured.chita import ChitaConfig, ChitaPlusConfig, ChitaSession, _GradientCache
 from onnxprune.pipeline import prune
 
 MODELS = Path(__file__).resolve().parent.parent / "models"

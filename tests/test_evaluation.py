@@ -42,7 +42,7 @@ def test_every_output_gets_the_figures_of_its_kind():
     assert kinds == {"prob": MAP, "y": VALUES, "logits": CLASS_SCORES}
     prob, y, logits = result.outputs
     assert prob.agreement is None and y.agreement is None and y.iou is None  # no "agreement" for a map
-    assert logits.iou is None and 0.0 <= logits.agreement <= 100.0
+    assert logits.iou is None and 0.0 <= logits.agreement <= 1.0
     ours = reference_outputs(changed, data, device="cpu")[0] >= 0.5
     theirs = reference_outputs(reference, data, device="cpu")[0] >= 0.5
     expected = np.logical_and(ours, theirs).sum() / np.logical_or(ours, theirs).sum()

@@ -21,7 +21,7 @@ from graphs import mlp_data, tiny_conv, tiny_mlp
 from onnxprune.errors import OnnxPruneError
 from onnxprune.methods import METHODS
 from onnxprune.pipeline import prune
-from onnxprune.validate.runtime import make_session
+from onnxprune.runtime.sessions import make_session
 
 MODEL_CASES = 150
 DATA_CASES = 100

@@ -23,7 +23,7 @@ from onnxprune.channels.model import ChannelAnalysis, ChannelGroup
 from onnxprune.channels.surgery import ChannelMap, apply_channel_maps
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.graph.io import load_model
-from onnxprune.validate.runtime import make_session
+from onnxprune.runtime.sessions import make_session
 
 EXPORTS = {"legacy": (False, 17), "dynamo": (True, 18)}
 DIM, HEADS, TOKENS = 16, 4, 5

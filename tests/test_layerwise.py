@@ -23,10 +23,10 @@ from onnxprune.graph.io import save_model
 from onnxprune.graph.io import load_model
 from onnxprune.graph.prunable import read_weights
 from onnxprune.methods import prune_model
-from onnxprune.methods.chita import ChitaConfig
-from onnxprune.methods.layer_solver import Problem, Target, backsolve, solve_chita, solve_obs, solve_wanda
-from onnxprune.methods.sparsegpt import SparsegptConfig
-from onnxprune.methods.wanda import WandaConfig
+from onnxprune.methods.unstructured.chita import ChitaConfig
+from onnxprune.methods.solvers.layer_solver import LayerProblem, LayerTarget, layer_backsolve, solve_chita, solve_obs, solve_wanda
+from onnxprune.methods.unstructured.sparsegpt import SparsegptConfig
+from onnxprune.methods.unstructured.wanda import WandaConfig
 from onnxprune.validate.evaluation import evaluate
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -46,9 +46,9 @@ def test_layer_solver_is_within_one_percent_of_the_best_support(seed, keep):
     lam = 0.01 * np.mean(np.diag(H))
     H_l = H + lam * np.eye(6)
     W_t, H_t = torch.from_numpy(W), torch.from_numpy(H_l)
-    best = min(_objective(backsolve(W_t, H_t, torch.isin(torch.arange(12), torch.tensor(s)).reshape(2, 6)).numpy(),
+    best = min(_objective(layer_backsolve(W_t, H_t, torch.isin(torch.arange(12), torch.tensor(s)).reshape(2, 6)).numpy(),
                           W, H_l) for s in itertools.combinations(range(12), keep))
-    got = solve_chita(Problem(W, H, lam), Target(1 - keep / 12))
+    got = solve_chita(LayerProblem(W, H, lam), LayerTarget(1 - keep / 12))
     assert np.count_nonzero(got) == keep
     assert _objective(got, W, H_l) <= 1.01 * best
 
@@ -121,7 +121,7 @@ def test_nm_pattern_holds_for_every_solver():
     X = rng.standard_normal((200, 16))
     W, H = rng.standard_normal((5, 16)), X.T @ X
     for solver in (solve_chita, solve_obs, solve_wanda):
-        got = solver(Problem(W, H, 0.01 * np.mean(np.diag(H))), Target(0.5, (2, 4)))
+        got = solver(LayerProblem(W, H, 0.01 * np.mean(np.diag(H))), LayerTarget(0.5, (2, 4)))
         assert np.all(np.count_nonzero(got.reshape(5, 4, 4), axis=2) == 2), solver.__name__
 
 
@@ -149,7 +149,7 @@ def test_sequential_captures_each_wave_from_the_partly_pruned_model():
     model = canonicalize(graphs.tiny_mlp()).model
     calib = Dataset({"x": graphs.mlp_data(count=64)["x"]})
     at_once = prune_model("sparsegpt", model, SparsegptConfig(sparsity=0.5), calib)
-    waves = prune_model("sparsegpt", model, SparsegptConfig(sparsity=0.5, sequential=True), calib)
+    waves = prune_model("sparsegpt", model, SparsegptConfig(sparsity=0.5, sequential="on"), calib)
     assert (at_once.details["passes"], waves.details["passes"]) == (1, 2)
     first, second = read_weights(at_once.model), read_weights(waves.model)
     np.testing.assert_array_equal(first["fc1.weight"], second["fc1.weight"])  # wave 0 sees the dense model
@@ -160,12 +160,12 @@ def test_a_memory_budget_too_small_is_refused_before_running(monkeypatch):
     model = canonicalize(load_model(MODELS / "cnn.onnx")).model
     calib = load_data(MODELS / "cnn_calib.npz", model).take(8)
     monkeypatch.setattr("onnxprune.activations.gram.Capture", None)  # a run would fail differently
-    with pytest.raises(ResourceError, match=r"Gram matrices .*--max-memory is 1\.0M"):
+    with pytest.raises(ResourceError, match=r"Gram matrices .*--max-memory is 1\.0 MB"):
         prune_model("sparsegpt", model, SparsegptConfig(max_memory="1M"), calib)
 
 
 def test_bad_options_are_config_errors():
-    for build in (lambda: SparsegptConfig(damp=0), lambda: WandaConfig(scope="col"),
+    for build in (lambda: SparsegptConfig(ridge=0), lambda: WandaConfig(scope="col"),
                   lambda: SparsegptConfig(pattern="4:2"), lambda: ChitaConfig(engine="gpu"),
                   lambda: SparsegptConfig(batch_size=0)):
         with pytest.raises(ConfigError):
@@ -188,7 +188,7 @@ def cnn_accuracy(tmp_path_factory):
     calib = load_data(MODELS / "cnn_calib.npz", model).take(64)
     test = load_data(MODELS / "cnn_test.npz", model).take(1000)
     folder = tmp_path_factory.mktemp("cnn")
-    from onnxprune.methods.magnitude import MagnitudeConfig
+    from onnxprune.methods.unstructured.magnitude import MagnitudeConfig
 
     results = {"magnitude": prune_model("magnitude", model, MagnitudeConfig(sparsity=0.7)),
                "chita": prune_model("chita", model, ChitaConfig(sparsity=0.5, engine="layer"), calib),
@@ -204,7 +204,7 @@ def cnn_accuracy(tmp_path_factory):
 @pytest.mark.parametrize("method", ["chita", "sparsegpt"])
 def test_layerwise_at_half_beats_magnitude_at_seventy_percent_on_the_cnn(cnn_accuracy, method):
     accuracy, results = cnn_accuracy
-    assert accuracy[method] >= 95.0 and accuracy[method] > accuracy["magnitude"] + 3, accuracy
+    assert accuracy[method] >= 0.95 and accuracy[method] > accuracy["magnitude"] + 0.03, accuracy
     weights = read_weights(results[method].model)
     assert abs(1 - sum(np.count_nonzero(w) for w in weights.values()) / sum(w.size for w in weights.values())
                - 0.5) < 0.01
@@ -215,7 +215,7 @@ def test_nm_on_convolutions_runs_along_input_channels(cnn_accuracy):
     the 1-channel stem stays dense with the reason."""
     accuracy, results = cnn_accuracy
     result = results["sparsegpt 2:4"]
-    assert accuracy["sparsegpt 2:4"] >= 95.0, accuracy
+    assert accuracy["sparsegpt 2:4"] >= 0.95, accuracy
     assert "stem.0.weight" in result.details["dense_layers"]
     convs = [name for name, w in read_weights(result.model).items() if w.ndim == 4 and name != "stem.0.weight"]
     assert convs
@@ -236,9 +236,9 @@ def test_allocation_meets_the_budget_and_reads_the_error_curves_one_step_past_ea
         asked.append((layer, level))
         return float(slope[layer] * grid[level] ** 2)
 
-    from onnxprune.methods.layerwise import allocate
+    from onnxprune.methods.unstructured.layerwise import allocate_sparsities
 
-    chosen = allocate(errors, grid, sizes, 0.5)
+    chosen = allocate_sparsities(errors, grid, sizes, 0.5)
     assert float(sizes @ chosen) == pytest.approx(0.5 * sizes.sum())
     assert chosen[1] > chosen[0] > chosen[2] > 0  # the flattest curve is pruned most
     reached = np.ceil(chosen / 0.1 - 1e-9).astype(int)
@@ -247,7 +247,7 @@ def test_allocation_meets_the_budget_and_reads_the_error_curves_one_step_past_ea
 
 
 def test_swap_changes_are_the_exact_change_of_a_solve_on_the_swapped_support():
-    from onnxprune.methods.layer_solver import _pairs, _solve_rows
+    from onnxprune.methods.solvers.layer_solver import _pairs, _solve_rows
 
     gen = torch.Generator().manual_seed(4)
     d, rows = 24, 6

@@ -8,7 +8,7 @@ import pytest
 from graphs import mlp_data, save, save_external, tiny_mlp
 from onnxprune.errors import ModelError
 from onnxprune.graph.io import load_model
-from onnxprune.validate.runtime import make_session
+from onnxprune.runtime.sessions import make_session
 
 
 def _outputs(model_or_path, data):

@@ -16,7 +16,7 @@ from graphs import save, tiny_conv, tiny_mlp
 from onnxprune.cli import cli
 from onnxprune.pipeline import prune
 from onnxprune.graph.prunable import read_weights
-from onnxprune.validate.runtime import make_session
+from onnxprune.runtime.sessions import make_session
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -75,9 +75,9 @@ def test_cli_on_bundled_mlp(tmp_path):
     code, base = _invoke("eval", str(dense), "--data", str(test), "--json")
     code, ours = _invoke("eval", str(out), "--data", str(test), "--reference", str(dense), "--json")
     assert code == 0 and base["samples"] == 10000
-    assert base["accuracy"] > 90.0
-    assert ours["accuracy"] > base["accuracy"] - 3.0
-    assert ours["agreement"] > 90.0 and ours["max_abs_diff"] > 0.0
+    assert base["accuracy"] > 0.90
+    assert ours["accuracy"] > base["accuracy"] - 0.03
+    assert ours["agreement"] > 0.90 and ours["max_abs_diff"] > 0.0
     code, speed = _invoke("bench", str(out), "--vs", str(dense), "--batch", "8", "--runs", "50", "--json")
     assert code == 0 and speed["provider"] == "cpu" and speed["runs"] == 50
     assert speed["median_ms"] > 0 and speed["p90_ms"] >= speed["median_ms"] and speed["ratio"] > 0
@@ -119,10 +119,10 @@ def test_demo_runs_every_method_on_the_bundled_cnn(tmp_path):
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == {"dense", "magnitude", "chita", "chita++", "sparsegpt", "wanda", "l1-channel", "intrafusion",
                          "chita-channel"}
-    assert rows["dense"]["accuracy"] > 97.0
-    assert rows["chita"]["accuracy"] > rows["magnitude"]["accuracy"] > 80.0  # unstructured at 0.7
-    assert rows["intrafusion"]["accuracy"] > rows["l1-channel"]["accuracy"] + 20  # structured at 0.3
-    assert rows["chita-channel"]["accuracy"] > 97.0  # structured at 0.3, refitted on the calibration data
+    assert rows["dense"]["accuracy"] > 0.97
+    assert rows["chita"]["accuracy"] > rows["magnitude"]["accuracy"] > 0.80  # unstructured at 0.7
+    assert rows["intrafusion"]["accuracy"] > rows["l1-channel"]["accuracy"] + 0.20  # structured at 0.3
+    assert rows["chita-channel"]["accuracy"] > 0.97  # structured at 0.3, refitted on the calibration data
     assert rows["l1-channel"]["params"] < 0.6 * rows["dense"]["params"]
     assert len(list(tmp_path.glob("*.onnx"))) == 8
 

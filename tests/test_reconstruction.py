@@ -15,11 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.data import Dataset, load_data
 from onnxprune.errors import ConfigError
 from onnxprune.methods import prune_model
-from onnxprune.methods.chita_channel import ChitaChannelConfig, ConsumerFit, chita_channel_session
-from onnxprune.methods.l1_channel import ChannelConfig, l1_channel_session
+from onnxprune.methods.structured.chita_channel import ChitaChannelConfig, ConsumerFit, chita_channel_session
+from onnxprune.methods.structured.l1_channel import ChannelConfig, l1_channel_session
 from onnxprune.pipeline import prune
 from onnxprune.validate.evaluation import evaluate
-from onnxprune.validate.runtime import make_session
+from onnxprune.runtime.sessions import make_session
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -123,7 +123,7 @@ def dense_pair(samples: int) -> tuple[onnx.ModelProto, Dataset]:
 
 def test_too_few_calibration_rows_warn_and_stay_finite(caplog):
     model, calib = dense_pair(samples=5)  # 5 rows for 16 columns and the bias
-    with caplog.at_level(logging.WARNING, logger="onnxprune.methods.reconstruction"):
+    with caplog.at_level(logging.WARNING, logger="onnxprune.methods.structured.reconstruction"):
         result = prune_model("chita-channel", model, ChitaChannelConfig(sparsity=0.5), calib)
     assert any("underdetermined" in r.getMessage() for r in caplog.records)
     for tensor in result.model.graph.initializer:
@@ -148,11 +148,11 @@ def test_bundled_cnn_with_unlabelled_calibration(tmp_path):
     np.savez(tmp_path / "calib.npz", **calib.inputs)  # inputs only: no labels
     out = tmp_path / "pruned.onnx"
     outcome = prune(model_path, out, "chita-channel", calib=tmp_path / "calib.npz", sparsity=0.5, swaps=2,
-                    calib_rows=4000)
+                    rows=4000)
     groups = outcome.details["groups"]
     assert groups and all(g["reconstruction"]["error_after"] < g["reconstruction"]["error_before"] for g in groups)
     test = load_data(MODELS / "cnn_test.npz", onnx.load(str(model_path))).take(500)
-    assert evaluate(out, test, threads=1, device="cpu").accuracy > 90.0
+    assert evaluate(out, test, threads=1, device="cpu").accuracy > 0.90
 
 
 def test_paired_capture_holds_both_grams_and_their_cross_product():
@@ -203,10 +203,10 @@ def test_sequential_refit_absorbs_earlier_groups_errors_on_the_bundled_cnn():
     test = load_data(MODELS / "cnn_test.npz", model).take(1000)
     accuracy = {}
     for sequential in (False, True):
-        result = prune_model("l1-channel", model, ChannelConfig(sparsity=0.5, calib_rows=4000,
+        result = prune_model("l1-channel", model, ChannelConfig(sparsity=0.5, rows=4000,
                                                                 sequential="on" if sequential else "off"), calib)
         accuracy[sequential] = evaluate(result.model, test, threads=1, device="cpu").accuracy
         assert result.details.get("sequential_passes", 1) == (6 if sequential else 1)
-    assert accuracy[True] > accuracy[False] + 0.5, accuracy
+    assert accuracy[True] > accuracy[False] + 0.005, accuracy
     with pytest.raises(ConfigError, match="sequential"):
         prune_model("l1-channel", model, ChannelConfig(sparsity=0.5, sequential="on"))

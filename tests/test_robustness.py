@@ -18,7 +18,7 @@ from onnxprune.data import input_specs
 from onnxprune.errors import ModelError, OnnxPruneError
 from onnxprune.methods import METHODS
 from onnxprune.pipeline import prune
-from onnxprune.validate.runtime import make_session
+from onnxprune.runtime.sessions import make_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import corpus  # noqa: E402  (tools/corpus.py builds the corpus models)

@@ -14,8 +14,8 @@ from onnxprune.data import load_data
 from onnxprune.validate.evaluation import evaluate
 from onnxprune.graph.io import load_model
 from onnxprune.methods import get_method, make_config, prune_model
-from onnxprune.methods.chita import ChitaConfig, ChitaPlusConfig, _path, schedule
-from onnxprune.methods.l1_channel import ChannelConfig
+from onnxprune.methods.unstructured.chita import ChitaConfig, ChitaPlusConfig, _path, schedule
+from onnxprune.methods.structured.l1_channel import ChannelConfig
 from onnxprune.graph.prunable import read_weights
 from onnxprune.graph.io import save_model
 
@@ -63,7 +63,7 @@ def test_chita_plus_session_passes_through_expected_sparsities(mlp, tmp_path):
     for name, result in (("chita", high.model), ("magnitude", magnitude.model)):
         save_model(result, tmp_path / f"{name}.onnx")
     accuracy = {n: evaluate(tmp_path / f"{n}.onnx", test).accuracy for n in ("chita", "magnitude")}
-    assert accuracy["chita"] > accuracy["magnitude"] + 3
+    assert accuracy["chita"] > accuracy["magnitude"] + 0.03
     # a later sparsity starts from the kept stage below it (0.5) and runs the rest of its own schedule
     # (0.5452, 0.65), dropping the sliver 0.5452 next to the start
     middle = session.prune(0.65)
@@ -94,9 +94,9 @@ def test_budget_search_with_chita_plus_respects_the_budget(tmp_path, mlp):
     data = tmp_path / "test.npz"
     np.savez(data, input=test.inputs["input"][:2000], labels=test.labels[:2000])
     out = tmp_path / "best.onnx"
-    result = search_sparsity(MODELS / "mlp.onnx", out, "chita++", Budget(max_accuracy_drop=2.0), data=data,
+    result = search_sparsity(MODELS / "mlp.onnx", out, "chita++", Budget(max_accuracy_drop=0.02), data=data,
                              calib=MODELS / "mlp_calib.npz", tolerance=0.05, rows=300, stages=3)
     measured = evaluate(out, data)
-    assert result.dense_accuracy - measured.accuracy <= 2.0 and measured.accuracy == result.accuracy
+    assert result.dense_accuracy - measured.accuracy <= 0.02 and measured.accuracy == result.accuracy
     assert 0.6 < result.sparsity < 0.95
     assert abs(_sparsity(load_model(out)) - result.sparsity) < 1e-3

@@ -13,7 +13,7 @@ import torch
 from onnxprune.errors import ConfigError
 from onnxprune.threads import (QUIET_SPINCOUNT, WAIT_VARIABLES, default_threads, set_threads, thread_count,
                                usable_cpus, wait_settings)
-from onnxprune.validate.runtime import make_session
+from onnxprune.runtime.sessions import make_session
 
 ROOT = Path(__file__).resolve().parents[1]
 CNN = ROOT / "models" / "cnn.onnx"

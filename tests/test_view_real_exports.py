@@ -16,7 +16,7 @@ from onnxprune.errors import ConversionError
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.graph.prunable import read_weights
 from onnxprune.methods import prune_model
-from onnxprune.methods.chita import ChitaConfig
+from onnxprune.methods.unstructured.chita import ChitaConfig
 from onnxprune.view.fisher import FlatLayout, choose_targets, gradient_matrix
 from onnxprune.view.torchview import ParityResult, Tolerance, build_torch_view, check_parity
 

@@ -14,7 +14,7 @@ from onnxprune.graph.canonical import canonicalize
 from onnxprune.errors import ModelError, OutputError
 from onnxprune.graph.io import load_model
 from onnxprune.graph.prunable import read_weights
-from onnxprune.validate.runtime import make_session
+from onnxprune.runtime.sessions import make_session
 from onnxprune.graph.edit import compress_sparse, replace_initializers
 from onnxprune.graph.io import save_model
 

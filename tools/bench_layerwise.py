@@ -35,15 +35,15 @@ def magnitude_nm(model: "onnx.ModelProto", n: int, m: int) -> "onnx.ModelProto":
     from onnxprune.activations.layers import layer_sources
     from onnxprune.graph.edit import replace_initializers
     from onnxprune.graph.prunable import find_prunable, read_weights
-    from onnxprune.methods.layer_solver import Problem, Target, solve_wanda
+    from onnxprune.methods.solvers.layer_solver import LayerProblem, LayerTarget, solve_wanda
 
     sources, _ = layer_sources(model, [w.name for w in find_prunable(model)])
     weights = read_weights(model)
     pruned = {}
     for s in sources:
         if s.d_in % m == 0:  # |w|·1: Wanda's scores with unit input norms
-            target = Target(1 - n / m, (n, m))
-            groups = np.stack([solve_wanda(Problem(w, np.eye(s.d_in), 0.0), target) for w in s.to_groups(weights[s.name])])
+            target = LayerTarget(1 - n / m, (n, m))
+            groups = np.stack([solve_wanda(LayerProblem(w, np.eye(s.d_in), 0.0), target) for w in s.to_groups(weights[s.name])])
             pruned[s.name] = s.from_groups(groups).astype(weights[s.name].dtype)
     return replace_initializers(model, pruned)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 import corpus
-from onnxprune.validate.bench import make_feed
+from onnxprune.runtime.feeds import make_feed
 from onnxprune.data import Dataset, input_specs
 from onnxprune.errors import OnnxPruneError
 from onnxprune.validate.evaluation import evaluate

@@ -28,7 +28,7 @@ from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import Dataset, load_data
 from onnxprune.validate.evaluation import evaluate
 from onnxprune.graph.io import load_model
-from onnxprune.methods.magnitude import magnitude_masks
+from onnxprune.methods.unstructured.magnitude import magnitude_masks
 from onnxprune.graph.prunable import find_prunable, read_weights
 from onnxprune.report import table
 from onnxprune.view.torchview import build_torch_view

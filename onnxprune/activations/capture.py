@@ -12,7 +12,8 @@ from onnx import helper
 
 from onnxprune.data import Dataset
 from onnxprune.errors import ModelError, first_line
-from onnxprune.validate.runtime import fixed_batch, make_session
+from onnxprune.runtime.feeds import fixed_batch, session_inputs
+from onnxprune.runtime.sessions import make_session
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Capture:
         self.tensors = dict(tensors)
         self.session = make_session(with_outputs(model, self.tensors), device="cpu", spinning=False)
         self.names = [o.name for o in self.session.get_outputs()]
-        self.fixed_batch = fixed_batch(self.session)
+        self.fixed_batch = fixed_batch(session_inputs(self.session))
 
     def run(self, data: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """The captured tensors for every batch of ``data`` (a fixed model batch wins over ``batch_size``);

@@ -14,7 +14,7 @@ import onnx
 from onnxprune.activations.capture import Capture, tensor_types
 from onnxprune.data import Dataset
 from onnxprune.errors import ResourceError
-from onnxprune.view.fisher import format_bytes
+from onnxprune.units import format_bytes
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from onnxprune.errors import ConfigError
 from onnxprune.graph.protos import domain_key
 
 if TYPE_CHECKING:
-    from onnxprune.channels.analysis import Walker
+    from onnxprune.channels.walker import Walker
 
 # A rule reads a node's inputs' layouts from the walker and sets its outputs' layouts, registers
 # the weight slabs and shape constants that hold channels, or blocks the channels it cannot follow.

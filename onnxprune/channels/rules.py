@@ -20,7 +20,7 @@ from onnxprune.channels.spaces import Layout, Span
 from onnxprune.graph.protos import Dims, attr
 
 if TYPE_CHECKING:
-    from onnxprune.channels.analysis import Walker
+    from onnxprune.channels.walker import Walker
 
 # Ops that act on every element alone: the output has the input's channels.
 _UNARY = ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu",

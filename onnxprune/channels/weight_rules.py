@@ -14,7 +14,7 @@ from onnxprune.channels.spaces import Layout, Span
 from onnxprune.graph.protos import attr
 
 if TYPE_CHECKING:
-    from onnxprune.channels.analysis import Walker
+    from onnxprune.channels.walker import Walker
 
 
 @rule("Conv", producer=True)

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxprune.data import Dataset, InputSpec, check_input_shapes, load_data
+from onnxprune.data import check_input_shapes, load_data
 from onnxprune.errors import ConfigError
 from onnxprune.graph.io import load_model
 from onnxprune.threads import thread_count
-from onnxprune.validate.runtime import make_session, provider_name
+from onnxprune.runtime.feeds import make_feed, session_inputs
+from onnxprune.runtime.sessions import make_session, provider_name
 
 MIN_RUNS = 50
 
@@ -59,41 +60,6 @@ def _timer(session: ort.InferenceSession, feed: dict[str, np.ndarray]):
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()
     return run
-
-
-def session_inputs(session: ort.InferenceSession) -> list[InputSpec]:
-    """The inputs of a loaded session as specs (dynamic dims None), so the file need not be parsed again."""
-    specs = []
-    for arg in session.get_inputs():
-        dtype = np.dtype(_ORT_TYPES.get(arg.type, np.float32))
-        specs.append(InputSpec(arg.name, dtype, tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)))
-    return specs
-
-
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-              "tensor(bool)": np.bool_}
-
-
-def make_feed(model_inputs: list, batch: int, data: Dataset | None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of ``batch`` samples: taken (repeated) from ``data`` or random, dynamic non-batch dims = 1."""
-    fixed = {s.shape[0] for s in model_inputs if s.shape and s.shape[0] is not None}
-    if fixed and fixed != {batch}:
-        raise ConfigError(f"the model has a fixed batch size {sorted(fixed)[0]}; use --batch {sorted(fixed)[0]}")
-    if data is not None:
-        index = np.arange(batch) % len(data)
-        return {name: np.ascontiguousarray(array[index]) for name, array in data.inputs.items()}
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for spec in model_inputs:
-        shape = [batch if axis == 0 and dim is None else (dim or 1) for axis, dim in enumerate(spec.shape)]
-        if np.issubdtype(spec.dtype, np.floating):
-            feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype == np.bool_:
-            feed[spec.name] = np.ones(shape, np.bool_)
-        else:
-            feed[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
-    return feed
 
 
 def interleaved_times(sessions: list[ort.InferenceSession], feed: dict[str, np.ndarray], runs: int,

@@ -15,7 +15,8 @@ import onnx
 from onnxprune.data import Dataset, load_data
 from onnxprune.errors import DataError
 from onnxprune.graph.io import load_model
-from onnxprune.validate.runtime import make_session, provider_name, run_batched
+from onnxprune.runtime.feeds import run_batched
+from onnxprune.runtime.sessions import make_session, provider_name
 
 # A reference: a model (path or proto) to run on the same data, or its outputs computed once beforehand.
 Reference = Union[str, os.PathLike, onnx.ModelProto, list]
@@ -26,7 +27,7 @@ CLASS_SCORES, MAP, VALUES = "class scores", "map", "values"
 @dataclass
 class OutputFidelity:
     """How one output compares with the reference's. ``kind``: 'class scores' ([N, classes], or per-position
-    probabilities [N, T, classes]): top-1 ``agreement`` in percent; 'map' (values in [0, 1], e.g. a
+    probabilities [N, T, classes]): top-1 ``agreement`` (a fraction); 'map' (values in [0, 1], e.g. a
     detector's probability map): ``iou`` of the maps thresholded at ``iou_threshold``; 'values': neither."""
 
     name: str
@@ -42,8 +43,9 @@ class OutputFidelity:
 
 @dataclass
 class EvalResult:
-    """Accuracy (labels against the first output) and agreement are percentages. The top-level fidelity
-    figures are those of the first output; ``outputs`` has every output's."""
+    """Accuracy (labels against the first output) and agreement are fractions in [0, 1], like every fraction
+    onnxprune reports. The top-level fidelity figures are those of the first output; ``outputs`` has every
+    output's. ``note`` says what could not be measured (no labels, no reference)."""
 
     samples: int
     provider: str
@@ -56,6 +58,7 @@ class EvalResult:
     rel_l2: float | None = None
     iou: float | None = None
     outputs: list[OutputFidelity] = field(default_factory=list)
+    note: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,10 +70,10 @@ def top1(logits: np.ndarray) -> np.ndarray:
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in percent of a [N, classes] output against integer labels."""
+    """Top-1 accuracy (a fraction) of a [N, classes] output against integer labels."""
     if logits.ndim != 2:
         raise DataError(f"labels need a [N, classes] first output; the model gives shape {logits.shape}")
-    return float(np.mean(logits.argmax(-1) == labels) * 100.0)
+    return float(np.mean(logits.argmax(-1) == labels))
 
 
 def output_kind(reference: np.ndarray) -> str:
@@ -106,7 +109,7 @@ def fidelity(name: str, ours: np.ndarray, reference: np.ndarray, iou_threshold: 
                             cosine=float(cosine.mean()) if cosine.size else 1.0,
                             rel_l2=float(np.linalg.norm(a - b) / ref_norm) if ref_norm > 0 else float(diff.max(initial=0)))
     if kind == CLASS_SCORES:
-        result.agreement = float(np.mean(top1(ours) == top1(reference)) * 100.0)
+        result.agreement = float(np.mean(top1(ours) == top1(reference)))
     elif kind == MAP:
         mine, theirs = a >= iou_threshold, b >= iou_threshold
         union = np.logical_or(mine, theirs).sum()
@@ -150,4 +153,9 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data: Dataset | str | o
         first = result.outputs[0]
         result.agreement, result.max_abs_diff, result.mean_abs_diff = first.agreement, first.max_abs_diff, first.mean_abs_diff
         result.cosine, result.rel_l2, result.iou = first.cosine, first.rel_l2, first.iou
+    if dataset.labels is None and reference is None:
+        result.note = ("the data has no labels and no reference model was given: only the run itself was measured; "
+                       "add a 'labels' array for accuracy, or a reference (--reference MODEL) for fidelity")
+    elif dataset.labels is None:
+        result.note = "the data has no labels: fidelity to the reference only (add a 'labels' array for accuracy)"
     return result

@@ -10,7 +10,6 @@ solver's working copies) before anything is allocated.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from onnxprune.compute import from_numpy, generator
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError, DataError, ResourceError
+from onnxprune.units import format_bytes
 from onnxprune.view.torchview import TorchView
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ SOLVER_OVERHEAD = 0.25
 # The solver's vectors over the weights (iterates, gradients, masks, ridge and scale in float64, top-k
 # indices), in bytes per weight: a fifth of A at 128 rows.
 VECTOR_BYTES = 96
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -96,22 +95,6 @@ class FlatLayout:
     def names_in(self, start: int, stop: int) -> list[str]:
         """The tensors that own at least one coordinate in ``start:stop``."""
         return [s.name for s in self.slots if s.offset < stop and s.offset + s.size > start]
-
-
-def parse_bytes(text: str) -> int:
-    """'2G', '500M', '1.5GiB', '123456' → bytes (binary units); ConfigError otherwise."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", str(text).upper())
-    if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"max_memory must be a positive size such as '2G', '500M' or '1.5G', not {text!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
-
-
-def format_bytes(count: float) -> str:
-    """Bytes in the units a user would type for --max-memory."""
-    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if count >= scale:
-            return f"{count / scale:.1f}{unit}"
-    return f"{int(count)}B"
 
 
 def matrix_bytes(rows: int, columns: int) -> int:

@@ -27,7 +27,8 @@ from onnxprune.data import Dataset
 from onnxprune.graph.protos import names_in_use, unique_name
 from onnxprune.errors import ConversionError
 from onnxprune.graph.prunable import find_prunable
-from onnxprune.validate.runtime import make_session, run_batched
+from onnxprune.runtime.feeds import run_batched
+from onnxprune.runtime.sessions import make_session
 
 log = logging.getLogger(__name__)
 

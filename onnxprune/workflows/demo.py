@@ -18,7 +18,8 @@ from onnxprune.graph.io import load_model
 from onnxprune.methods import METHODS
 from onnxprune.pipeline import prune
 from onnxprune.graph.stats import model_stats
-from onnxprune.report import human_bytes, table
+from onnxprune.report import percent, table
+from onnxprune.units import format_bytes
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 EVAL_SAMPLES = 2000  # first test images: enough to rank methods, fast enough for a two-minute demo
@@ -34,7 +35,7 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {"chita++": {"rows": 128, "stages": 3}
 
 @dataclass
 class DemoRow:
-    """One model of the demo table."""
+    """One model of the demo table (accuracy and agreement as fractions)."""
 
     method: str
     sparsity: float
@@ -63,7 +64,7 @@ class DemoResult:
         return asdict(self)
 
     def text(self) -> str:
-        rows = [[r.method, r.sparsity, r.accuracy, r.agreement, r.params, r.nonzero_macs, human_bytes(r.file_bytes),
+        rows = [[r.method, r.sparsity, percent(r.accuracy), percent(r.agreement), r.params, r.nonzero_macs, format_bytes(r.file_bytes),
                  r.median_ms, None if r.speedup is None else f"{r.speedup:.2f}x", r.prune_s] for r in self.rows]
         title = (f"{self.model}: accuracy on the first {self.eval_samples} MNIST test images, latency at batch "
                  f"{self.batch} on {self.provider} ({self.seconds:.0f} s in all)")

@@ -24,7 +24,8 @@ from onnxprune.graph.io import load_model
 from onnxprune.methods import MethodSpec, get_method, make_config
 from onnxprune.pipeline import Pruner
 from onnxprune.graph.stats import ModelStats, model_stats
-from onnxprune.report import human_bytes, table, write_json
+from onnxprune.report import percent, table, write_json
+from onnxprune.units import format_bytes
 
 DEFAULT_METHODS = ("magnitude", "chita++", "l1-channel", "intrafusion")
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
@@ -32,7 +33,7 @@ DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 
 @dataclass
 class SweepPoint:
-    """One written model and its measurements (accuracy/agreement in percent, latency in ms)."""
+    """One written model and its measurements (accuracy and agreement as fractions, latency in ms)."""
 
     method: str
     sparsity: float
@@ -104,7 +105,7 @@ def method_options(specs: Sequence[MethodSpec], options: dict[str, Any]) -> dict
         if method and method not in per:
             raise ConfigError(f"option {key!r}: {method!r} is not a swept method ({', '.join(per)})")
         takers = [spec for spec in specs if (not method or spec.name == method)
-                  and name in {f.name for f in dataclasses.fields(spec.config_cls)}]
+                  and name in {f.name for f in dataclasses.fields(spec.config_cls)} | set(spec.config_cls.aliases())]
         if not takers:
             raise ConfigError(f"option {key!r}: no swept method has an option {name!r} (see onnxprune methods)")
         for spec in takers:
@@ -162,7 +163,7 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
     base_stats = model_stats(original, dense, shapes)
     report = SweepReport(
         model=str(dense), out_dir=str(folder), environment=environment(threads, base_speed.provider, command),
-        dense=SweepPoint("dense", 0.0, str(dense), accuracy=base_accuracy, agreement=100.0, max_abs_diff=0.0,
+        dense=SweepPoint("dense", 0.0, str(dense), accuracy=base_accuracy, agreement=1.0, max_abs_diff=0.0,
                          cosine=1.0, median_ms=base_speed.median_ms, p90_ms=base_speed.p90_ms, speedup=1.0,
                          file_bytes=base_stats.file_bytes, params=base_stats.params,
                          nonzero_macs=base_stats.sparse_macs), options=per_method)
@@ -203,8 +204,8 @@ def rows(report: SweepReport) -> list[list[Any]]:
     """Table rows: the dense model first, then every point."""
     out = []
     for p in [report.dense] + report.points:
-        out.append([p.method, p.sparsity, p.accuracy, p.agreement, p.median_ms,
-                    None if p.speedup is None else f"{p.speedup:.2f}x", human_bytes(p.file_bytes), p.params,
+        out.append([p.method, p.sparsity, percent(p.accuracy), percent(p.agreement), p.median_ms,
+                    None if p.speedup is None else f"{p.speedup:.2f}x", format_bytes(p.file_bytes), p.params,
                     p.nonzero_macs, p.error or "ok"])
     return out
 
@@ -257,11 +258,11 @@ def write_plots(report: SweepReport, folder: Path) -> dict[str, str]:
 
     ok = [p for p in report.points if p.error is None and p.quality is not None]
     label = "accuracy (%)" if report.dense.accuracy is not None else "top-1 agreement with dense (%)"
-    dense_q = report.dense.quality
+    dense_q = percent(report.dense.quality)
     files = {}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in dict.fromkeys(p.method for p in ok):
-        mine = sorted((p.sparsity, p.quality) for p in ok if p.method == method)
+        mine = sorted((p.sparsity, percent(p.quality)) for p in ok if p.method == method)
         ax.plot(*zip(*mine), marker="o", label=method)
     ax.axhline(dense_q, color="black", linestyle="--", label=f"dense ({dense_q:.2f})")
     ax.set(xlabel="sparsity (fraction of weights or channels removed)", ylabel=label,
@@ -274,9 +275,9 @@ def write_plots(report: SweepReport, folder: Path) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for method in dict.fromkeys(p.method for p in ok):
             xs = [getattr(p, key) * scale for p in ok if p.method == method]
-            ax.scatter(xs, [p.quality for p in ok if p.method == method], label=method)
-        front = pareto([(getattr(p, key) * scale, p.quality) for p in ok] + [(getattr(report.dense, key) * scale,
-                                                                               dense_q)])
+            ax.scatter(xs, [percent(p.quality) for p in ok if p.method == method], label=method)
+        front = pareto([(getattr(p, key) * scale, percent(p.quality)) for p in ok]
+                       + [(getattr(report.dense, key) * scale, dense_q)])
         ax.step(*zip(*front), where="post", color="gray", alpha=0.6, label="Pareto front")
         ax.scatter([getattr(report.dense, key) * scale], [dense_q], marker="*", s=250, color="black", label="dense",
                    zorder=5)

@@ -3,7 +3,7 @@ width, chosen so that the model meets the target with the smallest summed error 
 
 A table holds, for every group and candidate width, the cost saved by pruning that group alone (ORT
 latency timed in turns with the dense model, or exact MACs) and the method's error there
-(``ChannelSession.width_errors``); savings are taken as additive. The allocation is then checked on the
+(``PruneSession.width_errors``); savings are taken as additive. The allocation is then checked on the
 pruned model itself against the input model (interleaved timing on the same inputs, or its MACs); when it
 misses, the required saving grows by the miss and the widths are allocated again, a few times.
 """
@@ -27,11 +27,16 @@ from onnxprune.data import input_specs
 from onnxprune.errors import ConfigError
 from onnxprune.graph.io import load_model
 from onnxprune.graph.stats import model_stats
-from onnxprune.methods.base import MethodResult, MethodSpec
-from onnxprune.methods.structured import ChannelSession, kept_channels
+from onnxprune.data import Dataset
+from onnxprune.errors import QualityError
+from onnxprune.methods import get_method
+from onnxprune.methods.base import MethodResult, MethodSpec, PruneSession
+from onnxprune.methods.structured.session import kept_channels
 from onnxprune.pipeline import Pruner, PruneOutcome, check_outputs
-from onnxprune.validate.bench import interleaved_times, make_feed
-from onnxprune.validate.runtime import make_session, provider_name
+from onnxprune.workflows.budget import Budget
+from onnxprune.runtime.feeds import fixed_batch, make_feed
+from onnxprune.validate.bench import interleaved_times
+from onnxprune.runtime.sessions import make_session, provider_name
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ CHECK_RUNS = 50  # timed calls per model when checking a pruned model against th
 TRIES = 5  # allocations checked before settling for the best measured one
 TIGHTEN = 0.02  # after a miss, ask for at least this much more saving (a fraction of the dense cost)
 STEPS = 1000  # the allocation counts savings in steps of required / STEPS
+HOLDOUT = 0.125  # calibration samples kept from the method, to report the pruned model's fidelity on
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,8 @@ class Target:
 
 
 def check_target_options(spec: MethodSpec, options: dict[str, Any]) -> None:
-    """Refuse what a target cannot go with: an explicit sparsity, a method that does not prune channels."""
+    """Refuse, before any work, what a target cannot go with: an explicit sparsity, a method that does not
+    prune channels."""
     if not spec.structured:
         raise ConfigError(f"a target sets channel widths: use a channel method (l1-channel, intrafusion, "
                           f"chita-channel), not {spec.name!r}")
@@ -216,7 +223,7 @@ def candidate_widths(size: int, round_to: int) -> list[int]:
     return sorted(w for w in found if 0 < w < size)
 
 
-def allocate(curves: list[GroupCurve], required: float, steps: int = STEPS, floor: float = 0.0
+def allocate_widths(curves: list[GroupCurve], required: float, steps: int = STEPS, floor: float = 0.0
              ) -> dict[int, int] | None:
     """The widths (only of the groups pruned) with the smallest summed error whose summed saving is at least
     ``required``; None when the table cannot save that much. Savings up to ``floor`` (the table's noise)
@@ -274,7 +281,7 @@ def _meter(pruner: Pruner, target: Target) -> LatencyMeter | MacsMeter:
     if target.macs is not None:
         return MacsMeter(pruner.shapes)
     specs = input_specs(pruner.canonical.model)
-    fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
+    fixed = fixed_batch(specs)
     if fixed is not None and target.batch not in (None, fixed):
         raise ConfigError(f"the model has a fixed batch size {fixed}: use --target-batch {fixed} or leave it out")
     specs = [dataclasses.replace(s, shape=(s.shape[0], *pruner.shapes[s.name][1:])) if s.name in pruner.shapes
@@ -282,7 +289,7 @@ def _meter(pruner: Pruner, target: Target) -> LatencyMeter | MacsMeter:
     return LatencyMeter(make_feed(specs, target.batch or fixed or DEFAULT_BATCH, pruner.calib))
 
 
-def _measured_savings(session: ChannelSession, meter: Meter, candidates: dict[int, list[int]]
+def _measured_savings(session: PruneSession, meter: Meter, candidates: dict[int, list[int]], sizes: dict[int, int]
                       ) -> tuple[float, float, list[GroupCurve]]:
     """(dense cost, noise, curves without errors): each group pruned alone to each candidate width, measured
     together with the folded dense model; a noisy meter times two dense copies, and savings count from
@@ -290,23 +297,24 @@ def _measured_savings(session: ChannelSession, meter: Meter, candidates: dict[in
     copies = 1 if meter.exact else 2
     dense, noise, curves = [], [0.0], []
     for index, widths in tqdm(candidates.items(), desc=f"{meter.metric} table", unit="group"):
-        costs = meter.costs([session.folded] * copies + [session.shape_model({index: w}) for w in widths],
+        costs = meter.costs([session.reference_model()] * copies + [session.shape_model({index: w}) for w in widths],
                             table=True)
         base = float(np.mean(costs[:copies]))
         dense.append(base)
         noise.append(max(costs[:copies]) - min(costs[:copies]))
-        curves.append(GroupCurve(index, session.analysis.groups[index].size, widths,
+        curves.append(GroupCurve(index, sizes[index], widths,
                                  [base - c for c in costs[copies:]], []))
     return float(np.median(dense)), max(noise), curves
 
 
-def cost_table(session: ChannelSession, meter: Meter, candidates: dict[int, list[int]],
+def cost_table(session: PruneSession, meter: Meter, candidates: dict[int, list[int]],
                reuse: dict[str, Any] | None = None) -> tuple[float, float, list[GroupCurve]]:
     """The dense cost, the table's noise (a saving within it is not measurable) and each group's curve: the
     saving of pruning it alone to each candidate width (``_measured_savings``, or taken from ``reuse``, the
     target details of an earlier report checked by ``reusable_table``) and the method's error there."""
     if reuse is None:
-        dense, noise, curves = _measured_savings(session, meter, candidates)
+        sizes = {g.index: g.size for g in session.target_groups()}
+        dense, noise, curves = _measured_savings(session, meter, candidates, sizes)
     else:
         dense, noise = float(reuse["dense"]), float(reuse["noise"])
         curves = [GroupCurve(c["group"], c["size"], list(c["widths"]), list(c["savings"]), []) for c in reuse["table"]]
@@ -349,18 +357,71 @@ def reusable_table(path: str, meter: LatencyMeter, fingerprint: str, candidates:
     return found
 
 
-def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *,
-                    report: str | os.PathLike | None = None, compress: bool = False) -> PruneOutcome:
-    """Allocate each group's width to meet ``target`` with the least summed error, prune, check the pruned
-    model's real figure (re-allocating a few times on a miss) and write it. ConfigError, with nothing
-    written, when even every group at its smallest candidate width misses the target."""
-    check_outputs(output, report, pruner.model_path)
+def prune_to_target(model: str | os.PathLike | Pruner, output: str | os.PathLike, method: str | None, target: Target,
+                    *, calib: str | os.PathLike | Dataset | None = None, report: str | os.PathLike | None = None,
+                    compress: bool = False, use_onnxslim: bool = False,
+                    input_shapes: dict[str, tuple[int, ...]] | None = None,
+                    data: str | os.PathLike | Dataset | None = None, budget: Budget | None = None,
+                    holdout: float = HOLDOUT, **options: Any) -> PruneOutcome:
+    """Prune ``model`` (a path, or a ``Pruner`` already set up, to try several targets on one set-up; then
+    ``method`` is None and the set-up options stay its own) with a channel ``method`` to ``target``: each
+    group's width is allocated for the least summed error, the pruned model's real figure is checked
+    (re-allocating a few times on a miss) and the result written to ``output``. ``holdout`` of the calibration
+    samples are kept from the method and the pruned model's fidelity to the input model on them is reported;
+    with ``budget`` (and ``data`` to measure it on) a model that meets the target but breaks the budget is
+    refused with its figures, nothing written. ConfigError, nothing written, when even every group at its
+    smallest candidate width misses the target."""
+    if isinstance(model, Pruner):
+        given = [n for n, v in (("method", method), ("calib", calib), ("input_shapes", input_shapes)) if v is not None]
+        if given or options or use_onnxslim or holdout != HOLDOUT:
+            raise ConfigError(f"a Pruner given to prune_to_target brings its own set-up: drop "
+                              f"{', '.join(given + sorted(options)) or 'use_onnxslim/holdout'}")
+        pruner = model
+        check_target_options(pruner.spec, {})
+        check_outputs(output, report, pruner.model_path)
+    else:
+        spec = get_method(method or "")
+        check_target_options(spec, options)
+        check_outputs(output, report, model)
+    if budget is not None and data is None:
+        raise ConfigError("a quality budget with a target needs evaluation data to measure it: pass --data DATA.npz")
+    if not isinstance(model, Pruner):
+        pruner = Pruner(model, method, calib=calib, use_onnxslim=use_onnxslim, input_shapes=input_shapes,
+                        holdout=holdout, **options)
+    checked = None if data is None else pruner.load_data(data)
+    if budget is not None:
+        budget.check_data(checked, pruner.dense_outputs(checked))
+    start = time.perf_counter()
+    result, table_s = target_result(pruner, target)
+    found = result.details["target"]
+    if pruner.holdout is not None:
+        held = pruner.fidelity(result.model, pruner.holdout)
+        found["holdout"] = {"samples": held.samples, "cosine": held.cosine, "agreement": held.agreement,
+                            "rel_l2": held.rel_l2, "iou": held.iou}
+        log.info("fidelity to the input model on %d held-out calibration samples: cosine %.4f", held.samples,
+                 held.cosine)
+    if budget is not None:
+        quality = pruner.fidelity(result.model, checked)
+        dense = pruner.dense_outputs(checked)
+        verdict = budget.verdict(dense, checked, quality)
+        found["budget"] = verdict
+        if not verdict["within"]:
+            raise QualityError(f"the model that meets the target {target.figure(target.ratio)} (measured "
+                               f"{target.figure(found['measured'])}) breaks the budget on the data: "
+                               f"{verdict['text']}; nothing was written (ask for a smaller target)")
+    timings = {"load": pruner.load_s, "table": table_s, "method": time.perf_counter() - start - table_s}
+    config = {**asdict(pruner.config), "sparsity": None}
+    return pruner.write_result(result, output, config=config, timings=timings, report=report, compress=compress,
+                               data=checked)
+
+
+def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
+    """The pruned model meeting ``target`` (its details' ``target`` says how it was found) and the seconds the
+    cost table took."""
     start = time.perf_counter()
     session = pruner.session()
-    if not isinstance(session, ChannelSession):
-        raise ConfigError(f"method {pruner.spec.name!r} does not prune channels: a target needs a channel method")
     meter = _meter(pruner, target)
-    round_to = session.config.round_to
+    round_to = session.round_to
     candidates = {g.index: w for g in session.target_groups() if (w := candidate_widths(g.size, round_to))}
     if not candidates:
         raise ConfigError("no channel group can be narrowed (see onnxprune inspect; a --round-to as large as a "
@@ -382,10 +443,10 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
     results: dict[int, MethodResult] = {}
     required = 1.0 - target.ratio
     for _ in range(TRIES):
-        widths = allocate(curves, required * dense, floor=noise)
+        widths = allocate_widths(curves, required * dense, floor=noise)
         while widths is not None and any(t.widths == widths for t in outcome.tries):  # measured already: ask more
             required += TIGHTEN
-            widths = allocate(curves, required * dense, floor=noise)
+            widths = allocate_widths(curves, required * dense, floor=noise)
         if widths is None:  # more than the table offers: the smallest widths, measured above to meet the target
             widths = smallest
         measured = _ratio(meter, given, session.shape_model(widths))
@@ -417,6 +478,4 @@ def prune_to_target(pruner: Pruner, target: Target, output: str | os.PathLike, *
         error = curve.errors[curve.widths.index(width)] if width in curve.widths else 0.0
         outcome.groups.append(GroupWidth(curve.group, curve.size, width, error))
     result.details["target"] = asdict(outcome)
-    timings = {"load": pruner.load_s, "table": table_s, "method": time.perf_counter() - start - table_s}
-    config = {**asdict(pruner.config), "sparsity": None}
-    return pruner.write_result(result, output, config=config, timings=timings, report=report, compress=compress)
+    return result, table_s

@@ -8,45 +8,14 @@ import numpy as np
 import onnx
 
 from onnxprune.data import Dataset
-from onnxprune.errors import ConfigError
-from onnxprune.methods.base import MethodConfig, MethodResult, OneOf, Parses, Rerun
+from onnxprune.methods.base import MethodResult, Rerun, UnstructuredConfig
 from onnxprune.graph.prunable import input_axis, read_weights, select_prunable
 from onnxprune.graph.edit import replace_initializers
 
-ALLOCATIONS = ("global", "uniform")
-
-
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """(N, M) of an 'N:M' pattern (keep N of every M consecutive inputs), None for ''; ConfigError otherwise."""
-    if not pattern:
-        return None
-    parts = pattern.split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ConfigError(f"pattern must look like N:M (e.g. 2:4), not {pattern!r}")
-    n, m = int(parts[0]), int(parts[1])
-    if not 0 < n < m:
-        raise ConfigError(f"pattern {pattern!r}: need 0 < N < M")
-    return n, m
-
 
 @dataclass
-class MagnitudeConfig(MethodConfig):
-    """What every unstructured method takes. ``allocation``: 'global' (one threshold over all prunable
-    weights) or 'uniform' (the same sparsity in every tensor). ``skip_first``/``skip_last`` leave the
-    first/last prunable layer dense. ``pattern``: 'N:M' keeps N of every M consecutive weights along each
-    tensor's input axis instead (the sparsity is then 1 − N/M; tensors whose input size is not a
-    multiple of M stay dense)."""
-
-    allocation: str = "global"
-    skip_first: bool = False
-    skip_last: bool = False
-    pattern: str = ""
-
-    constraints = {"allocation": OneOf(ALLOCATIONS), "pattern": Parses(parse_pattern)}
-
-    def nm(self) -> tuple[int, int] | None:
-        """The (N, M) of ``pattern``, or None when unstructured."""
-        return parse_pattern(self.pattern)
+class MagnitudeConfig(UnstructuredConfig):
+    """Magnitude pruning takes the options every unstructured method takes, and no data."""
 
 
 def keep_mask(scores: np.ndarray, keep: int) -> np.ndarray:

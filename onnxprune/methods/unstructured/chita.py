@@ -22,16 +22,17 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
-from onnxprune.compute import DEVICES, free_memory, from_numpy, placed_on, torch_device
-from onnxprune.methods.chita_problem import Constraint, Problem, Segment, mean_square_column, restrict_blocks
-from onnxprune.methods import chita_solver as solver
+from onnxprune.compute import free_memory, from_numpy, placed_on, torch_device
+from onnxprune.methods.solvers.chita_problem import SupportConstraint, FisherProblem, Segment, mean_square_column, restrict_blocks
+from onnxprune.methods.solvers import chita_solver as solver
 from onnxprune.data import Dataset, check_dataset
 from onnxprune.errors import ConfigError, ConversionError, DataError
-from onnxprune.view.fisher import (TARGETS, FlatLayout, choose_targets, format_bytes, gradient_matrix,
-                              matrix_bytes, parse_bytes, plan_memory, resolve_rows)
-from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses, SparsitySession
-from onnxprune.methods.layerwise import LayerwiseSession
-from onnxprune.methods.magnitude import MagnitudeConfig
+from onnxprune.options import DEVICES, SEQUENTIAL
+from onnxprune.units import format_bytes, parse_bytes
+from onnxprune.view.fisher import (TARGETS, FlatLayout, choose_targets, gradient_matrix, matrix_bytes, plan_memory,
+                                  resolve_rows)
+from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses, PruneSession, UnstructuredConfig
+from onnxprune.methods.unstructured.layerwise import LayerwiseSession
 from onnxprune.graph.prunable import PrunableWeight, input_axis, read_weights, select_prunable
 from onnxprune.view.torchview import TorchView, build_torch_view, check_parity
 from onnxprune.graph.edit import replace_initializers
@@ -41,62 +42,39 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("exp", "poly", "linear")
 ENGINES = ("auto", "model", "layer")
 DEFAULT_ROWS = 1000
+DEFAULT_RIDGE = {"model": 0.3, "layer": 0.01}
 
 
 @dataclass
-class ChitaConfig(MagnitudeConfig):
-    """Options of CHITA. Defaults are the ones measured in ``tools/bench_chita.py``.
+class ChitaConfig(UnstructuredConfig):
+    """Options of CHITA (meanings in ``onnxprune.options.GLOSSARY``); defaults as measured in
+    ``tools/bench_chita.py``, ``bench_layerwise.py`` and ``bench_real.py``. Notes on the defaults:
 
-    - ``allocation``: 'global' (one budget over all prunable weights) or 'uniform' (same sparsity per tensor).
-    - ``skip_first`` / ``skip_last``: leave the first / last prunable layer dense.
-    - ``rows``: gradient rows n (0: min(1000, calibration samples / samples_per_row)).
-    - ``samples_per_row``: calibration samples averaged into one gradient row (m); 0 spreads all the
-      calibration samples over the rows (m = samples // n), so more data is used without a larger A.
-    - ``targets``: 'auto' (labels when the data has them, else predictions), 'labels', 'predicted',
-      'sampled' (labels drawn from the model's softmax: the true Fisher) or 'logits' (random projections
-      of the output Jacobian: a model of output distortion, for confidently fit models or no labels).
-    - ``ridge``: λ relative to the mean diagonal of the Fisher; keeps weights near their trained values
-      (large models want more: the rank-n Fisher says nothing about most directions).
-    - ``first_order``: include the gradient term gᵀ(w − w̄) in the local model (a Newton step on the
-      calibration loss; it diverged on well-fit models in our measurements, hence off by default).
-    - ``pattern``: 'N:M' keeps N of every M consecutive input weights instead of a global top-k
-      (sparsity is then 1 − N/M); tensors whose input size is not a multiple of M stay dense.
-    - ``block_size``: > 0 splits every tensor into blocks of that many weights, each with its own n
-      gradient rows (block-diagonal Fisher: far richer than one rank-n matrix on large models);
-      0 uses one rank-n Fisher over all weights (and adds the exact swap search).
-    - ``max_memory``: budget for the gradient matrix and solver ('3G', '500M'); beyond it the weights are
-      processed in column ranges of equal width, one gradient pass each.
-    - ``active_ratio``: IHT works on about this many × the kept weights, chosen by diagonal saliency
-      (0: all weights).
-    - ``max_iter`` / ``tol``: IHT iteration cap and relative objective change that stops it.
-    - ``patience``: IHT also stops once its support has not changed for this many iterations (0: off). Without
-      it IHT already jumps to the exact minimiser on a support that held for 3 iterations and stops at
-      IHT's fixed point (``chita_solver.REFIT_AFTER``); patience was measured before that, when it made CNN
-      solves ~40% faster and moved results at 0.95+ both ways, hence off.
-    - ``engine``: 'model' (whole-model Fisher from per-sample gradients through the torch view), 'layer'
-      (each layer's reconstruction loss from ONNX Runtime activations, ``methods/layerwise.py``) or 'auto':
-      one-shot ``chita`` takes the layer engine (ahead of the whole-model one on every model measured:
-      README's layer-wise and real-model tables); ``chita++`` takes the model engine when the torch view
-      converts and passes parity (its stages recompute gradients), the layer engine otherwise.
-    - ``damp`` / ``sequential`` / ``batch_size``: the layer engine's ridge λ = damp·mean(diag H), its
-      wave-by-wave capture and its capture batch (see ``LayerwiseConfig``); the model engine ignores them.
-    - ``swap_rounds``: rounds of the layer engine's swap search after IHT (0: none). With N:M or per-row
-      budgets every row takes a swap per round and is solved again, the bulk of the time: on MiniLM-L3
-      at 2:4, 0/1/3 rounds took 62/107/188-205 s for mean cosine 0.9898/0.9902/0.9907 (README).
-    - ``reuse_gradients``: a later CHITA++ stage reuses the gradient matrix of an earlier one while the
-      weights are within this relative L2 distance of those it was computed at (A changes smoothly with
-      the weights; 0: recompute every stage). Off by default: on the CNN at 0.9 (its 10 stages move the weights
-      by 0.07-0.4 each) reuse up to 0.2 took 62 s for 96.13 % against 68-70 s for 96.15 %, and lcnet_ori kept its
-      accuracy in half the time; ppocr_cls's 7-point loss at 0.7 was within its run-to-run spread, but CHITA++'s
-      ``early_rows`` is as fast and was measured on more models (README).
-    - ``device``: where the torch view, the gradients and the solver run: 'auto' (CUDA when torch sees a
-      GPU), 'cpu' or 'cuda'.
+    - ``engine`` 'auto': one-shot ``chita`` takes the layer engine (ahead of the whole-model one on every model
+      measured: README's layer-wise and real-model tables); ``chita++`` takes the model engine when the torch
+      view converts and passes parity (its stages recompute gradients), the layer engine otherwise. Options
+      of one engine set with the other one chosen are refused (``MODEL_ENGINE_OPTIONS``, ``LAYER_ENGINE_OPTIONS``).
+    - ``ridge`` None: 0.3 of the Fisher's mean diagonal for the model engine (large models want more: the
+      rank-n Fisher says nothing about most directions), 0.01 of H's for the layer engine.
+    - ``first_order`` off: the Newton step on the calibration loss diverged on well-fit models.
+    - ``patience`` 0: IHT already jumps to the exact minimiser on a support that held for 3 iterations and
+      stops at its fixed point (``chita_solver.REFIT_AFTER``); patience was measured before that, when it made
+      CNN solves ~40% faster and moved results at 0.95+ both ways.
+    - ``swap_rounds`` 1: with N:M or per-row budgets every row takes a swap per round and is solved again, the
+      bulk of the time: on MiniLM-L3 at 2:4, 0/1/3 rounds took 62/107/188-205 s for mean cosine
+      0.9898/0.9902/0.9907 (README).
+    - ``reuse_gradients`` 0: on the CNN at 0.9 (its 10 stages move the weights by 0.07-0.4 each) reuse up to 0.2
+      took 62 s for 96.13 % against 68-70 s for 96.15 %, and lcnet_ori kept its accuracy in half the time;
+      ppocr_cls's 7-point loss at 0.7 was within its run-to-run spread, but CHITA++'s ``early_rows`` is as fast
+      and was measured on more models (README).
     """
 
+    engine: str = "auto"
     rows: int = 0
+    samples: int = 0
     samples_per_row: int = 0
     targets: str = "auto"
-    ridge: float = 0.3
+    ridge: float | None = None
     first_order: bool = False
     block_size: int = 2000
     max_memory: str = "3G"
@@ -104,44 +82,39 @@ class ChitaConfig(MagnitudeConfig):
     max_iter: int = 100
     tol: float = 1e-5
     patience: int = 0
-    engine: str = "auto"
-    damp: float = 0.01
-    sequential: bool = False
+    sequential: str = "auto"
     batch_size: int = 64
     swap_rounds: int = 1
     reuse_gradients: float = 0.0
     device: str = "auto"
 
-    constraints = {"engine": OneOf(ENGINES), "targets": OneOf(TARGETS), "damp": Interval(0, None, "neither"),
-                   "ridge": Interval(0, None, "neither"), "rows": Interval(0, None), "block_size": Interval(0, None),
-                   "samples_per_row": Interval(0, None), "patience": Interval(0, None),
-                   "max_iter": Interval(1, None), "active_ratio": Interval(0, None), "tol": Interval(0, None, "neither"),
-                   "batch_size": Interval(1, None), "max_memory": Parses(parse_bytes),
-                   "reuse_gradients": Interval(0.0, None), "device": OneOf(DEVICES),
-                   "swap_rounds": Interval(0, None, what="a round count (an integer)")}
+    checks = {"engine": OneOf(ENGINES), "targets": OneOf(TARGETS), "ridge": Interval(0, None, "neither"),
+              "rows": Interval(0, None), "samples": Interval(0, None), "block_size": Interval(0, None),
+              "samples_per_row": Interval(0, None), "patience": Interval(0, None), "max_iter": Interval(1, None),
+              "active_ratio": Interval(0, None), "tol": Interval(0, None, "neither"), "batch_size": Interval(1, None),
+              "max_memory": Parses(parse_bytes), "reuse_gradients": Interval(0.0, None), "device": OneOf(DEVICES),
+              "swap_rounds": Interval(0, None, what="a round count (an integer)"), "sequential": OneOf(SEQUENTIAL)}
+    renamed = {"damp": "ridge"}
+
+    def engine_ridge(self, engine: str) -> float:
+        """The ridge the engine uses: the one given, else the engine's default."""
+        return self.ridge if self.ridge is not None else DEFAULT_RIDGE[engine]
 
 
 @dataclass
 class ChitaPlusConfig(ChitaConfig):
-    """CHITA++ adds stages of rising sparsity, each recomputing A at the current weights.
-
-    - ``stages``: number of CHITA solves; the last one reaches ``sparsity``.
-    - ``schedule``: 'exp' (density shrinks geometrically), 'poly' (cubic, fast early) or 'linear'.
-    - ``base_sparsity``: the level the schedule starts from (the first stage prunes beyond it).
-    - ``early_rows``: the stages in the first half of the way from ``base_sparsity`` to ``sparsity`` (in log
-      density) use this fraction of the gradient rows, their first ones (1: all rows in every stage). Those
-      stages prune the least salient weights, where a coarser Fisher suffices: on the CNN at 0.9, 0.5 took
-      47-59 s against 67-73 s, and on CNN, MLP, ppocr_cls, ppocr_rec and lcnet_ori it kept accuracy within
-      each model's run-to-run spread (README).
-    """
+    """CHITA++ adds stages of rising sparsity, each recomputing A at the current weights (model engine).
+    ``early_rows`` 0.5: the early stages prune the least salient weights, where a coarser Fisher suffices: on
+    the CNN at 0.9 it took 47-59 s against 67-73 s with all rows, and on CNN, MLP, ppocr_cls, ppocr_rec and
+    lcnet_ori it kept accuracy within each model's run-to-run spread (README)."""
 
     stages: int = 10
     schedule: str = "exp"
     base_sparsity: float = 0.0
     early_rows: float = 0.5
 
-    constraints = {"stages": Interval(1, None), "schedule": OneOf(SCHEDULES), "base_sparsity": Interval(0.0, 1.0, "left"),
-                   "early_rows": Interval(0.0, 1.0, "right")}
+    checks = {"stages": Interval(1, None), "schedule": OneOf(SCHEDULES), "base_sparsity": Interval(0.0, 1.0, "left"),
+              "early_rows": Interval(0.0, 1.0, "right")}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -222,18 +195,18 @@ def _context(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None)
                     device)
 
 
-def _constraint(ctx: _Context, sparsity: float, config: ChitaConfig, keep_per_group: int | None) -> Constraint:
+def _constraint(ctx: _Context, sparsity: float, config: ChitaConfig, keep_per_group: int | None) -> SupportConstraint:
     """The feasible supports at ``sparsity``: global top-k, per-tensor top-k, or N:M per tensor."""
     slots = ctx.layout.slots
     if keep_per_group is not None:
         group = config.nm()[1]
-        return Constraint(tuple(
+        return SupportConstraint(tuple(
             Segment(s.offset, s.offset + s.size, s.size, s.size) if s.name in ctx.skipped
             else Segment(s.offset, s.offset + s.size, group, keep_per_group) for s in slots))
     if config.allocation == "uniform":
-        return Constraint(tuple(Segment(s.offset, s.offset + s.size, s.size,
+        return SupportConstraint(tuple(Segment(s.offset, s.offset + s.size, s.size,
                                                       int(math.floor((1 - sparsity) * s.size))) for s in slots))
-    return Constraint.top_k(ctx.layout.size, int(math.floor((1 - sparsity) * ctx.layout.size)))
+    return SupportConstraint.top_k(ctx.layout.size, int(math.floor((1 - sparsity) * ctx.layout.size)))
 
 
 def _blocks(ctx: _Context, start: int, stop: int, block_size: int) -> list[tuple[int, int]]:
@@ -288,7 +261,7 @@ class _GradientCache:
         self.weights, self.index, self.at, self.mean_square = weights, index, at, mean_square
 
 
-def _support(anchor: torch.Tensor, part: Constraint) -> torch.Tensor | None:
+def _support(anchor: torch.Tensor, part: SupportConstraint) -> torch.Tensor | None:
     """The nonzero coordinates of ``anchor`` when the problem can be restricted to them (fewer than all,
     no N:M groups, every segment's budget within its support), else None."""
     index = torch.nonzero(anchor).squeeze(1)
@@ -299,13 +272,13 @@ def _support(anchor: torch.Tensor, part: Constraint) -> torch.Tensor | None:
     return index
 
 
-def _counts(index: torch.Tensor, part: Constraint) -> list[int]:
+def _counts(index: torch.Tensor, part: SupportConstraint) -> list[int]:
     """How many of the coordinates ``index`` (sorted) fall in each segment of ``part``."""
     bounds = torch.searchsorted(index, torch.tensor([[s.start, s.stop] for s in part.segments]))
     return (bounds[:, 1] - bounds[:, 0]).tolist()
 
 
-def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], constraint: Constraint,
+def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], constraint: SupportConstraint,
            stage: int, rows: int, cache: _GradientCache | None = None, nested: bool = False
            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One CHITA solve around ``current``: gradients, IHT + backsolve per column range of the memory plan.
@@ -353,7 +326,7 @@ def _stage(ctx: _Context, config: ChitaConfig, current: dict[str, np.ndarray], c
         if index is not None:
             blocks = restrict_blocks(blocks, index)[1] if blocks else None
             local, part = local[index], part.restrict(index)
-        problem = Problem.build(at, local, ridge, config.first_order, blocks)
+        problem = FisherProblem.build(at, local, ridge, config.first_order, blocks)
         # an IHT restart pays off with the exact swap search of one-block problems; with blocks it was
         # measured at +0.1 point of accuracy for twice the time
         result = solver.chita(problem, part, active_ratio=config.active_ratio, max_iter=config.max_iter,
@@ -423,7 +396,7 @@ def _path(levels: list[float], base: float, start: float, waypoints: Sequence[fl
     return sorted(set(kept + stops + [target]))
 
 
-class ChitaSession:
+class ChitaSession(PruneSession):
     """CHITA or CHITA++ on one model and calibration set, at any sparsity (sweeps, budget search).
 
     Built once: the weight selection, torch view and parity check. One-shot CHITA keeps the gradients
@@ -434,6 +407,7 @@ class ChitaSession:
     """
 
     def __init__(self, model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> None:
+        config = dataclasses.replace(config, ridge=config.engine_ridge("model"))
         self.model, self.config = model, config
         self.ctx = _context(model, config, calib)
         names = [w.name for w in self.ctx.weights]
@@ -510,10 +484,10 @@ class ChitaSession:
         return MethodResult(pruned, details)
 
 
-class _Engine:
+class _Engine(PruneSession):
     """A CHITA session of either engine whose results say which engine ran and why."""
 
-    def __init__(self, session: SparsitySession, engine: str, reason: str) -> None:
+    def __init__(self, session: PruneSession, engine: str, reason: str) -> None:
         self.session, self.engine, self.reason = session, engine, reason
 
     def expect(self, sparsities: Sequence[float]) -> None:
@@ -525,44 +499,58 @@ class _Engine:
         return result
 
 
-# Options that only the whole-model engine reads.
-MODEL_ENGINE_OPTIONS = ("rows", "samples_per_row", "targets", "ridge", "first_order", "block_size", "active_ratio",
-                        "patience", "reuse_gradients")
+# Options that only one engine reads (ChitaPlusConfig's own options are the model engine's too).
+MODEL_ENGINE_OPTIONS = ("rows", "samples_per_row", "targets", "first_order", "block_size", "active_ratio", "tol",
+                        "patience", "reuse_gradients", "stages", "schedule", "base_sparsity", "early_rows")
+LAYER_ENGINE_OPTIONS = ("sequential", "batch_size", "swap_rounds")
+
+
+def _set_options(config: ChitaConfig, names: Sequence[str]) -> list[str]:
+    """Which of ``names`` (fields of ``config``) are set away from their defaults."""
+    defaults = type(config)()
+    return [n for n in names if hasattr(config, n) and getattr(config, n) != getattr(defaults, n)]
+
+
+def _refuse_other_engine(config: ChitaConfig, engine: str) -> None:
+    """ConfigError when options of the engine that will not run are set: an option must act or be refused."""
+    other, names = ("model", MODEL_ENGINE_OPTIONS) if engine == "layer" else ("layer", LAYER_ENGINE_OPTIONS)
+    given = _set_options(config, names)
+    if given:
+        hint = "add -O engine=model to use them" if other == "model" else "drop them or add -O engine=layer"
+        raise ConfigError(f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of CHITA's "
+                          f"{other} engine, and the {engine} engine runs here: {hint}")
 
 
 def _layer_session(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> LayerwiseSession:
     """CHITA's layer engine: IHT + swap search + backsolve per layer, OBS sweeps for the error curves."""
-    from onnxprune.methods.layer_solver import solve_chita, solve_obs
-
-    defaults = type(config)()
-    ignored = [f for f in MODEL_ENGINE_OPTIONS if getattr(config, f) != getattr(defaults, f)]
-    if ignored:
-        log.warning("CHITA's layer engine ignores %s (options of the whole-model engine): add -O engine=model "
-                    "to use them", ", ".join(ignored))
+    from onnxprune.methods.solvers.layer_solver import solve_chita, solve_obs
 
     solver = functools.partial(solve_chita, max_iter=config.max_iter, swap_rounds=config.swap_rounds)
-    return LayerwiseSession(model, config, calib, solver=solver, estimator=solve_obs, damp=config.damp,
-                            method="chita")
+    return LayerwiseSession(model, config, calib, solver=solver, estimator=solve_obs,
+                            ridge=config.engine_ridge("layer"), method="chita")
 
 
-def chita_session(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> SparsitySession:
+def chita_session(model: onnx.ModelProto, config: ChitaConfig, calib: Dataset | None) -> PruneSession:
     """The CHITA session of ``config.engine``; 'auto' takes the layer engine for one-shot CHITA, and for
     CHITA++ the model engine when the torch view converts and matches ONNX Runtime, the layer engine
-    otherwise (its stages then do not apply)."""
-    if config.engine == "layer":
-        return _Engine(_layer_session(model, config, calib), "layer", "engine=layer requested")
+    otherwise (its stages then do not apply, and the model engine's options set are named in a warning)."""
+    staged = isinstance(config, ChitaPlusConfig)
+    if config.engine == "layer" or (config.engine == "auto" and not staged):
+        _refuse_other_engine(config, "layer")
+        reason = ("engine=layer requested" if config.engine == "layer" else "one shot: per-layer reconstruction "
+                  "from ONNX Runtime activations (engine=model for the whole-model Fisher)")
+        return _Engine(_layer_session(model, config, calib), "layer", reason)
+    _refuse_other_engine(config, "model")
     if config.engine == "model":
         return _Engine(ChitaSession(model, config, calib), "model", "engine=model requested")
-    if not isinstance(config, ChitaPlusConfig):
-        return _Engine(_layer_session(model, config, calib), "layer",
-                       "one shot: per-layer reconstruction from ONNX Runtime activations (engine=model for the "
-                       "whole-model Fisher)")
     try:
         session = ChitaSession(model, config, calib)
     except ConversionError as exc:
         reason = f"torch view unusable ({exc}); layer-wise engine from ONNX Runtime activations"
-        if isinstance(config, ChitaPlusConfig):
-            reason += " (one shot: CHITA++ stages do not apply)"
+        reason += " (one shot: CHITA++ stages do not apply)"
+        ignored = _set_options(config, MODEL_ENGINE_OPTIONS)
+        if ignored:
+            reason += f"; {', '.join(ignored)} (model engine options) do not apply"
         log.warning("CHITA: %s", reason)
         return _Engine(_layer_session(model, config, calib), "layer", reason)
     return _Engine(session, "model", "the torch view converts and matches ONNX Runtime")

@@ -9,7 +9,7 @@ import onnx
 
 from onnxprune.data import Dataset
 from onnxprune.methods.base import OneOf
-from onnxprune.methods.layerwise import SCOPES, LayerwiseConfig, LayerwiseSession
+from onnxprune.methods.unstructured.layerwise import SCOPES, LayerwiseConfig, LayerwiseSession
 
 
 @dataclass
@@ -19,12 +19,12 @@ class WandaConfig(LayerwiseConfig):
 
     scope: str = "row"
 
-    constraints = {"scope": OneOf(SCOPES)}
+    checks = {"scope": OneOf(SCOPES)}
 
 
 def wanda_session(model: onnx.ModelProto, config: WandaConfig, calib: Dataset | None) -> LayerwiseSession:
     """A session that captures the input norms once and prunes at each sparsity asked for."""
-    from onnxprune.methods.layer_solver import solve_wanda
+    from onnxprune.methods.solvers.layer_solver import solve_wanda
 
-    return LayerwiseSession(model, config, calib, solver=solve_wanda, estimator=solve_wanda, damp=None,
-                            scope=config.scope, method="wanda", samples=config.samples)
+    return LayerwiseSession(model, config, calib, solver=solve_wanda, estimator=solve_wanda, ridge=None,
+                            scope=config.scope, method="wanda")

@@ -13,8 +13,8 @@ import onnx
 from onnxprune.channels.surgery import ChannelMap
 from onnxprune.data import Dataset
 from onnxprune.methods.base import OneOf
-from onnxprune.methods.structured import ChannelConfig, ChannelSession, GroupView
-from onnxprune.methods.ot_fusion import MARGINALS, NORMALIZATIONS, fusion_maps, pairing_vectors, transport_plan
+from onnxprune.methods.structured.session import ChannelConfig, ChannelSession, GroupView
+from onnxprune.methods.structured.ot_fusion import MARGINALS, NORMALIZATIONS, fusion_maps, pairing_vectors, transport_plan
 
 
 @dataclass
@@ -31,7 +31,7 @@ class IntraFusionConfig(ChannelConfig):
     normalization: str = "published"
     marginals: str = "uniform"
 
-    constraints = {"normalization": OneOf(NORMALIZATIONS), "marginals": OneOf(MARGINALS)}
+    checks = {"normalization": OneOf(NORMALIZATIONS), "marginals": OneOf(MARGINALS)}
 
 
 def _fusion_plan(config: IntraFusionConfig, view: GroupView, keep: np.ndarray) -> ChannelMap:

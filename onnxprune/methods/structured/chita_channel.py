@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from onnxprune.data import Dataset
 from onnxprune.methods.base import Interval
-from onnxprune.methods.l1_channel import selection_plan
-from onnxprune.methods.reconstruction import ConsumerInput
-from onnxprune.methods.structured import ChannelConfig, ChannelSession, GroupView, select_top
+from onnxprune.methods.structured.l1_channel import selection_plan
+from onnxprune.methods.structured.reconstruction import ConsumerInput
+from onnxprune.methods.structured.session import ChannelConfig, ChannelSession, GroupView, select_top
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ChitaChannelConfig(ChannelConfig):
 
     swaps: int = 20
 
-    constraints = {"swaps": Interval(0, None, what="a swap count (an integer)")}
+    checks = {"swaps": Interval(0, None, what="a swap count (an integer)")}
 
 
 class ConsumerFit:

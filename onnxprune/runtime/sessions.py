@@ -6,17 +6,14 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError, ModelError, first_line
+from onnxprune.options import DEVICES
 from onnxprune.threads import thread_count
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def _gpu_present() -> bool:
@@ -57,23 +54,3 @@ def make_session(model: str | Path | onnx.ModelProto, *, threads: int | None = N
 def provider_name(session: ort.InferenceSession) -> str:
     """'cuda' or 'cpu': the provider that actually runs the session."""
     return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-
-
-def fixed_batch(session: ort.InferenceSession) -> int | None:
-    """The static batch size of the first input, or None when it is dynamic."""
-    dim = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
-def run_batched(session: ort.InferenceSession, data: Dataset, batch_size: int = 256) -> list[np.ndarray]:
-    """Run every sample through the session, ``batch_size`` at a time; outputs concatenated on axis 0."""
-    step = fixed_batch(session) or batch_size
-    chunks: list[list[np.ndarray]] = []
-    for start in range(0, len(data), step):
-        feed = {name: array[start:start + step] for name, array in data.inputs.items()}
-        try:
-            chunks.append(session.run(None, feed))
-        except Exception as exc:  # ORT raises its own types on bad shapes/values
-            first = first_line(exc)
-            raise ModelError(f"ONNX Runtime failed to run the model: {first}") from None
-    return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]

@@ -36,13 +36,13 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class Constraint:
+class SupportConstraint:
     """The feasible supports: the union of independent segments (coordinates outside them stay zero)."""
 
     segments: tuple[Segment, ...]
 
     @classmethod
-    def top_k(cls, size: int, keep: int) -> "Constraint":
+    def top_k(cls, size: int, keep: int) -> "SupportConstraint":
         """Keep the ``keep`` largest of ``size`` coordinates."""
         return cls((Segment(0, size, size, keep),))
 
@@ -88,9 +88,9 @@ class Constraint:
                 step = min(step, float(exact.min()))
         return step
 
-    def scaled(self, factor: float) -> "Constraint":
+    def scaled(self, factor: float) -> "SupportConstraint":
         """The same groups with budgets multiplied by ``factor`` (capped by the group size)."""
-        return Constraint(tuple(Segment(s.start, s.stop, s.group, min(s.group, math.ceil(s.keep * factor)))
+        return SupportConstraint(tuple(Segment(s.start, s.stop, s.group, min(s.group, math.ceil(s.keep * factor)))
                                 for s in self.segments))
 
     def ranges(self, width: int) -> list[tuple[int, int]]:
@@ -108,7 +108,7 @@ class Constraint:
             start = end
         return out
 
-    def window(self, start: int, stop: int, reference: torch.Tensor) -> "Constraint":
+    def window(self, start: int, stop: int, reference: torch.Tensor) -> "SupportConstraint":
         """This constraint on coordinates ``start:stop`` (a range from ``ranges``), re-indexed from 0: a
         top-k segment cut by the range keeps as many coordinates as ``reference`` (a feasible mask) has there."""
         pieces = []
@@ -120,18 +120,18 @@ class Constraint:
                 pieces.append(Segment(lo - start, hi - start, s.group, s.keep))
             else:
                 pieces.append(Segment(lo - start, hi - start, hi - lo, int(reference[lo:hi].sum())))
-        return Constraint(tuple(pieces))
+        return SupportConstraint(tuple(pieces))
 
     @property
     def grouped(self) -> bool:
         """True when some segment has more than one group (N:M), where active sets do not apply."""
         return any(s.group != s.stop - s.start for s in self.segments)
 
-    def restrict(self, index: torch.Tensor) -> "Constraint":
+    def restrict(self, index: torch.Tensor) -> "SupportConstraint":
         """This constraint on the sub-vector ``index`` (sorted ascending, covering every kept coordinate);
         single-group segments only."""
         bounds = torch.searchsorted(index, torch.tensor([[s.start, s.stop] for s in self.segments]))
-        return Constraint(tuple(Segment(int(a), int(b), int(b - a), s.keep)
+        return SupportConstraint(tuple(Segment(int(a), int(b), int(b - a), s.keep)
                                 for s, (a, b) in zip(self.segments, bounds.tolist()) if b > a))
 
 
@@ -178,7 +178,7 @@ class Descent:
 
 
 @dataclass
-class Problem:
+class FisherProblem:
     """``Q(w) = Σ_b ½‖A_b w_b − y_b‖² + ½Σ_j ridge_j (w_j − anchor_j)² + constant`` over blocks b.
 
     ``at = Aᵀ`` (float32, ``[p, n]``); one block covering everything is the full rank-n Fisher, several
@@ -211,7 +211,7 @@ class Problem:
 
     @classmethod
     def build(cls, at: torch.Tensor, anchor: torch.Tensor, ridge: float | torch.Tensor, first_order: bool = False,
-              blocks: list[tuple[int, int]] | None = None) -> "Problem":
+              blocks: list[tuple[int, int]] | None = None) -> "FisherProblem":
         """The local quadratic model around ``anchor``: ``y_b = A_b·anchor_b`` (minus ones with the gradient
         term); ``blocks`` (consecutive ranges covering all coordinates) default to one block."""
         blocks = tuple(blocks) if blocks else ((0, at.shape[0]),)
@@ -224,12 +224,12 @@ class Problem:
     def size(self) -> int:
         return self.at.shape[0]
 
-    def rescale(self, scale: torch.Tensor) -> "Problem":
+    def rescale(self, scale: torch.Tensor) -> "FisherProblem":
         """The same objective in variables ``v = scale ⊙ w``; divides ``at``'s rows by ``scale`` in place
         (this problem is consumed; ``rescale(1/scale)`` on the result restores it)."""
         self.solved.clear()
         self.at.mul_((1.0 / scale).float().unsqueeze(1))
-        return Problem(self.at, (self.anchor.double() * scale).float(), self.y, self.ridge / scale.pow(2),
+        return FisherProblem(self.at, (self.anchor.double() * scale).float(), self.y, self.ridge / scale.pow(2),
                        self.blocks, self.constant)
 
     def _tile(self, count: int, start: int, stop: int) -> torch.Tensor:
@@ -307,7 +307,7 @@ class Problem:
         out.index_add_(0, self.block_of[index], (self.at[index] * delta.float().unsqueeze(1)).double())
         return out
 
-    def restrict(self, index: torch.Tensor) -> "Problem":
+    def restrict(self, index: torch.Tensor) -> "FisherProblem":
         """The problem over coordinates ``index`` (sorted) with all others fixed at zero."""
         outside = torch.ones(self.size, dtype=torch.bool)
         outside[index] = False
@@ -316,7 +316,7 @@ class Problem:
         kept, blocks = restrict_blocks(self.blocks, index)
         lost = sorted(set(range(len(self.blocks))) - set(kept))
         constant = self.constant + dropped_cost + 0.5 * float(self.y[lost].pow(2).sum())
-        return Problem(self.at[index], self.anchor[index], self.y[kept], self.ridge[index], blocks, constant)
+        return FisherProblem(self.at[index], self.anchor[index], self.y[kept], self.ridge[index], blocks, constant)
 
 
 def restrict_blocks(blocks: tuple[tuple[int, int], ...] | list[tuple[int, int]], index: torch.Tensor

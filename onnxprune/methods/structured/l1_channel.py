@@ -9,7 +9,7 @@ import onnx
 
 from onnxprune.channels.surgery import ChannelMap
 from onnxprune.data import Dataset
-from onnxprune.methods.structured import ChannelConfig, ChannelSession, GroupView
+from onnxprune.methods.structured.session import ChannelConfig, ChannelSession, GroupView
 
 __all__ = ["ChannelConfig", "l1_channel_session"]
 

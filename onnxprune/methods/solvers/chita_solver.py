@@ -3,7 +3,7 @@ gradient matrix held transposed (``at[p, n]``), without ever forming a p × p ma
 
 ``y = A w̄`` (minus a vector of ones with the first-order term) and ``ρ = nλ``. Pieces: iterative hard
 thresholding with the CHITA step-size rule, an active-set wrapper, an exact swap local search, the ridge
-backsolve on a fixed support through an n × n (or k × k) system, and the block-diagonal variant of all
+fisher_backsolve on a fixed support through an n × n (or k × k) system, and the block-diagonal variant of all
 of them (each block of coordinates with its own n rows), over the problem and constraints of
 ``chita_problem``.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from onnxprune.compute import generator
-from onnxprune.methods.chita_problem import ROW_CHUNK, Constraint, Problem, column_norms_sq
+from onnxprune.methods.solvers.chita_problem import ROW_CHUNK, SupportConstraint, FisherProblem, column_norms_sq
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ _REFRESH = 20
 REFIT_AFTER = 3
 
 
-def lipschitz(problem: Problem, iterations: int = 12, seed: int = 0, active: torch.Tensor | None = None,
+def lipschitz(problem: FisherProblem, iterations: int = 12, seed: int = 0, active: torch.Tensor | None = None,
               rtol: float = 1e-3) -> float:
     """Power-iteration estimate of the Lipschitz constant of ∇Q, max_b σ_max(A_b)² + ρ, with a 5% margin
     (power iteration approaches σ² from below), stopping early once an iteration moves it by less than
@@ -72,7 +72,7 @@ class IhtResult:
     exact: bool = False
 
 
-def _candidate(problem: Problem, constraint: Constraint, w: torch.Tensor, g: torch.Tensor, mask: torch.Tensor,
+def _candidate(problem: FisherProblem, constraint: SupportConstraint, w: torch.Tensor, g: torch.Tensor, mask: torch.Tensor,
                residual: torch.Tensor, u: torch.Tensor, tau: float) -> tuple[float, torch.Tensor, ...]:
     """``P(w − τg)`` with its objective and residual; the residual is updated from ``u = A(g on the
     support)`` plus the few columns whose membership changed."""
@@ -84,7 +84,7 @@ def _candidate(problem: Problem, constraint: Constraint, w: torch.Tensor, g: tor
     return problem.value(w_new, r), w_new, new_mask, r
 
 
-def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter: int = 100,
+def iht(problem: FisherProblem, constraint: SupportConstraint, w0: torch.Tensor, *, max_iter: int = 100,
         tol: float = 1e-5, lipschitz_constant: float | None = None, max_doublings: int = 4,
         patience: int = 0, active: torch.Tensor | None = None, refit_after: int = REFIT_AFTER) -> IhtResult:
     """Iterative hard thresholding ``w ← P(w − τ∇Q(w))`` with CHITA's step rule.
@@ -94,11 +94,11 @@ def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter:
     (at least 1/L) and double while the objective improves. The step along the support is always a
     candidate, so the objective never increases. Stops when the relative decrease is below ``tol`` or,
     with ``patience`` > 0, once the support has not changed for that many iterations (for callers that
-    backsolve the exact weights on the support afterwards). With ``active``, coordinates outside it stay
+    fisher_backsolve the exact weights on the support afterwards). With ``active``, coordinates outside it stay
     at zero, as on the problem restricted to it (``w0`` must be zero there).
 
     Once the support has not changed for ``refit_after`` iterations (0: never), the weights jump to the exact
-    minimiser on it (the backsolve: steps along a fixed support only crawl towards it) and the next
+    minimiser on it (the fisher_backsolve: steps along a fixed support only crawl towards it) and the next
     iteration tries the support-changing steps from there; when none improves, that is a fixed point of
     IHT and the search stops.
     """
@@ -144,15 +144,15 @@ def iht(problem: Problem, constraint: Constraint, w0: torch.Tensor, *, max_iter:
     return IhtResult(w, mask, objectives)
 
 
-def _refit(problem: Problem, mask: torch.Tensor, active: torch.Tensor | None
+def _refit(problem: FisherProblem, mask: torch.Tensor, active: torch.Tensor | None
            ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(weights, residual, objective) at the exact minimiser of Q on the support ``mask`` (within ``active``)."""
-    w = backsolve(problem, mask if active is None else mask & active)
+    w = fisher_backsolve(problem, mask if active is None else mask & active)
     r = problem.residual(w)
     return w, r, problem.value(w, r)
 
 
-def solve(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5, max_rounds: int = 4,
+def solve(problem: FisherProblem, constraint: SupportConstraint, *, active_ratio: float = 1.5, max_rounds: int = 4,
           max_iter: int = 100, tol: float = 1e-5, start: torch.Tensor | None = None, patience: int = 0) -> IhtResult:
     """IHT from the projection of the anchor (or ``start``), on an active set of about ``active_ratio`` × the
     budget (its largest coordinates) when that is much smaller than the problem; outside coordinates whose
@@ -179,7 +179,7 @@ def solve(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5
     return IhtResult(w, mask, objectives, exact)
 
 
-def _active_iht(problem: Problem, constraint: Constraint, w: torch.Tensor, active: torch.Tensor,
+def _active_iht(problem: FisherProblem, constraint: SupportConstraint, w: torch.Tensor, active: torch.Tensor,
                 **options: Any) -> tuple[float, IhtResult]:
     """(Lipschitz bound, IHT result over all coordinates) of IHT on the coordinates ``active`` from ``w``:
     on a copy of their columns when they are few (``ACTIVE_COPY``), else in place with the others masked."""
@@ -195,7 +195,7 @@ def _active_iht(problem: Problem, constraint: Constraint, w: torch.Tensor, activ
     return step_bound, IhtResult(full, mask, part.objectives, part.exact)
 
 
-def _entering(problem: Problem, constraint: Constraint, w: torch.Tensor, mask: torch.Tensor,
+def _entering(problem: FisherProblem, constraint: SupportConstraint, w: torch.Tensor, mask: torch.Tensor,
               active: torch.Tensor, tau: float) -> torch.Tensor:
     """Coordinates outside ``active`` that an IHT step of length ``tau`` would bring into the support
     (at most one budget's worth per segment, largest gradients first)."""
@@ -241,7 +241,7 @@ def _woodbury_system(at: torch.Tensor, index: torch.Tensor, ridge: torch.Tensor)
     return system
 
 
-def _backsolve_block(problem: Problem, b: int, mask: torch.Tensor) -> torch.Tensor:
+def _backsolve_block(problem: FisherProblem, b: int, mask: torch.Tensor) -> torch.Tensor:
     """The exact minimiser of block ``b`` with support ``mask`` (its coordinates): ``w_S = w̄_S + δ`` with
     ``(A_SᵀA_S + D)δ = A_Sᵀρ_S``, ``D = diag(ridge_S)``, ``ρ_S = y − A_S w̄_S``. A support larger than n is
     solved through the n × n Woodbury form ``δ = D⁻¹A_Sᵀ(A_S D⁻¹A_Sᵀ + I)⁻¹ρ_S``, a smaller one
@@ -265,9 +265,9 @@ def _backsolve_block(problem: Problem, b: int, mask: torch.Tensor) -> torch.Tens
     return w
 
 
-def backsolve(problem: Problem, mask: torch.Tensor) -> torch.Tensor:
+def fisher_backsolve(problem: FisherProblem, mask: torch.Tensor) -> torch.Tensor:
     """The exact minimiser of Q with support ``mask`` (CHITA-BSO), block by block; a block whose support
-    is the one of its last backsolve on this problem keeps that solution."""
+    is the one of its last fisher_backsolve on this problem keeps that solution."""
     parts = []
     for b, (start, stop) in enumerate(problem.blocks):
         support = mask[start:stop]
@@ -284,7 +284,7 @@ def _spd_solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(rhs.reshape(-1, 1), factor).reshape(-1)
 
 
-def _swap_candidates(constraint: Constraint, mask: torch.Tensor, cost: torch.Tensor, gain: torch.Tensor,
+def _swap_candidates(constraint: SupportConstraint, mask: torch.Tensor, cost: torch.Tensor, gain: torch.Tensor,
                      count: int) -> torch.Tensor:
     """Per segment, the ``count`` kept coordinates with the smallest ``cost`` and the ``count`` pruned ones
     with the largest ``gain``."""
@@ -346,11 +346,11 @@ class _Swaps:
         self.inside[i], self.inside[j] = False, True
 
 
-def swap_search(problem: Problem, constraint: Constraint, mask: torch.Tensor, *, rounds: int = 5,
+def fisher_swap_search(problem: FisherProblem, constraint: SupportConstraint, mask: torch.Tensor, *, rounds: int = 5,
                 candidates: int = 16, tol: float = 1e-7, exact: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local search over swaps (drop one kept weight, add one pruned weight of the same segment), then the
-    exact backsolve; returns (support, weights).
+    exact fisher_backsolve; returns (support, weights).
 
     With ``M = I + A_S D⁻¹A_Sᵀ`` and ``ρ = y − A_S w̄_S`` the backsolved objective is
     ``½ρᵀM⁻¹ρ + ½Σ_{j∉S} d_j w̄_j²`` and a swap is a rank-2 change of M, so every candidate pair is scored
@@ -359,7 +359,7 @@ def swap_search(problem: Problem, constraint: Constraint, mask: torch.Tensor, *,
     even that when the caller has the ``exact`` weights on ``mask``).
     """
     if len(problem.blocks) != 1 or constraint.grouped:
-        return mask, backsolve(problem, mask) if exact is None else exact
+        return mask, fisher_backsolve(problem, mask) if exact is None else exact
     at, anchor, d = problem.at, problem.anchor.double(), problem.ridge
     mask = mask.clone()
     system = _woodbury_system(at, torch.nonzero(mask).squeeze(1), d)
@@ -368,7 +368,7 @@ def swap_search(problem: Problem, constraint: Constraint, mask: torch.Tensor, *,
     for round_ in range(rounds + 1):
         factor = torch.linalg.cholesky(system)
         z = torch.cholesky_solve(rho.unsqueeze(1), factor)[:, 0]
-        correlation = (at @ z.float()).double()  # A_Sᵀz gives the backsolve step, −Aᵀz − d⊙w̄ is ∇Q off S
+        correlation = (at @ z.float()).double()  # A_Sᵀz gives the fisher_backsolve step, −Aᵀz − d⊙w̄ is ∇Q off S
         weights = torch.where(mask, anchor + correlation / d, torch.zeros((), dtype=torch.float64))
         if round_ == rounds:
             break
@@ -402,15 +402,15 @@ def swap_search(problem: Problem, constraint: Constraint, mask: torch.Tensor, *,
     return mask, weights.float()
 
 
-def _same_segment(constraint: Constraint, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+def _same_segment(constraint: SupportConstraint, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Whether coordinates ``first`` and ``second`` (broadcast) lie in the same segment."""
     starts = torch.tensor([s.start for s in constraint.segments])
     return torch.searchsorted(starts, first, right=True) == torch.searchsorted(starts, second, right=True)
 
 
-def chita(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5, max_iter: int = 100,
+def chita(problem: FisherProblem, constraint: SupportConstraint, *, active_ratio: float = 1.5, max_iter: int = 100,
           tol: float = 1e-5, refinements: int = 1, swap_rounds: int = 5, patience: int = 0) -> IhtResult:
-    """CHITA: IHT (with active set) for the support, a swap local search on it, then the exact backsolve;
+    """CHITA: IHT (with active set) for the support, a swap local search on it, then the exact fisher_backsolve;
     ``refinements`` more rounds restart IHT from the backsolved weights and keep the result when better.
 
     The search runs in Jacobi-scaled variables ``v_j = sqrt(‖a_j‖² + ridge_j)·w_j`` (same objective,
@@ -423,7 +423,7 @@ def chita(problem: Problem, constraint: Constraint, *, active_ratio: float = 1.5
         result = solve(scaled, constraint, active_ratio=active_ratio, max_iter=max_iter, tol=tol, patience=patience)
         objectives, best = list(result.objectives), None
         for round_ in range(refinements + 1):
-            mask, v = swap_search(scaled, constraint, result.mask, rounds=swap_rounds,
+            mask, v = fisher_swap_search(scaled, constraint, result.mask, rounds=swap_rounds,
                                   exact=result.w if result.exact else None)
             objectives.append(scaled.value(v))
             if best is not None and objectives[-1] >= best.objectives[-1] * (1 - tol):

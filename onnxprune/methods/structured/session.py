@@ -19,9 +19,10 @@ from onnxprune.channels.model import CONSUMER, ChannelGroup, Member
 from onnxprune.channels.surgery import ChannelMap, apply_channel_maps, group_slabs, masked_model, read_initializers
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
-from onnxprune.methods.base import Interval, MethodConfig, MethodResult, OneOf
-from onnxprune.methods.importance import IMPORTANCES, channel_importance
-from onnxprune.methods.reconstruction import (RECONSTRUCT, ConsumerInput, add_consumer_biases, capture_inputs,
+from onnxprune.options import SEQUENTIAL
+from onnxprune.methods.base import Interval, MethodConfig, MethodResult, OneOf, PruneSession
+from onnxprune.methods.structured.importance import IMPORTANCES, channel_importance
+from onnxprune.methods.structured.reconstruction import (RECONSTRUCT, ConsumerInput, add_consumer_biases, capture_inputs,
                                               refit_group, wants_reconstruction, with_initializers)
 
 log = logging.getLogger(__name__)
@@ -29,37 +30,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ChannelConfig(MethodConfig):
-    """Options of structured channel pruning.
-
-    ``sparsity``: fraction of each pruned group's channels to remove. ``group``: index of the one
-    group to prune (as ``onnxprune inspect`` lists them); None (default) prunes every prunable
-    group. ``round_to`` (default 1): keep a multiple of this many channels per group, e.g. 8 for
-    hardware-friendly widths. ``importance`` (default 'l1'): channel score, 'l1'/'l2' norm of the
-    BatchNorm-folded weights averaged over the group's members, 'taylor' (|w·∂L/∂w|, needs
-    calibration data) or 'random' (seeded). ``reconstruct`` (default 'auto': on with calibration
-    data): refit each group's consumers (kept input weights and bias) by ridge least squares to
-    match the dense model's outputs on the calibration data; 'off' keeps the plan's weights.
-    ``ridge`` (default 1e-4): the refit's ridge, relative to the mean diagonal of the Gram matrix.
-    ``calib_rows`` (default 20000): about how many calibration rows (a Conv has one per output
-    position and sample) each consumer's Gram matrix is summed over, a seeded random subset.
-    ``sequential`` (default 'auto': on with calibration data): prune the groups in topological
-    waves, each wave's consumers captured on the model with the earlier waves already pruned and
-    fitted to the dense model's outputs (one capture per wave, paired with the dense model), so later
-    refits absorb earlier errors; 'off': every group from one capture of the dense model.
-    """
+    """Options of structured channel pruning (meanings in ``onnxprune.options.GLOSSARY``). ``sparsity`` is
+    the fraction of each pruned group's channels to remove. With calibration data ``reconstruct`` and
+    ``sequential`` ('auto') are on: each group's consumers are refitted by ridge least squares to the dense
+    model's outputs, wave by wave on the model with the earlier waves pruned, so later refits absorb earlier
+    errors; ``rows`` bounds each consumer's Gram matrix (a seeded random subset of the calibration rows; a
+    Conv has one per output position and sample)."""
 
     group: int | None = None
     round_to: int = 1
     importance: str = "l1"
     reconstruct: str = "auto"
     ridge: float = 1e-4
-    calib_rows: int = 20_000
+    rows: int = 20_000
+    samples: int = 0
     sequential: str = "auto"
+    batch_size: int = 64
 
-    constraints = {"group": Interval(0, None, what="a group index (an integer)"), "round_to": Interval(1, None),
-                   "importance": OneOf(IMPORTANCES), "reconstruct": OneOf(RECONSTRUCT), "ridge": Interval(0.0, None),
-                   "calib_rows": Interval(1, None, what="a row count (an integer)"),
-                   "sequential": OneOf(RECONSTRUCT)}
+    checks = {"group": Interval(0, None, what="a group index (an integer)"), "round_to": Interval(1, None),
+              "importance": OneOf(IMPORTANCES), "reconstruct": OneOf(RECONSTRUCT), "ridge": Interval(0.0, None),
+              "rows": Interval(1, None, what="a row count (an integer)"), "samples": Interval(0, None),
+              "sequential": OneOf(SEQUENTIAL), "batch_size": Interval(1, None)}
+    renamed = {"calib_rows": "rows"}
 
 
 def kept_channels(size: int, sparsity: float, round_to: int = 1) -> int:
@@ -141,7 +133,7 @@ def score_errors(view: GroupView, counts: Sequence[int]) -> list[float]:
     return [float(np.sum(shares[count:])) for count in counts]
 
 
-class ChannelSession:
+class ChannelSession(PruneSession):
     """Structured pruning of one model at any sparsity or per-group widths: BatchNorm folding, the channel
     groups, the channel scores and the consumers' calibration Grams are computed once; each call only
     selects channels (a group's selection at a width, and its error curve, are kept for the next call),
@@ -177,15 +169,20 @@ class ChannelSession:
         self.selections: dict[tuple[int, int], np.ndarray] = {}
         self.curves: dict[tuple[int, tuple[int, ...]], list[float]] = {}
 
-    def expect(self, sparsities: Sequence[float]) -> None:
-        pass
+    @property
+    def round_to(self) -> int:
+        return self.config.round_to
+
+    def reference_model(self) -> onnx.ModelProto:
+        return self.folded
 
     def consumer_inputs(self) -> dict[int, list[ConsumerInput]]:
         """Every prunable group's consumers with their calibration Grams, captured once on the dense
         (BatchNorm-folded) model."""
         if self.inputs is None:
             self.inputs = capture_inputs(self.folded, self.analysis.prunable(), self.calib,
-                                         self.config.calib_rows, self.config.seed)
+                                         self.config.rows, self.config.seed,
+                                         batch_size=self.config.batch_size)
         return self.inputs
 
     def target_groups(self) -> list[ChannelGroup]:
@@ -211,7 +208,7 @@ class ChannelSession:
         captured consumer (one wave when not sequential)."""
         if not self.sequential:
             return [list(indices)]
-        from onnxprune.methods.layerwise import waves
+        from onnxprune.methods.unstructured.layerwise import waves
 
         consumers = {i: [m.tensor for m in self.analysis.groups[i].members if m.role == CONSUMER and m.weight]
                      for i in indices}
@@ -229,7 +226,8 @@ class ChannelSession:
         current = masked_model(with_initializers(self.folded, updated), self.analysis,
                                {i: m.in_place(keeps[i]) for i, m in maps.items()})
         return capture_inputs(current, [self.analysis.groups[i] for i in indices], self.calib,
-                              self.config.calib_rows, self.config.seed, reference=self.folded)
+                              self.config.rows, self.config.seed, batch_size=self.config.batch_size,
+                              reference=self.folded)
 
     def _selection(self, view: GroupView, count: int) -> np.ndarray:
         """The group's kept channels at ``count``, selected once per group and count."""

@@ -1,10 +1,10 @@
 """Solvers of one layer's reconstruction problem ``min ½‖(W − W̄)Xᵀ‖² + ½λ‖W − W̄‖²`` under a sparsity
 constraint, on the small dense ``H = XᵀX`` (d_in × d_in) with all rows of W (d_out × d_in) at once.
 
-``solve_chita``: CHITA's IHT with its line search, then the exact ridge backsolve on the support.
+``solve_chita``: CHITA's IHT with its line search, then the exact ridge layer_backsolve on the support.
 ``solve_obs``: the OBS column sweep on the Cholesky factor of ``(H + λI)⁻¹`` in blocks with lazy updates
 (the SparseGPT algorithm). ``solve_wanda``: keep the largest ``|W_ij|·‖X_j‖`` with no update.
-Constraints (``Target``) are top-k over the layer, per output row or N:M along d_in.
+Constraints (``LayerTarget``) are top-k over the layer, per output row or N:M along d_in.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from onnxprune.compute import from_numpy
-from onnxprune.methods.chita_problem import Constraint, Segment
+from onnxprune.methods.solvers.chita_problem import SupportConstraint, Segment
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Target:
+class LayerTarget:
     """The sparsity of one layer: ``sparsity`` over the ``scope`` ('layer' or per output 'row'), or
     ``nm`` = (N, M) keeping N of every M consecutive inputs of each row."""
 
@@ -33,13 +33,13 @@ class Target:
     nm: tuple[int, int] | None = None
     scope: str = "layer"
 
-    def constraint(self, rows: int, cols: int) -> Constraint:
+    def constraint(self, rows: int, cols: int) -> SupportConstraint:
         """The feasible supports of a row-major flattened ``rows × cols`` weight."""
         if self.nm is not None:
-            return Constraint((Segment(0, rows * cols, self.nm[1], self.nm[0]),))
+            return SupportConstraint((Segment(0, rows * cols, self.nm[1], self.nm[0]),))
         if self.scope == "row":
-            return Constraint((Segment(0, rows * cols, cols, cols - pruned_count(self.sparsity, cols)),))
-        return Constraint.top_k(rows * cols, rows * cols - pruned_count(self.sparsity, rows * cols))
+            return SupportConstraint((Segment(0, rows * cols, cols, cols - pruned_count(self.sparsity, cols)),))
+        return SupportConstraint.top_k(rows * cols, rows * cols - pruned_count(self.sparsity, rows * cols))
 
 
 def pruned_count(sparsity: float, size: int) -> int:
@@ -47,18 +47,13 @@ def pruned_count(sparsity: float, size: int) -> int:
     return math.floor(sparsity * size + 1e-9)
 
 
-def ridge(H: np.ndarray, n_rows: int, damp: float, layer: str) -> float:
-    """``λ = damp · mean(diag H)`` (1 when H is zero); warns when fewer calibration rows than inputs
-    leave H singular, so the ridge alone keeps the problem well posed."""
-    d = H.shape[-1]
-    if n_rows < d:
-        log.warning("layer %s: %d calibration rows for %d inputs, so H is singular; the ridge (damp=%g) "
-                    "regularises it: give more calibration data for a better solve", layer, n_rows, d, damp)
+def layer_ridge(H: np.ndarray, ridge: float) -> float:
+    """``λ = ridge · mean(diag H)`` (1 when H is zero)."""
     scale = float(np.mean(np.diagonal(H, axis1=-2, axis2=-1)))
-    return damp * scale if scale > 0 else 1.0
+    return ridge * scale if scale > 0 else 1.0
 
 
-class Problem:
+class LayerProblem:
     """One layer's (or one group's) reconstruction problem in float64 on the current torch device (``with
     device:``): the dense weights W̄, H and ``H + λI``; the factors a solver needs are computed on first use
     and shared by every solve of the problem at any target (the error curves solve each layer at many
@@ -91,7 +86,7 @@ class Problem:
         return float(((D @ self.H) * D).sum())
 
 
-def backsolve(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def layer_backsolve(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The exact minimiser on the support ``mask``, row by row: ``w_S = w̄_S + H_SS⁻¹ H_{S,S̄} w̄_S̄``."""
     out = torch.zeros_like(W_bar)
     for i in range(W_bar.shape[0]):
@@ -111,7 +106,7 @@ def backsolve(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor) -> tor
 _REFRESH = 20
 
 
-def _iht(V_bar: torch.Tensor, Hs: torch.Tensor, constraint: Constraint, V0: torch.Tensor, L: float,
+def _iht(V_bar: torch.Tensor, Hs: torch.Tensor, constraint: SupportConstraint, V0: torch.Tensor, L: float,
          max_iter: int, tol: float) -> torch.Tensor:
     """IHT ``V ← P(V − τ∇q)`` on ``q(V) = ½tr((V − V̄)Hs(V − V̄)ᵀ)`` with CHITA's step rule: the exact line
     search along the current support when it keeps the support, else from the support-changing step
@@ -284,10 +279,10 @@ def _pairs(drop: torch.Tensor, add: torch.Tensor, group: torch.Tensor | None, co
     return sorted(pairs, key=lambda p: float(drop[p[0]] - add[p[1]]))
 
 
-def swap_search(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, target: Target, *,
+def layer_swap_search(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, target: LayerTarget, *,
                 rounds: int = 3, candidates: int = 4) -> torch.Tensor:
     """Local search over swaps (drop a kept weight, add a pruned one of the same constraint group) with the
-    exact backsolve. Each round, per row (the whole layer for a layer-wide budget), candidate pairs are
+    exact layer_backsolve. Each round, per row (the whole layer for a layer-wide budget), candidate pairs are
     taken in order of estimated change (``candidates`` cheapest drops × best adds, or with N:M the best
     pair of each of the ``candidates`` most promising groups) and one that lowers the exact objective is
     applied; a row changes at most once per round. Returns the weights."""
@@ -314,7 +309,7 @@ def swap_search(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, targ
     return torch.stack([r.w for r in rows])
 
 
-def _swap_layer(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, rows: list[_Row], target: Target,
+def _swap_layer(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, rows: list[_Row], target: LayerTarget,
                 candidates: int) -> list[int]:
     """One swap round over the whole layer (a layer-wide budget: the pair may span two rows); updates
     ``mask`` and ``rows`` in place and returns the changed rows."""
@@ -363,10 +358,10 @@ def _swap_each_row(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, r
     return changed
 
 
-def solve_chita(problem: Problem, target: Target, *, max_iter: int = 100, tol: float = 1e-6, swap_rounds: int = 1,
+def solve_chita(problem: LayerProblem, target: LayerTarget, *, max_iter: int = 100, tol: float = 1e-6, swap_rounds: int = 1,
                 restarts: int = 0) -> np.ndarray:
     """CHITA on one layer: IHT in Jacobi-scaled variables ``v_ij = sqrt(H_jj + λ)·w_ij`` (so thresholding
-    ranks by saliency) warm-started from the OBS sweep, then the swap search with the exact ridge backsolve
+    ranks by saliency) warm-started from the OBS sweep, then the swap search with the exact ridge layer_backsolve
     on the support; ``restarts`` more rounds restart IHT from the result while it improves. IHT only picks
     the support, so it runs in float32; every solve on a support is float64."""
     W_bar, H_l, scale = problem.W_bar, problem.H_l, problem.jacobi
@@ -378,7 +373,7 @@ def solve_chita(problem: Problem, target: Target, *, max_iter: int = 100, tol: f
     start = from_numpy(solve_obs(problem, target)) * scale  # warm start: the OBS sweep's weights
     for _ in range(restarts + 1):
         mask = _iht(V_bar, Hs, constraint, start.float(), L, max_iter, tol)
-        solved = swap_search(W_bar, H_l, mask, target, rounds=swap_rounds)
+        solved = layer_swap_search(W_bar, H_l, mask, target, rounds=swap_rounds)
         D = solved - W_bar
         value = float(((D @ H_l) * D).sum())
         if value >= best_value * (1 - tol):
@@ -387,7 +382,7 @@ def solve_chita(problem: Problem, target: Target, *, max_iter: int = 100, tol: f
     return best.cpu().numpy()
 
 
-def _prune_counts(target: Target, rows: int, start: int, stop: int) -> int:
+def _prune_counts(target: LayerTarget, rows: int, start: int, stop: int) -> int:
     """Weights to prune in columns ``start:stop`` (per row with scope 'row', else over all rows), so that
     the counts over consecutive blocks add up to the whole layer's."""
     per = 1 if target.scope == "row" else rows
@@ -406,7 +401,7 @@ def _lowest(scores: torch.Tensor, count: int, per_row: bool) -> torch.Tensor:
     return flat.reshape(scores.shape)
 
 
-def solve_obs(problem: Problem, target: Target, *, block_size: int = 128) -> np.ndarray:
+def solve_obs(problem: LayerProblem, target: LayerTarget, *, block_size: int = 128) -> np.ndarray:
     """The OBS column sweep: with ``U`` the upper Cholesky factor of ``(H + λI)⁻¹``, prune column j's chosen
     weights and spread the error ``e = (w − q)/U_jj`` over the later columns along ``U_j,j:``. Masks are
     chosen per block of columns by ``w²/U_jj²`` (N:M: per group of M); updates beyond the block are
@@ -441,7 +436,7 @@ def solve_obs(problem: Problem, target: Target, *, block_size: int = 128) -> np.
     return W_new.cpu().numpy()
 
 
-def solve_wanda(problem: Problem, target: Target) -> np.ndarray:
+def solve_wanda(problem: LayerProblem, target: LayerTarget) -> np.ndarray:
     """Wanda: keep the weights with the largest ``|W_ij|·‖X_j‖₂`` (``‖X_j‖₂² = H_jj``), values unchanged;
     the ridge is not used (no solve)."""
     W_bar = problem.W_bar

@@ -22,14 +22,14 @@ from tqdm.auto import tqdm
 
 from onnxprune.activations.gram import GramStats, capture_grams
 from onnxprune.activations.layers import LayerSource, layer_sources
-from onnxprune.compute import DEVICES, placed_on, torch_device
+from onnxprune.compute import placed_on, torch_device
 from onnxprune.data import Dataset, check_dataset
 from onnxprune.errors import ConfigError, DataError
 from onnxprune.graph.edit import replace_initializers
 from onnxprune.graph.prunable import read_weights, select_prunable
-from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses
-from onnxprune.methods.magnitude import MagnitudeConfig, parse_pattern
-from onnxprune.view.fisher import format_bytes, parse_bytes
+from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses, PruneSession, UnstructuredConfig, parse_pattern
+from onnxprune.options import DEVICES, SEQUENTIAL
+from onnxprune.units import format_bytes, parse_bytes
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ GRID = tuple(round(0.1 * i, 2) for i in range(10))
 
 # What a layer's sparsity budget is counted over: the whole weight or each output row.
 SCOPES = ("layer", "row")
-# (one layer group's Problem, its Target) → pruned W (float64 numpy).
+# (one layer group's LayerProblem, its LayerTarget) → pruned W (float64 numpy).
 LayerSolver = Callable[[Any, Any], np.ndarray]
 
 
@@ -53,37 +53,28 @@ class LayerOptions(Protocol):
     pattern: str
     skip_first: bool
     skip_last: bool
-    sequential: bool
+    sequential: str
     batch_size: int
     max_memory: str
     device: str
 
 
 @dataclass
-class LayerwiseConfig(MagnitudeConfig):
-    """Options of the layer-wise methods.
-
-    - ``allocation``: 'uniform' (same sparsity per layer) or 'global' (per-layer sparsities from each
-      layer's error curve, see the module doc); ignored with ``pattern``.
-    - ``pattern``: 'N:M' keeps N of every M consecutive inputs of each output (sparsity is then 1 − N/M);
-      layers whose input size is not a multiple of M stay dense.
-    - ``skip_first`` / ``skip_last``: leave the first / last prunable layer dense.
-    - ``sequential``: each layer sees the outputs of already-pruned earlier layers (one capture per wave).
-    - ``batch_size``: calibration samples per ONNX Runtime batch while capturing.
-    - ``samples``: use the first this many calibration samples (0: all); capture time grows with them.
-    - ``max_memory``: budget for all Gram matrices plus one batch of activations ('4G', '500M').
-    - ``device``: where the per-layer solves run: 'auto' (CUDA when torch sees a GPU), 'cpu' or 'cuda'.
-    """
+class LayerwiseConfig(UnstructuredConfig):
+    """Options of the layer-wise methods. ``allocation`` is 'uniform' by default (the published one; 'global'
+    chooses per-layer sparsities from each layer's error curve, see the module doc) and ignored with a
+    ``pattern``; ``sequential`` 'auto' is off; ``max_memory`` bounds all Gram matrices plus one batch of
+    activations; ``device`` is where the per-layer solves run."""
 
     allocation: str = "uniform"
-    sequential: bool = False
+    sequential: str = "auto"
     batch_size: int = 64
     max_memory: str = "4G"
     samples: int = 0
     device: str = "auto"
 
-    constraints = {"batch_size": Interval(1, None), "max_memory": Parses(parse_bytes),
-                   "samples": Interval(0, None), "device": OneOf(DEVICES)}
+    checks = {"batch_size": Interval(1, None), "max_memory": Parses(parse_bytes), "samples": Interval(0, None),
+              "device": OneOf(DEVICES), "sequential": OneOf(SEQUENTIAL)}
 
 
 def waves(model: onnx.ModelProto, sources: list[LayerSource]) -> list[list[LayerSource]]:
@@ -111,8 +102,8 @@ def waves(model: onnx.ModelProto, sources: list[LayerSource]) -> list[list[Layer
 @dataclass
 class ErrorCurves:
     """Relative reconstruction error of each layer pruned by ``solver`` at each target, solved on first use
-    (the allocation only looks one grid step past each layer's level) and kept; 0 at sparsity 0. ``bar``
-    counts the solves."""
+    (the allocation only looks one grid step past each layer's level) and kept in ``known`` (by layer and
+    sparsity, so a session's later sparsities re-use the points); 0 at sparsity 0. ``bar`` counts the solves."""
 
     sources: list[LayerSource]
     dense: dict[str, np.ndarray]
@@ -121,29 +112,30 @@ class ErrorCurves:
     lams: dict[str, float]
     targets: list[Any]
     bar: Any
-    known: dict[tuple[int, int], float] = field(default_factory=dict)
-    problems: dict[int, list[Any]] = field(default_factory=dict)  # per layer: Problems whose factors solves share
+    known: dict[tuple[int, float], float] = field(default_factory=dict)
+    problems: dict[int, list[Any]] = field(default_factory=dict)  # per layer: LayerProblems whose factors solves share
 
     def __call__(self, layer: int, level: int) -> float:
-        if (layer, level) not in self.known:
-            self.known[layer, level] = self._solve(layer, self.targets[level])
-        return self.known[layer, level]
+        target = self.targets[level]
+        if (layer, target.sparsity) not in self.known:
+            self.known[layer, target.sparsity] = self._solve(layer, target)
+        return self.known[layer, target.sparsity]
 
     def _solve(self, layer: int, target: Any) -> float:
-        from onnxprune.methods.layer_solver import Problem
+        from onnxprune.methods.solvers.layer_solver import LayerProblem
 
         if target.sparsity <= 0:
             return 0.0
         if layer not in self.problems:
             name = self.sources[layer].name
-            self.problems[layer] = [Problem(w, h, self.lams[name]) for w, h in zip(self.dense[name], self.grams[name].H)]
+            self.problems[layer] = [LayerProblem(w, h, self.lams[name]) for w, h in zip(self.dense[name], self.grams[name].H)]
         problems = self.problems[layer]
         energy = max(sum(p.dense_energy for p in problems), 1e-300)
         self.bar.update(1)
         return sum(p.error(self.solver(p, target)) for p in problems) / energy
 
 
-def allocate(errors: Callable[[int, int], float], grid: np.ndarray, sizes: np.ndarray, sparsity: float) -> np.ndarray:
+def allocate_sparsities(errors: Callable[[int, int], float], grid: np.ndarray, sizes: np.ndarray, sparsity: float) -> np.ndarray:
     """Per-layer sparsities with ``Σ sizes·s = sparsity·Σ sizes``: from 0, repeatedly move the layer whose
     next grid step costs the least error per pruned weight (``errors(layer, grid index)``); the last move
     stops part-way."""
@@ -168,19 +160,18 @@ def allocate(errors: Callable[[int, int], float], grid: np.ndarray, sizes: np.nd
     return chosen
 
 
-class LayerwiseSession:
-    """A layer-wise method on one model and calibration set; without ``sequential`` the Gram matrices are
-    captured once and every sparsity asked for re-uses them."""
+class LayerwiseSession(PruneSession):
+    """A layer-wise method on one model and calibration set. The dense model's Gram matrices are captured
+    once (the wave-by-wave captures of ``sequential`` depend on the sparsity and are repeated) and every
+    error-curve point is kept, so a later sparsity re-solves each layer only."""
 
     def __init__(self, model: onnx.ModelProto, config: LayerOptions, calib: Dataset | None, *, solver: LayerSolver,
-                 estimator: LayerSolver, damp: float | None, scope: str = "layer", method: str = "layerwise",
-                 samples: int = 0) -> None:
+                 estimator: LayerSolver, ridge: float | None, scope: str = "layer", method: str = "layerwise") -> None:
         if calib is None:
             raise DataError(f"{method} needs calibration data (inputs): pass --calib DATA.npz")
-        calib = check_dataset(calib, model)
+        self.calib = check_dataset(calib, model)
         self.model, self.config = model, config
-        self.calib = calib.take(min(samples, len(calib))) if samples else calib
-        self.solver, self.estimator, self.damp, self.scope, self.method = solver, estimator, damp, scope, method
+        self.solver, self.estimator, self.ridge, self.scope, self.method = solver, estimator, ridge, scope, method
         names = [w.name for w in select_prunable(model, config.skip_first, config.skip_last)]
         if not names:
             raise ConfigError("the model has no prunable weights (Conv/Gemm/MatMul) left to prune")
@@ -196,9 +187,12 @@ class LayerwiseSession:
                     self.sources.remove(s)
         self.budget = parse_bytes(config.max_memory)
         self.device = torch_device(config.device)
+        self.sequential = config.sequential == "on"
         self.original = read_weights(model, [s.name for s in self.sources])
         self.dense = {s.name: s.to_groups(self.original[s.name]) for s in self.sources}
-        self.grams: dict[str, GramStats] | None = None
+        self.grams: dict[str, GramStats] | None = None  # of the dense model
+        self.curves: dict[tuple[int, float], float] = {}  # error-curve points, by layer and sparsity
+        self.singular: set[str] = set()  # layers already warned about
         self.capture_s = 0.0
 
     def _capture(self, model: onnx.ModelProto, sources: list[LayerSource]) -> dict[str, GramStats]:
@@ -207,41 +201,53 @@ class LayerwiseSession:
         self.capture_s += time.perf_counter() - began
         return grams
 
-    def _lams(self, grams: dict[str, GramStats]) -> dict[str, float]:
-        from onnxprune.methods.layer_solver import ridge
+    def _dense_grams(self) -> dict[str, GramStats]:
+        if self.grams is None:
+            self.grams = self._capture(self.model, self.sources)
+        return self.grams
 
-        return {n: ridge(g.H, g.n_rows, self.damp, n) if self.damp else 0.0 for n, g in grams.items()}
+    def _lams(self, grams: dict[str, GramStats]) -> dict[str, float]:
+        """Each layer's ridge λ; a layer with fewer calibration rows than inputs (H singular) is named once."""
+        from onnxprune.methods.solvers.layer_solver import layer_ridge
+
+        for name, gram in grams.items():
+            d = gram.H.shape[-1]
+            if self.ridge and gram.n_rows < d and name not in self.singular:
+                self.singular.add(name)
+                log.warning("layer %s: %d calibration rows for %d inputs, so H is singular; the ridge (%g) "
+                            "regularises it: give more calibration data for a better solve", name, gram.n_rows, d,
+                            self.ridge)
+        return {n: layer_ridge(g.H, self.ridge) if self.ridge else 0.0 for n, g in grams.items()}
 
     def _targets(self, sparsity: float) -> dict[str, Any]:
-        """Every layer's Target: N:M, the uniform sparsity, or the global allocation from error curves."""
-        from onnxprune.methods.layer_solver import Target
+        """Every layer's LayerTarget: N:M, the uniform sparsity, or the global allocation from error curves."""
+        from onnxprune.methods.solvers.layer_solver import LayerTarget
 
         if self.nm:
-            return {s.name: Target(1 - self.nm[0] / self.nm[1], self.nm, self.scope) for s in self.sources}
+            return {s.name: LayerTarget(1 - self.nm[0] / self.nm[1], self.nm, self.scope) for s in self.sources}
         if self.config.allocation == "uniform" or sparsity == 0:
-            return {s.name: Target(sparsity, None, self.scope) for s in self.sources}
-        grams = self.grams or self._capture(self.model, self.sources)
+            return {s.name: LayerTarget(sparsity, None, self.scope) for s in self.sources}
+        grams = self._dense_grams()
         grid = np.unique(np.r_[GRID, sparsity, (1 + sparsity) / 2])
         sizes = np.array([self.original[s.name].size for s in self.sources], dtype=float)
         with placed_on(self.device), tqdm(desc="error curves", unit="solve", leave=False) as bar:
             errors = ErrorCurves(self.sources, self.dense, self.estimator, grams, self._lams(grams),
-                                 [Target(float(g), None, self.scope) for g in grid], bar)
-            chosen = allocate(errors, grid, sizes, sparsity)
-        return {s.name: Target(float(c), None, self.scope) for s, c in zip(self.sources, chosen)}
+                                 [LayerTarget(float(g), None, self.scope) for g in grid], bar, self.curves)
+            chosen = allocate_sparsities(errors, grid, sizes, sparsity)
+        return {s.name: LayerTarget(float(c), None, self.scope) for s, c in zip(self.sources, chosen)}
 
     def prune(self, sparsity: float) -> MethodResult:
         """The model with every captured layer pruned at ``sparsity`` (or the N:M pattern)."""
-        from onnxprune.methods.layer_solver import Problem
+        from onnxprune.methods.solvers.layer_solver import LayerProblem
 
         began, solve_s = time.perf_counter(), 0.0
         self.capture_s = 0.0
-        if not self.config.sequential and self.grams is None:
-            self.grams = self._capture(self.model, self.sources)
         targets = self._targets(sparsity)
-        passes = waves(self.model, self.sources) if self.config.sequential else [self.sources]
+        passes = waves(self.model, self.sources) if self.sequential else [self.sources]
         current, pruned, layers = self.model, {}, {}
-        for wave in passes:
-            grams = self.grams if self.grams is not None else self._capture(current, wave)
+        for wave in tqdm(passes, desc=f"{self.method} waves", unit="wave", leave=False,
+                         disable=True if len(passes) < 2 else None):
+            grams = self._capture(current, wave) if self.sequential else self._dense_grams()
             lams = self._lams({s.name: grams[s.name] for s in wave})
             started = time.perf_counter()
             for s in tqdm(wave, desc=f"{self.method} layers", unit="layer", leave=False):
@@ -251,7 +257,7 @@ class LayerwiseSession:
                 if order is not None:
                     dense = dense[:, :, order]
                 with placed_on(self.device):
-                    problems = [Problem(w, h if order is None else h[np.ix_(order, order)], lams[s.name])
+                    problems = [LayerProblem(w, h if order is None else h[np.ix_(order, order)], lams[s.name])
                                 for w, h in zip(dense, gram.H)]
                     new = np.stack([self.solver(p, target) for p in problems])
                     error = sum(p.error(n) for p, n in zip(problems, new))
@@ -266,6 +272,6 @@ class LayerwiseSession:
         details = {"capture_s": self.capture_s, "solve_s": solve_s, "total_s": time.perf_counter() - began,
                    "passes": len(passes), "layers": layers, "dense_layers": dict(self.skipped),
                    "allocation": None if self.nm else self.config.allocation, "pattern": self.config.pattern or None,
-                   "sequential": self.config.sequential, "max_memory": format_bytes(self.budget),
+                   "sequential": self.sequential, "max_memory": format_bytes(self.budget),
                    "device": str(self.device)}
         return MethodResult(current, details)

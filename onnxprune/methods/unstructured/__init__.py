@@ -1,0 +1,1 @@
+"""Unstructured methods: new weights, same shapes (magnitude, CHITA/CHITA++, SparseGPT, Wanda)."""

@@ -1,0 +1,1 @@
+"""The ONNX Runtime layer below activations/, view/ and validate/: sessions and providers, feeds, batched runs."""
