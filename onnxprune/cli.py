@@ -64,12 +64,11 @@ class _Group(click.Group):
 
 
 def _logging(ctx: click.Context) -> None:
-    """Log level from -v/--debug; warnings (option renames) as one line each."""
+    """Log level from -v/--debug."""
     flags = _flags(ctx)
     level = logging.DEBUG if flags["verbose"] > 1 or flags["debug"] else logging.INFO if flags["verbose"] else logging.WARNING
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
-    warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
 
 
 def _set(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -233,8 +232,13 @@ def prune(model: str, output: str, method: str, calib: str | None, input_shape: 
                   input_shapes=_shapes(input_shape))
     budget = None
     if max_accuracy_drop is not None or min_agreement is not None:
+        from onnxprune.errors import ConfigError
         from onnxprune.workflows.budget import Budget
 
+        if max_accuracy_drop is not None and not 0 <= max_accuracy_drop < 100:
+            raise ConfigError(f"--max-accuracy-drop is in accuracy points, in [0, 100); got {max_accuracy_drop}")
+        if min_agreement is not None and not 1 < min_agreement <= 100:
+            raise ConfigError(f"--min-agreement is a percentage in (1, 100] (99 is 99 %); got {min_agreement}")
         budget = Budget(None if max_accuracy_drop is None else max_accuracy_drop / 100,
                         None if min_agreement is None else min_agreement / 100)
     if any(v is not None for v in (target_speedup, target_macs, target_batch, target_table)):
@@ -439,6 +443,7 @@ def main() -> None:
     from onnxprune.threads import choose_waits
 
     choose_waits()
+    warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
     cli(prog_name="onnxprune")
 
 

@@ -16,6 +16,7 @@ from onnxprune.graph.io import load_model
 from onnxprune.graph.prunable import read_weights
 from onnxprune.runtime.sessions import make_session
 from onnxprune.graph.edit import compress_sparse, replace_initializers
+from onnxprune.graph.stats import model_stats
 from onnxprune.graph.io import save_model
 
 
@@ -85,6 +86,24 @@ def test_compressed_file_is_smaller_and_runs_identically(tmp_path):
     again = canonicalize(compressed).model
     assert len(again.graph.sparse_initializer) == 0
     assert np.array_equal(read_weights(again)["fc1.weight"], sparse["fc1.weight"])
+
+
+def test_compression_never_grows_a_file_and_stats_see_through_it():
+    """Sparse storage costs 12 bytes per kept float32 weight (value and int64 index): at 50 % zeros it would
+    grow the file, so those tensors stay dense; the figures of a compressed model are its dense model's."""
+    model = tiny_mlp()
+    weights = read_weights(model)
+    half = {n: np.where(np.abs(w) > np.median(np.abs(w)), w, 0).astype(np.float32) for n, w in weights.items()}
+    pruned = replace_initializers(model, half)
+    compressed, names = compress_sparse(pruned)
+    assert names == [] and compressed.ByteSize() == pruned.ByteSize()
+    sparse = {n: np.where(np.abs(w) > np.quantile(np.abs(w), 0.8), w, 0).astype(np.float32) for n, w in weights.items()}
+    pruned = replace_initializers(model, sparse)
+    compressed, names = compress_sparse(pruned)
+    assert sorted(names) == ["fc1.weight", "fc2.weight"] and compressed.ByteSize() < pruned.ByteSize()
+    dense_stats, sparse_stats = model_stats(pruned), model_stats(compressed)
+    assert sparse_stats.sparsity == dense_stats.sparsity > 0.75
+    assert (sparse_stats.macs, sparse_stats.sparse_macs) == (dense_stats.macs, dense_stats.sparse_macs)
 
 
 def test_written_files_get_ordinary_permissions(tmp_path):

@@ -39,7 +39,7 @@ def run_one(model: str, method: str, sparsity: float, options: dict[str, Any], t
         outcome = prune(MODELS / f"{model}.onnx", out, method, calib=MODELS / f"{model}_calib.npz",
                         compress=compress, sparsity=sparsity, **options)
         total = time.perf_counter() - started
-        accuracy = evaluate(out, MODELS / f"{model}_test.npz", threads=threads, device="cpu").accuracy
+        accuracy = 100 * evaluate(out, MODELS / f"{model}_test.npz", threads=threads, device="cpu").accuracy
         size = out.stat().st_size
     details = outcome.details
     method_s = outcome.timings.get("method", 0.0)
@@ -57,7 +57,7 @@ def dense_accuracy(model: str, threads: int) -> float:
     """Test accuracy of the unpruned model in ONNX Runtime."""
     from onnxprune.validate.evaluation import evaluate
 
-    return evaluate(MODELS / f"{model}.onnx", MODELS / f"{model}_test.npz", threads=threads, device="cpu").accuracy
+    return 100 * evaluate(MODELS / f"{model}.onnx", MODELS / f"{model}_test.npz", threads=threads, device="cpu").accuracy
 
 
 def table(rows: list[dict[str, Any]], dense: dict[str, float]) -> str:

@@ -45,7 +45,7 @@ VARIANTS = (("l1", "l1-channel", {}),
 
 def _accuracy(model: Path, data) -> float:
     result = evaluate(model, data, threads=2, device="cpu")
-    return float(result.accuracy)
+    return 100 * float(result.accuracy)
 
 
 def single_group_table(model: Path, data, workdir: Path) -> str:

@@ -72,7 +72,7 @@ def run(model: str, method: str, pattern: str, samples: int, threads: int) -> li
             began = time.perf_counter()
             outcome = pruner.write(out, sparsity)
             seconds = time.perf_counter() - began
-            accuracy = evaluate(out, MODELS / f"{model}_test.npz", threads=threads, device="cpu").accuracy
+            accuracy = 100 * evaluate(out, MODELS / f"{model}_test.npz", threads=threads, device="cpu").accuracy
             rows.append({"model": model, "method": method, "setting": pattern or f"{sparsity:.1f}",
                          "accuracy": accuracy, "time_s": seconds, "engine": outcome.details.get("engine", ""),
                          "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
@@ -92,7 +92,7 @@ def magnitude_pattern(model: str, pattern: str, threads: int) -> dict[str, Any]:
     seconds = time.perf_counter() - began
     with tempfile.TemporaryDirectory() as folder:
         out = save_model(pruned, Path(folder) / "nm.onnx")
-        accuracy = evaluate(out, MODELS / f"{model}_test.npz", threads=threads, device="cpu").accuracy
+        accuracy = 100 * evaluate(out, MODELS / f"{model}_test.npz", threads=threads, device="cpu").accuracy
     return {"model": model, "method": "magnitude", "setting": pattern, "accuracy": accuracy, "time_s": seconds,
             "engine": "", "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

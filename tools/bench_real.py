@@ -58,7 +58,7 @@ def fidelity(model: real_corpus.RealModel, pruned: Path) -> str:
         data = Dataset({name: arrays[name] for name in real_corpus.info(model)["inputs"]})
     first = evaluate(pruned, data, reference=model.path, device="cpu", iou_threshold=0.3).outputs[0]
     if first.agreement is not None:
-        return f"agree {first.agreement:.1f}%"
+        return f"agree {first.agreement:.1%}"
     if first.iou is not None:
         return f"IoU {first.iou:.3f}"
     return f"cos {first.cosine:.4f}"

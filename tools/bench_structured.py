@@ -54,7 +54,7 @@ VARIANTS = (("l1", "l1-channel", {"reconstruct": "off"}),
 def _measure(model: Path, out: Path, data, outcome: PruneOutcome, label: str, setting: str | float, seconds: float,
              runs: int, dense_macs: int) -> list:
     """Accuracy, speed-up at batch 32 and MACs ratio of a written model."""
-    accuracy = float(evaluate(out, data, threads=2, device="cpu").accuracy)
+    accuracy = 100 * float(evaluate(out, data, threads=2, device="cpu").accuracy)
     b32 = benchmark(out, vs=model, batch=32, threads=2, runs=runs, device="cpu")
     return [label, setting, accuracy, b32.ratio, dense_macs / outcome.after.macs, seconds]
 
@@ -73,7 +73,7 @@ def _target_row(model: Path, calib: Path, data, workdir: Path, speedup: float, r
     """chita-channel with each group's width allocated to ``speedup`` at batch 32 (a fresh session)."""
     out = workdir / f"target_{speedup}.onnx"
     pruner = Pruner(model, "chita-channel", calib=calib, round_to=round_to)
-    outcome = prune_to_target(pruner, Target(speedup=speedup, batch=32), out)
+    outcome = prune_to_target(pruner, out, None, Target(speedup=speedup, batch=32))
     found = outcome.details["target"]
     print(f"target {speedup}x: widths {[(g['before'], g['after']) for g in found['groups']]}, measured in the "
           f"allocation {1 / found['measured']:.2f}x ({len(found['tries'])} tries)", flush=True)
@@ -95,7 +95,7 @@ def main() -> None:
     set_threads(2)  # the target's latency table and checks run with the threads of the batch-32 figures
     data = load_data(args.data, onnx.load(str(args.model)))
     dense_macs = model_stats(load_model(args.model), args.model).macs
-    dense = float(evaluate(args.model, data, threads=2, device="cpu").accuracy)
+    dense = 100 * float(evaluate(args.model, data, threads=2, device="cpu").accuracy)
     rows = [["dense", "-", dense, 1.0, 1.0, 0.0]]
     with tempfile.TemporaryDirectory(prefix="bench_structured_") as tmp:
         for sparsity in args.sparsities:

@@ -97,7 +97,7 @@ def figures(sparsity: float, params: tuple[int, int], fidelity: dict[str, float 
             else f"params {before:,} → {after:,} ({1 - after / before:.0%} fewer)")
     text += f", max abs diff {fidelity['max_abs_diff']:.3g}, cosine {fidelity['cosine']:.4f}"
     if fidelity.get("agreement") is not None:
-        text += f", top-1 agreement {fidelity['agreement']:.0f}%"
+        text += f", top-1 agreement {fidelity['agreement']:.0%}"
     return text
 
 

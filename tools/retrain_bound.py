@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     labels = torch.from_numpy(train.labels)
     params = [view.params[n] for n in names]
     optimizer = torch.optim.Adam(params, lr=args.lr)
-    rows = [["dense", None, evaluate(args.model, test).accuracy]]
+    rows = [["dense", None, 100 * evaluate(args.model, test).accuracy]]
     with tempfile.TemporaryDirectory() as folder:
         for sparsity in (float(s) for s in args.sparsities.split(",")):
             current = {n: view.params[n].detach().numpy().copy() for n in names}
@@ -103,7 +103,7 @@ def _accuracy(model, view, names: list[str], test: Dataset, path: Path) -> float
     dtypes = {n: w.dtype for n, w in read_weights(model, names).items()}
     weights = {n: view.params[n].detach().numpy().astype(dtypes[n]) for n in names}
     save_model(replace_initializers(model, weights), path)
-    return evaluate(path, test).accuracy
+    return 100 * evaluate(path, test).accuracy
 
 
 if __name__ == "__main__":

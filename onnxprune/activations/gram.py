@@ -10,6 +10,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 
 from onnxprune.activations.capture import Capture, tensor_types
 from onnxprune.data import Dataset
@@ -170,10 +171,12 @@ def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSo
     counts = dict.fromkeys(H, 0)
     rng = np.random.default_rng(seed)
     step = capture.batch_step(batch_size)
+    bar = tqdm(total=len(data), desc="capture", unit="sample", leave=False, disable=None)
     for number, batches in enumerate(zip(*(c.run(data, batch_size) for c in captures))):
         if on_batch is not None:
             on_batch(batches[0])
         in_batch = min(step, len(data) - number * step)
+        bar.update(in_batch)
         for source in sources:
             for index, tensor in enumerate(source.tensors):
                 found = _direct_gram(source, index, batches[0][tensor]) if max_rows is None and len(batches) == 1 \
@@ -193,4 +196,5 @@ def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSo
                     H[source.name][g] += rows[g].T @ rows[g]  # numpy takes the symmetric (syrk) path
                 sums[source.name] += rows.sum(axis=1)
                 counts[source.name] += rows.shape[1]
+    bar.close()
     return {n: GramStats(H[n], counts[n], sums[n] / max(counts[n], 1), reference is not None) for n in H}

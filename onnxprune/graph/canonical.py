@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.errors import ModelError, first_line
+from onnxprune.graph.edit import densified
 from onnxprune.graph.protos import unique_name
 
 log = logging.getLogger(__name__)
@@ -106,14 +107,10 @@ def name_nodes(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
 
 def densify_sparse_initializers(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
     """Store sparse initializers (as written by ``--compress``) as ordinary dense initializers."""
-    from onnxprune.graph.stats import sparse_to_dense
-
-    sparse = list(model.graph.sparse_initializer)
-    for tensor in sparse:
-        model.graph.initializer.append(numpy_helper.from_array(sparse_to_dense(tensor), tensor.values.name))
-    if sparse:
-        del model.graph.sparse_initializer[:]
-        changes.append(f"{len(sparse)} sparse initializer(s) stored densely")
+    count = len(model.graph.sparse_initializer)
+    if count:
+        model = densified(model)
+        changes.append(f"{count} sparse initializer(s) stored densely")
     return model
 
 

@@ -29,9 +29,10 @@ def replace_initializers(model: onnx.ModelProto, weights: dict[str, np.ndarray])
     return out
 
 
-def compress_sparse(model: onnx.ModelProto, min_sparsity: float = 0.5) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy where every float initializer of rank >= 2 with at least ``min_sparsity`` zeros is stored
-    as a sparse initializer (values + linear int64 indices); ORT densifies them when loading."""
+def compress_sparse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy where every float initializer of rank >= 2 that is smaller stored sparse (values + linear int64
+    indices, as ONNX requires: a float32 tensor needs over 2/3 zeros) is a sparse initializer; ORT densifies
+    them when loading. Also the names converted."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     converted, keep = [], []
@@ -40,7 +41,7 @@ def compress_sparse(model: onnx.ModelProto, min_sparsity: float = 0.5) -> tuple[
         if value.ndim >= 2 and np.issubdtype(value.dtype, np.floating) and value.size:
             flat = value.ravel()
             nonzero = np.flatnonzero(flat)
-            if 1.0 - nonzero.size / flat.size >= min_sparsity:
+            if nonzero.size * (value.itemsize + 8) < flat.size * value.itemsize:
                 sparse = onnx.helper.make_sparse_tensor(
                     numpy_helper.from_array(flat[nonzero], tensor.name),
                     numpy_helper.from_array(nonzero.astype(np.int64), tensor.name + "_indices"),
@@ -52,3 +53,24 @@ def compress_sparse(model: onnx.ModelProto, min_sparsity: float = 0.5) -> tuple[
     del out.graph.initializer[:]
     out.graph.initializer.extend(keep)
     return out, converted
+
+
+def sparse_to_dense(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    """Dense numpy value of a sparse initializer (linear or coordinate indices)."""
+    values = numpy_helper.to_array(sparse.values)
+    indices = numpy_helper.to_array(sparse.indices)
+    dense = np.zeros(int(np.prod(sparse.dims)), values.dtype)
+    if indices.ndim == 2:
+        indices = np.ravel_multi_index(indices.T, tuple(sparse.dims))
+    dense[indices] = values
+    return dense.reshape(tuple(sparse.dims))
+
+
+def densified(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose sparse initializers are ordinary dense ones (the tensors they stand for)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in out.graph.sparse_initializer:
+        out.graph.initializer.append(numpy_helper.from_array(sparse_to_dense(tensor), tensor.values.name))
+    del out.graph.sparse_initializer[:]
+    return out

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.graph.edit import densified
 from onnxprune.graph.protos import attr, dims
 from onnxprune.graph.prunable import find_prunable
 from onnxprune.graph.shapes import tensor_shapes
@@ -129,11 +130,12 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int | None]],
 def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None,
                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> ModelStats:
     """Parameters, sparsity, MACs (at ``input_shapes`` where inputs have dynamic dims beyond the batch) and
-    (given the file) its size on disk, including external data."""
+    (given the file) its size on disk, including external data. Sparse initializers count as the dense
+    tensors they stand for."""
+    if model.graph.sparse_initializer:
+        model = densified(model)
     inits = {t.name: t for t in model.graph.initializer}
     dense_values = {name: numpy_helper.to_array(t) for name, t in inits.items() if t.data_type in _FLOAT}
-    for sparse in model.graph.sparse_initializer:
-        dense_values[sparse.values.name] = sparse_to_dense(sparse)
     params = sum(int(v.size) for v in dense_values.values())
     nonzero = {name: int(np.count_nonzero(v)) for name, v in dense_values.items()}
     tensors = []
@@ -153,17 +155,6 @@ def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None,
     return ModelStats(params=params, prunable_params=sum(t.size for t in tensors),
                       prunable_nonzero=sum(t.nonzero for t in tensors), macs=macs, sparse_macs=sparse_macs,
                       file_bytes=file_size(path) if path is not None else None, tensors=tensors)
-
-
-def sparse_to_dense(sparse: onnx.SparseTensorProto) -> np.ndarray:
-    """Dense numpy value of a sparse initializer (linear or coordinate indices)."""
-    values = numpy_helper.to_array(sparse.values)
-    indices = numpy_helper.to_array(sparse.indices)
-    dense = np.zeros(int(np.prod(sparse.dims)), values.dtype)
-    if indices.ndim == 2:
-        indices = np.ravel_multi_index(indices.T, tuple(sparse.dims))
-    dense[indices] = values
-    return dense.reshape(tuple(sparse.dims))
 
 
 def file_size(path: str | os.PathLike) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from tqdm.auto import tqdm
 
 from onnxprune.data import check_input_shapes, load_data
 from onnxprune.errors import ConfigError
@@ -71,7 +72,7 @@ def interleaved_times(sessions: list[ort.InferenceSession], feed: dict[str, np.n
         for call in calls:
             call()
     times: list[list[float]] = [[] for _ in calls]
-    for _ in range(runs):
+    for _ in tqdm(range(runs), desc="bench", unit="run", leave=False, disable=None):
         for call, bucket in zip(calls, times):
             start = time.perf_counter()
             call()

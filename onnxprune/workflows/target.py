@@ -49,6 +49,7 @@ TRIES = 5  # allocations checked before settling for the best measured one
 TIGHTEN = 0.02  # after a miss, ask for at least this much more saving (a fraction of the dense cost)
 STEPS = 1000  # the allocation counts savings in steps of required / STEPS
 HOLDOUT = 0.125  # calibration samples kept from the method, to report the pruned model's fidelity on
+POOR_AGREEMENT = 0.5  # below this top-1 agreement on the hold-out, a target run warns that its predictions changed
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,10 @@ def prune_to_target(model: str | os.PathLike | Pruner, output: str | os.PathLike
                             "rel_l2": held.rel_l2, "iou": held.iou}
         log.info("fidelity to the input model on %d held-out calibration samples: cosine %.4f", held.samples,
                  held.cosine)
+        if held.agreement is not None and held.agreement < POOR_AGREEMENT:
+            log.warning("the pruned model agrees with the input model on %.0f%% of %d held-out calibration samples: "
+                        "a target this far costs its predictions (ask for a smaller target, or guard it with "
+                        "--min-agreement / --max-accuracy-drop and --data)", held.agreement * 100, held.samples)
     if budget is not None:
         quality = pruner.fidelity(result.model, checked)
         dense = pruner.dense_outputs(checked)

@@ -145,11 +145,13 @@ def add_consumer_biases(model: onnx.ModelProto, analysis: ChannelAnalysis) -> tu
 
 
 def capture_inputs(model: onnx.ModelProto, groups: list[ChannelGroup], calib: Dataset, max_rows: int,
-                   seed: int = 0, batch_size: int = 64,
-                   reference: onnx.ModelProto | None = None) -> dict[int, list[ConsumerInput]]:
+                   seed: int = 0, batch_size: int = 64, reference: onnx.ModelProto | None = None,
+                   warned: set[str] | None = None) -> dict[int, list[ConsumerInput]]:
     """The consumers of every group with their calibration Gram statistics over at most about ``max_rows``
     rows each, from one ORT capture on ``model`` (paired with ``reference``, the dense model, when given);
-    a consumer whose rows cannot be captured (no Conv/Gemm/MatMul weight) is logged and left out."""
+    a consumer whose rows cannot be captured (no Conv/Gemm/MatMul weight) is logged and left out. A consumer
+    with too few rows is warned about once per ``warned`` (the consumers already named)."""
+    warned = set() if warned is None else warned
     members = {(g.index, m.tensor, m.offset): m for g in groups for m in g.members if m.role == CONSUMER and m.weight}
     sources, skipped = layer_sources(model, list(dict.fromkeys(m.tensor for m in members.values())))
     for name, reason in skipped.items():
@@ -186,7 +188,8 @@ def capture_inputs(model: onnx.ModelProto, groups: list[ChannelGroup], calib: Da
         found[index].append(ConsumerInput(member, source, stat, columns, bias,
                                           float(attr(node, "alpha", 1.0)) if gemm else 1.0,
                                           float(attr(node, "beta", 1.0)) if gemm else 1.0))
-        if stat.n_rows < width:
+        if stat.n_rows < width and tensor not in warned:
+            warned.add(tensor)
             log.warning("consumer %s of group %d sees %d calibration row(s) for %d columns: the refit is "
                         "underdetermined and the ridge decides it; pass more calibration samples",
                         tensor, index, stats[tensor].n_rows, width)

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 
 from onnxprune.channels.analysis import analyse_channels
 from onnxprune.channels.batchnorm import fold_batchnorms
@@ -168,6 +169,7 @@ class ChannelSession(PruneSession):
         self.inputs: dict[int, list[ConsumerInput]] | None = None
         self.selections: dict[tuple[int, int], np.ndarray] = {}
         self.curves: dict[tuple[int, tuple[int, ...]], list[float]] = {}
+        self.warned: set[str] = set()  # consumers already warned about (too few calibration rows)
 
     @property
     def round_to(self) -> int:
@@ -182,7 +184,7 @@ class ChannelSession(PruneSession):
         if self.inputs is None:
             self.inputs = capture_inputs(self.folded, self.analysis.prunable(), self.calib,
                                          self.config.rows, self.config.seed,
-                                         batch_size=self.config.batch_size)
+                                         batch_size=self.config.batch_size, warned=self.warned)
         return self.inputs
 
     def target_groups(self) -> list[ChannelGroup]:
@@ -227,7 +229,7 @@ class ChannelSession(PruneSession):
                                {i: m.in_place(keeps[i]) for i, m in maps.items()})
         return capture_inputs(current, [self.analysis.groups[i] for i in indices], self.calib,
                               self.config.rows, self.config.seed, batch_size=self.config.batch_size,
-                              reference=self.folded)
+                              reference=self.folded, warned=self.warned)
 
     def _selection(self, view: GroupView, count: int) -> np.ndarray:
         """The group's kept channels at ``count``, selected once per group and count."""
@@ -254,9 +256,11 @@ class ChannelSession(PruneSession):
                                   + ("" if group.prunable else f": {group.reason}"))
         maps, keeps, report, updated = {}, {}, [], {}
         passes = self._waves(sorted(widths))
+        bar = tqdm(total=len(widths), desc=f"{self.method}: select and refit", unit="group", leave=False, disable=None)
         for wave in passes:
             inputs = self._wave_inputs(wave, maps, keeps, updated) if len(passes) > 1 else None
             for index, view in self._views(wave, inputs).items():
+                bar.update()
                 group = view.group
                 keep = self._selection(view, widths[index]) if inputs is None else self.select(view, widths[index])
                 if len(keep) == group.size:
@@ -267,6 +271,7 @@ class ChannelSession(PruneSession):
                     maps[index], entry["reconstruction"] = refit_group(
                         group, view.inputs, maps[index], keep, self.values, updated, self.config.ridge)
                 report.append(entry)
+        bar.close()
         source = with_initializers(self.folded, updated) if updated else self.folded
         pruned = apply_channel_maps(source, self.analysis, maps)
         if skipped is None:

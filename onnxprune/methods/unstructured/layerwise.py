@@ -230,7 +230,7 @@ class LayerwiseSession(PruneSession):
         grams = self._dense_grams()
         grid = np.unique(np.r_[GRID, sparsity, (1 + sparsity) / 2])
         sizes = np.array([self.original[s.name].size for s in self.sources], dtype=float)
-        with placed_on(self.device), tqdm(desc="error curves", unit="solve", leave=False) as bar:
+        with placed_on(self.device), tqdm(desc="error curves", unit="solve", leave=False, disable=None) as bar:
             errors = ErrorCurves(self.sources, self.dense, self.estimator, grams, self._lams(grams),
                                  [LayerTarget(float(g), None, self.scope) for g in grid], bar, self.curves)
             chosen = allocate_sparsities(errors, grid, sizes, sparsity)
@@ -250,7 +250,7 @@ class LayerwiseSession(PruneSession):
             grams = self._capture(current, wave) if self.sequential else self._dense_grams()
             lams = self._lams({s.name: grams[s.name] for s in wave})
             started = time.perf_counter()
-            for s in tqdm(wave, desc=f"{self.method} layers", unit="layer", leave=False):
+            for s in tqdm(wave, desc=f"{self.method} layers", unit="layer", leave=False, disable=None):
                 dense, gram, target = self.dense[s.name], grams[s.name], targets[s.name]
                 # N:M runs along input channels: a Conv's columns are reordered channel-innermost to solve
                 order = s.channel_order() if self.nm else None
