@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BenchResult": "validate.bench", "benchmark": "validate.bench",
     "Canonical": "graph.canonical", "canonicalize": "graph.canonical",
-    "Dataset": "data", "load_data": "data",
+    "Dataset": "data", "load_data": "data", "Source": "data",
     "OnnxPruneError": "errors", "ModelError": "errors", "DataError": "errors", "ConfigError": "errors",
     "ConversionError": "errors", "OutputError": "errors", "ResourceError": "errors",
     "EvalResult": "validate.evaluation", "evaluate": "validate.evaluation",

@@ -131,16 +131,47 @@ def _shapes(texts: tuple[str, ...]) -> dict[str, tuple[int, ...]] | None:
     return parse_input_shapes(texts) or None
 
 
+_SOURCE_FLAGS = ("preprocess", "tokenizer", "text_field", "max_length", "padding")
+
+
+def _source_options(command: Callable) -> Callable:
+    """How --calib and --data sources are read (images, text); see README, "Data sources"."""
+    for option in reversed((
+            click.option("--preprocess", metavar="PRESET[,KEY=VALUE...]",
+                         help="Images: imagenet | yolo | paddle | raw, then size=HxW, resize=stretch|letterbox|"
+                              "short-crop|pad-right, order=rgb|bgr, scale=, mean=a,b,c, std=a,b,c, layout=nchw|nhwc, "
+                              "pad=, interp=, crop= [default: the model's metadata (Ultralytics), else required]."),
+            click.option("--tokenizer", type=click.Path(dir_okay=False), help="Text: a tokenizer.json."),
+            click.option("--text-field", default="text", show_default=True, help="Text: the field of .jsonl lines."),
+            click.option("--max-length", type=int, help="Text: tokens a sample is cut at [default: the model's "
+                         "fixed length, else the tokenizer's, else 128]."),
+            click.option("--padding", type=click.Choice(["longest", "max-length"]), default="longest",
+                         show_default=True, help="Text: pad to the longest sample or to --max-length."))):
+        command = option(command)
+    return command
+
+
+def _source(path: str | None, flags: dict[str, Any]) -> Any:
+    """A --calib/--data path with the source flags (popped from ``flags``), as onnxprune.Source."""
+    from onnxprune.data import Source
+
+    given = {name: flags.pop(name) for name in _SOURCE_FLAGS if name in flags}
+    return None if path is None else Source(path, **given)
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @_INPUT_SHAPE
-@click.option("--data", type=click.Path(dir_okay=False), help="Count MACs at the shapes of this data's samples.")
+@click.option("--data", help="Count MACs at the shapes of this data source's samples.")
+@_source_options
 @_shared
-def inspect(model: str, input_shape: tuple[str, ...], data: str | None) -> None:
+def inspect(model: str, input_shape: tuple[str, ...], data: str | None, **read: Any) -> None:
     """Opset, inputs/outputs, parameters, prunable tensors, MACs, channel groups, unconvertible ops."""
     from onnxprune.inspection import inspect_model
 
-    info = inspect_model(model, _shapes(input_shape), data)
+    source = _source(data, dict(read))
+    _unread(read, source)
+    info = inspect_model(model, _shapes(input_shape), source)
     lines = [f"{info.path}: opset {info.opset}, IR {info.ir_version}, producer {info.producer or '?'}"]
     for kind, values in (("input", info.inputs), ("output", info.outputs)):
         lines += [f"  {kind:6} {v['name']}: {v['dtype']} {v['shape']}" for v in values]
@@ -174,14 +205,25 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
-def _quality_lines(quality: Any, data: str) -> list[str]:
+def _unread(read: dict[str, Any], *sources: Any) -> None:
+    """Source flags given without any source to read are refused, not ignored."""
+    from onnxprune.errors import ConfigError
+
+    defaults = {"text_field": "text", "padding": "longest"}
+    given = [name for name, value in read.items() if value is not None and value != defaults.get(name)]
+    if given and not any(sources):
+        raise ConfigError(f"--{given[0].replace('_', '-')} says how to read --calib/--data, and neither is given")
+
+
+def _quality_lines(quality: Any, data: Any) -> list[str]:
     """The written model against the input model on --data, one line (and the note of what is missing)."""
     if quality is None:
         return []
     figures = [f"{name} {value:.2%}" for name, value in (("accuracy", quality.accuracy),
                                                           ("top-1 agreement", quality.agreement)) if value is not None]
     figures.append(f"cosine {quality.cosine:.4f}")
-    return [f"on {data} ({quality.samples} samples), against the input model: {', '.join(figures)}"]
+    return [f"on {getattr(data, 'path', data)} ({quality.samples} samples), against the input model: "
+            f"{', '.join(figures)}"]
 
 
 @cli.command()
@@ -189,7 +231,8 @@ def _quality_lines(quality: Any, data: str) -> list[str]:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model to write.")
 @click.option("-m", "--method", default="magnitude", show_default=True, help="See `onnxprune methods`.")
 @click.option("-s", "--sparsity", type=float, default=None, help="Fraction to remove, in [0, 1) (default 0.5).")
-@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data (.npz / .npy).")
+@click.option("--calib", help="Calibration data: .npz/.npy, an image folder/glob/list, a .txt/.jsonl text file or "
+              "a reader file.py:factory.")
 @_INPUT_SHAPE
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the outcome as JSON here.")
 @click.option("--compress", is_flag=True, help="Store sparse weights as sparse initializers (smaller file).")
@@ -205,8 +248,8 @@ def _quality_lines(quality: Any, data: str) -> list[str]:
 @click.option("--skip-last", is_flag=True, default=None, help="Leave the last prunable layer dense.")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("-O", "--option", "extra", multiple=True, metavar="KEY=VALUE", help="Any other method option.")
-@click.option("--data", type=click.Path(dir_okay=False), help="Evaluation data: the written model is measured "
-              "against the input model on it (accuracy with labels, fidelity); needed by budgets.")
+@click.option("--data", help="Evaluation data (any source, like --calib): the written model is measured against the "
+              "input model on it (accuracy with labels, fidelity); needed by budgets.")
 @click.option("--max-accuracy-drop", type=float, help="Budget, in accuracy points on --data: the highest sparsity "
               "within it, or with a target a guard that refuses a model that breaks it.")
 @click.option("--min-agreement", type=float, help="Budget, in percent top-1 agreement with the input model on "
@@ -219,6 +262,7 @@ def _quality_lines(quality: Any, data: str) -> list[str]:
               "fixed batch].")
 @click.option("--target-table", type=click.Path(dir_okay=False), help="Reuse the latency table of an earlier "
               "--target-speedup run's --report (same model, batch and machine) instead of timing it again.")
+@_source_options
 @_shared
 def prune(model: str, output: str, method: str, calib: str | None, input_shape: tuple[str, ...], report: str | None,
           compress: bool, use_onnxslim: bool, extra: tuple[str, ...], data: str | None,
@@ -226,6 +270,9 @@ def prune(model: str, output: str, method: str, calib: str | None, input_shape: 
           target_macs: float | None, target_batch: int | None, target_table: str | None, **flags: Any) -> None:
     """Prune MODEL with a method and write the result to OUTPUT (never overwriting MODEL): at one sparsity, to a
     target (per-group channel widths) or at the highest sparsity within an accuracy budget."""
+    read = {name: flags.pop(name) for name in _SOURCE_FLAGS}
+    calib, data = _source(calib, dict(read)), _source(data, dict(read))
+    _unread(read, calib, data)
     options = {k: v for k, v in flags.items() if v is not None}
     options.update(_parse_options(extra))
     common = dict(calib=calib, report=report, compress=compress, use_onnxslim=use_onnxslim,
@@ -264,7 +311,7 @@ def prune(model: str, output: str, method: str, calib: str | None, input_shape: 
         _emit(outcome.to_dict(), text)
 
 
-def _target_prune(model: str, output: str, method: str, target: Any, common: dict[str, Any], data: str | None,
+def _target_prune(model: str, output: str, method: str, target: Any, common: dict[str, Any], data: Any,
                   budget: Any, options: dict[str, Any]) -> None:
     """``prune`` to a target: per-group widths, the table of each group's width and error, the measured figure,
     the fidelity on the calibration hold-out and, with a budget, its verdict on --data."""
@@ -291,12 +338,12 @@ def _target_prune(model: str, output: str, method: str, target: Any, common: dic
         lines.append("fidelity on a calibration hold-out: none (too few calibration samples, or no --calib)")
     lines += _quality_lines(outcome.quality, data)
     if "budget" in found:
-        lines.append(f"budget on {data}: {found['budget']['text']}")
+        lines.append(f"budget on {data.path}: {found['budget']['text']}")
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items()))
     _emit(outcome.to_dict(), "\n".join(lines))
 
 
-def _budget_search(model: str, output: str, method: str, budget: Any, common: dict[str, Any], data: str | None,
+def _budget_search(model: str, output: str, method: str, budget: Any, common: dict[str, Any], data: Any,
                    options: dict[str, Any]) -> None:
     """``prune`` with a budget: bisect the sparsity, write the best model within budget."""
     from onnxprune.errors import ConfigError
@@ -321,21 +368,22 @@ def _budget_search(model: str, output: str, method: str, budget: Any, common: di
 
 @cli.command(name="eval")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Evaluation data (.npz / .npy).")
+@click.option("--data", required=True, help="Evaluation data (any source, like prune's --calib).")
 @click.option("--reference", type=click.Path(dir_okay=False), help="Reference model for fidelity figures.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--threads", type=int, help="ORT intra-op threads [default: onnxprune --threads].")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--iou-threshold", default=0.5, show_default=True, type=float,
               help="Threshold for the IoU of outputs that are maps in [0, 1].")
+@_source_options
 @_shared
 def eval_command(model: str, data: str, reference: str | None, batch_size: int, threads: int | None,
-                 device: str, iou_threshold: float) -> None:
+                 device: str, iou_threshold: float, **read: Any) -> None:
     """Accuracy (with labels) and fidelity of every output to a reference, measured in ONNX Runtime:
     agreement for class scores, IoU for maps in [0, 1], cosine and relative L2 for all."""
     from onnxprune.validate.evaluation import evaluate
 
-    result = evaluate(model, data, reference=reference, batch_size=batch_size, threads=threads, device=device,
+    result = evaluate(model, _source(data, read), reference=reference, batch_size=batch_size, threads=threads, device=device,
                       iou_threshold=iou_threshold)
     rows = [["samples", result.samples], ["provider", result.provider], ["seconds", result.seconds],
             ["accuracy %", percent(result.accuracy)]]
@@ -358,16 +406,19 @@ def eval_command(model: str, data: str, reference: str | None, batch_size: int, 
 @click.option("--threads", type=int, help="ORT intra-op threads [default: onnxprune --threads].")
 @click.option("--runs", default=100, show_default=True, type=int, help="Timed runs (>= 50).")
 @click.option("--warmup", default=10, show_default=True, type=int)
-@click.option("--data", type=click.Path(dir_okay=False), help="Take inputs from this data file.")
+@click.option("--data", help="Take inputs from this data source (any source, like prune's --calib).")
 @_INPUT_SHAPE
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@_source_options
 @_shared
 def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int, warmup: int,
-          data: str | None, input_shape: tuple[str, ...], device: str) -> None:
+          data: str | None, input_shape: tuple[str, ...], device: str, **read: Any) -> None:
     """Latency (median, p90) in ONNX Runtime; with --vs, the speed-up of MODEL over OTHER."""
     from onnxprune.validate.bench import benchmark
 
-    r = benchmark(model, vs=vs, batch=batch, threads=threads, runs=runs, warmup=warmup, device=device, data=data,
+    source = _source(data, dict(read))
+    _unread(read, source)
+    r = benchmark(model, vs=vs, batch=batch, threads=threads, runs=runs, warmup=warmup, device=device, data=source,
                   input_shapes=_shapes(input_shape))
     rows = [[r.model, r.median_ms, r.p90_ms]] + ([[r.vs, r.vs_median_ms, r.vs_p90_ms]] if r.vs else [])
     text = table(["model", "median ms", "p90 ms"], rows,
@@ -380,8 +431,8 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--out-dir", required=True, type=click.Path(file_okay=False), help="Folder for models and reports.")
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Evaluation data (.npz / .npy).")
-@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data for methods that need it.")
+@click.option("--data", required=True, help="Evaluation data (any source, like prune's --calib).")
+@click.option("--calib", help="Calibration data for methods that need it (any source).")
 @click.option("--methods", "method_list", help="Comma-separated methods [default: magnitude,chita++,l1-channel,"
               "intrafusion].")
 @click.option("--sparsities", help="Comma-separated sparsities [default: 0.3,0.5,0.7,0.9].")
@@ -390,18 +441,45 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
 @click.option("--runs", default=50, show_default=True, type=int, help="Timed runs per model (>= 50).")
 @click.option("-O", "--option", "extra", multiple=True, metavar="[METHOD.]KEY=VALUE",
               help="Method option for every swept method that has it (round_to=8), or for one (chita++.stages=5).")
+@_source_options
 @_shared
 def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: str | None,
-          sparsities: str | None, batch: int, threads: int | None, runs: int, extra: tuple[str, ...]) -> None:
+          sparsities: str | None, batch: int, threads: int | None, runs: int, extra: tuple[str, ...],
+          **read: Any) -> None:
     """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
     from onnxprune.workflows.sweeps import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
 
-    report = run_sweep(model, out_dir, data=data, calib=calib,
+    report = run_sweep(model, out_dir, data=_source(data, dict(read)), calib=_source(calib, dict(read)),
                        methods=parse_list(method_list) if method_list else DEFAULT_METHODS,
                        sparsities=parse_list(sparsities, float) if sparsities else DEFAULT_SPARSITIES,
                        batch=batch, threads=threads, runs=runs, options=_parse_options(extra),
                        command="onnxprune " + " ".join(sys.argv[1:]))
     _emit(report.to_dict(), sweep_table(report))
+
+
+@cli.command(name="calib")
+@click.argument("source")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="The model the data is for: its inputs decide names, shapes and dtypes.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
+@_source_options
+@_shared
+def calib_command(source: str, model_path: str, output: str, **read: Any) -> None:
+    """Write the .npz that a data SOURCE gives for MODEL (to inspect and reuse), with a summary table."""
+    from onnxprune.data import load_data, summary, write_npz
+    from onnxprune.graph.io import check_output_path, load_model
+
+    check_output_path(output, [model_path])
+    data = load_data(_source(source, read), load_model(model_path), "calibration")
+    written = write_npz(data, output)
+    rows = summary(data)
+    text = table(["input", "samples", "shape", "dtype", "min", "mean", "max", "padding %"],
+                 [[r["input"], r["samples"], "x".join(map(str, r["shape"])), r["dtype"], f"{r['min']:.4g}",
+                   f"{r['mean']:.4g}", f"{r['max']:.4g}", percent(r["padding"])] for r in rows],
+                 title=f"wrote {written} from {source}")
+    if data.source and data.source.get("preprocess"):
+        text += f"\npreprocess: {data.source['preprocess']}"
+    _emit({"output": str(written), "source": data.source, "inputs": rows}, text)
 
 
 @cli.command()

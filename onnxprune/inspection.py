@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,7 +11,7 @@ import onnx
 
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.view.onnx2torch_compat import unsupported_nodes
-from onnxprune.data import check_input_shapes, input_specs, load_data, sample_shapes
+from onnxprune.data import Source, check_input_shapes, input_specs, load_data, sample_shapes
 from onnxprune.graph.io import load_model
 from onnxprune.graph.protos import dims, opset_of
 from onnxprune.graph.stats import ModelStats, model_stats
@@ -57,7 +57,7 @@ def channel_groups(model: onnx.ModelProto) -> list[dict[str, Any]]:
 
 
 def inspect_model(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                  data: str | os.PathLike | None = None) -> ModelInfo:
+                  data: str | os.PathLike | Source | None = None) -> ModelInfo:
     """Load, canonicalize and describe the model at ``path``; MACs at ``input_shapes`` or at the shapes of
     ``data``'s samples where inputs have dynamic dims (unknown otherwise)."""
     original = load_model(path)
@@ -66,7 +66,7 @@ def inspect_model(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ..
     if input_shapes:
         check_input_shapes(input_shapes, input_specs(model))
     elif data is not None:
-        input_shapes = sample_shapes(load_data(Path(data), model))
+        input_shapes = sample_shapes(load_data(data, model, "evaluation"))
     opset = opset_of(model)
     specs = {s.name for s in input_specs(model)}
     return ModelInfo(

@@ -19,8 +19,7 @@ import numpy as np
 import onnx
 
 from onnxprune.graph.canonical import canonicalize
-from onnxprune.data import (LABELS, Dataset, check_input_shapes, input_specs, load_data, sample_shapes, unknown_dims,
-                            validate)
+from onnxprune.data import Dataset, Source, check_input_shapes, input_specs, load_data, sample_shapes, unknown_dims
 from onnxprune.errors import ConfigError, ModelError
 from onnxprune.graph.io import check_model, check_output_path, load_model, save_model
 from onnxprune.methods import get_method, make_config
@@ -50,6 +49,7 @@ class PruneOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     compressed: list[str] = field(default_factory=list)
     quality: EvalResult | None = None  # the written model against the input model on --data, when given
+    sources: dict[str, Any] = field(default_factory=dict)  # where the calibration/evaluation data came from
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -151,7 +151,7 @@ class Pruner:
     measure the pruned model's fidelity to the input model on data it did not see."""
 
     def __init__(self, model_path: str | os.PathLike, method: str = "magnitude", *,
-                 calib: str | os.PathLike | Dataset | None = None, use_onnxslim: bool = False,
+                 calib: str | os.PathLike | Source | Dataset | None = None, use_onnxslim: bool = False,
                  input_shapes: dict[str, tuple[int, ...]] | None = None, holdout: float = 0.0,
                  **options: Any) -> None:
         self.spec = get_method(method)
@@ -161,11 +161,8 @@ class Pruner:
         original = load_model(model_path)
         self.canonical = canonicalize(original, use_onnxslim=use_onnxslim)
         model = self.canonical.model
-        if isinstance(calib, Dataset):
-            arrays = dict(calib.inputs) if calib.labels is None else {**calib.inputs, LABELS: calib.labels}
-            calib = validate(arrays, input_specs(model), source="calibration data")
-        elif calib is not None:
-            calib = load_data(Path(calib), model)
+        if calib is not None:
+            calib = load_data(calib, model, "calibration")
         if self.spec.needs_calib and calib is None:
             raise ConfigError(f"method {method!r} needs calibration data: pass --calib DATA.npz")
         self.calib, self.holdout = (calib, None) if calib is None else split_holdout(calib, holdout,
@@ -188,12 +185,9 @@ class Pruner:
             self._session = self.spec.open(self.canonical.model, self.config, self.calib)
         return self._session
 
-    def load_data(self, data: str | os.PathLike | Dataset) -> Dataset:
-        """Evaluation data for this model (a file, or a Dataset checked against the model)."""
-        if isinstance(data, Dataset):
-            arrays = dict(data.inputs) if data.labels is None else {**data.inputs, LABELS: data.labels}
-            return validate(arrays, input_specs(self.canonical.model), source="evaluation data")
-        return load_data(Path(data), self.canonical.model)
+    def load_data(self, data: str | os.PathLike | Source | Dataset) -> Dataset:
+        """Evaluation data for this model (any source, or a Dataset), checked against it."""
+        return load_data(data, self.canonical.model, "evaluation")
 
     def dense_outputs(self, data: Dataset) -> list[np.ndarray]:
         """The input model's ORT outputs on ``data``, computed once per dataset."""
@@ -238,7 +232,11 @@ class Pruner:
                                canonical_changes=self.canonical.changes, before=self.before,
                                after=model_stats(pruned, written, self.shapes), details=result.details, timings=timings,
                                compressed=compressed)
+        if self.calib is not None:
+            outcome.sources["calibration"] = {**(self.calib.source or {}), "used": len(self.calib),
+                                              "held_out": 0 if self.holdout is None else len(self.holdout)}
         if data is not None:
+            outcome.sources["evaluation"] = data.source
             began = time.perf_counter()
             outcome.quality = self.fidelity(written, data)
             outcome.timings["evaluate"] = time.perf_counter() - began
@@ -248,9 +246,9 @@ class Pruner:
 
 
 def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str = "magnitude", *,
-          calib: str | os.PathLike | Dataset | None = None, report: str | os.PathLike | None = None,
+          calib: str | os.PathLike | Source | Dataset | None = None, report: str | os.PathLike | None = None,
           compress: bool = False, use_onnxslim: bool = False, input_shapes: dict[str, tuple[int, ...]] | None = None,
-          data: str | os.PathLike | Dataset | None = None, **options: Any) -> PruneOutcome:
+          data: str | os.PathLike | Source | Dataset | None = None, **options: Any) -> PruneOutcome:
     """Prune ``model_path`` with ``method`` at one sparsity (options: the method's config fields, e.g.
     sparsity=0.5) and write the result atomically to ``output``; returns the outcome with before/after stats,
     and with ``data`` the written model's accuracy and fidelity to the input model on it. Targets and

@@ -57,6 +57,7 @@ COMMANDS = {
     "sweep": lambda f, t: ["sweep", MLP, "-o", t / "sweep", "--data", f["test"], "--methods", "magnitude",
                            "--sparsities", "0.5", "--batch", "2"],
     "methods": lambda f, t: ["methods"],
+    "calib": lambda f, t: ["calib", f["test"], "--model", MLP, "-o", t / "c.npz"],
 }
 
 

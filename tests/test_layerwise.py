@@ -98,6 +98,26 @@ def test_batched_gram_equals_all_rows_at_once_and_conv_patches_match_a_direct_im
     assert grams["fc.w"].n_rows == 10 and grams["conv.w"].n_rows == 10 * 4 * 7
 
 
+def test_grams_do_not_depend_on_how_samples_are_batched():
+    """Batches of 8, 24 or all 40 samples give the same bits: Gram matrices are summed over chunks of 8 samples
+    in order, thinned rows are drawn per chunk, and a depthwise Conv's positions per sample."""
+    from onnxprune.activations.layers import ConvGeometry, depthwise_gram
+
+    x = np.random.default_rng(3).standard_normal((40, 6, 9, 7)).astype(np.float32)
+    model = canonicalize(_conv_model(x.shape)).model
+    sources, _ = layer_sources(model, ["conv.w", "fc.w"])
+    for max_rows in (None, 300):
+        found = [capture_grams(model, Dataset({"x": x}), sources, batch_size=b, max_rows=max_rows) for b in (8, 24, 40)]
+        for name in ("conv.w", "fc.w"):
+            assert all(np.array_equal(f[name].H, found[0][name].H) and f[name].n_rows == found[0][name].n_rows
+                       for f in found[1:]), (name, max_rows)
+    geometry = ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "NOTSET", 6)
+    whole = depthwise_gram(x, geometry)
+    halves = [depthwise_gram(x[:20], geometry), depthwise_gram(x[20:], geometry)]
+    assert whole[2] == halves[0][2] + halves[1][2]
+    assert np.allclose(whole[0], halves[0][0] + halves[1][0], rtol=1e-12)
+
+
 def test_a_batch_over_the_memory_budget_is_lowered_not_refused():
     """A budget that holds the Gram matrices but not a batch of 10 samples: the capture runs in smaller
     batches (same H), and refuses only when one sample does not fit."""
@@ -280,14 +300,14 @@ def test_depthwise_gram_equals_im2col_and_thins_long_rows():
                             (ConvGeometry((3,), (1,), (1,), (1, 1), "NOTSET", 4), (2, 4, 40))):
         x = rng.standard_normal(shape).astype(np.float32)
         rows = conv_rows(x, geometry).astype(np.float64)
-        H, sums, count = depthwise_gram(x, geometry)
+        H, sums, count = depthwise_gram(x, geometry, samples=len(x))
         assert count == rows.shape[1] <= DEPTHWISE_ROWS
         assert np.abs(H - np.einsum("gri,grj->gij", rows, rows)).max() <= 1e-12 * np.abs(H).max()
         assert np.allclose(sums, rows.sum(1))
     # a long input: every s-th position of the widest axis, about DEPTHWISE_ROWS rows, the same second moments
     geometry = ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "NOTSET", 4)
     x = rng.standard_normal((16, 4, 24, 160)).astype(np.float32)
-    H, _, count = depthwise_gram(x, geometry)
+    H, _, count = depthwise_gram(x, geometry, samples=16)
     rows = conv_rows(x, geometry).astype(np.float64)
     full = np.einsum("gri,grj->gij", rows, rows) / rows.shape[1]
     assert DEPTHWISE_ROWS // 2 <= count <= 1.1 * DEPTHWISE_ROWS < rows.shape[1]

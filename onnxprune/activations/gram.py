@@ -20,6 +20,10 @@ from onnxprune.units import format_bytes
 log = logging.getLogger(__name__)
 
 BatchHook = Callable[[dict[str, np.ndarray]], None]
+# Samples per accumulation step: every Gram is summed over consecutive chunks of this many samples, in sample
+# order, and the rows a chunk keeps are drawn from its own seeded generator, so that batches of any multiple of
+# it (a batch lowered to fit the memory budget, which depends on what the process holds) give the same bits.
+ACCUMULATE = 8
 
 
 class RowSource(Protocol):
@@ -77,8 +81,8 @@ def _resident_bytes() -> int | None:
 
 
 def _direct_gram(source: RowSource, index: int, activation: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """The source's Gram, row sums and row count on a batch, summed without its rows where the source offers
-    that (``LayerSource.gram``: a depthwise Conv); None otherwise."""
+    """The source's Gram, row sums and row count on a batch (or a chunk of one), summed without its rows where
+    the source offers that (``LayerSource.gram``: a depthwise Conv); None otherwise."""
     direct = getattr(source, "gram", None)
     return None if direct is None else direct(index, activation)
 
@@ -155,12 +159,14 @@ def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSo
     probe_bytes *= copies
     gram = sum(s.groups * (widths[s.name] ** 2 + widths[s.name]) * 8 for s in sources)
     samples = capture.fixed_batch or min(batch_size, len(data))
+    unit = capture.fixed_batch or ACCUMULATE
     if not capture.fixed_batch and gram + probe_bytes * samples // probe_samples > max_memory:
-        fitting = (max_memory - gram) * probe_samples // max(probe_bytes, 1)
-        if fitting >= 1:  # a smaller batch fits the budget: same result, more ORT calls
+        fitting = int((max_memory - gram) * probe_samples // max(probe_bytes, 1))
+        if fitting >= 1:  # a smaller batch fits the budget: more ORT calls, the same result when a multiple of unit
+            fitting = fitting // unit * unit or fitting
             log.info("capture batch lowered from %d to %d samples to stay within --max-memory %s", samples,
                      fitting, format_bytes(max_memory))
-        samples = batch_size = max(1, int(fitting))
+        samples = batch_size = max(1, fitting)
     batch = probe_bytes * samples // probe_samples
     _refuse(gram + batch, gram, batch, samples, max_memory)
     log.info("capturing %d layer input(s)%s: Gram matrices %s, one batch %s", len(sources),
@@ -169,7 +175,6 @@ def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSo
     H = {s.name: np.zeros((s.groups, widths[s.name], widths[s.name])) for s in sources}
     sums = {s.name: np.zeros((s.groups, widths[s.name])) for s in sources}
     counts = dict.fromkeys(H, 0)
-    rng = np.random.default_rng(seed)
     step = capture.batch_step(batch_size)
     bar = tqdm(total=len(data), desc="capture", unit="sample", leave=False, disable=None)
     for number, batches in enumerate(zip(*(c.run(data, batch_size) for c in captures))):
@@ -177,24 +182,30 @@ def capture_grams(model: onnx.ModelProto, data: Dataset, sources: Sequence[RowSo
             on_batch(batches[0])
         in_batch = min(step, len(data) - number * step)
         bar.update(in_batch)
-        for source in sources:
+        chunks = [(start, min(in_batch, start + unit), (number * step + start) // unit)
+                  for start in range(0, in_batch, unit)]
+        for position, source in enumerate(sources):
             for index, tensor in enumerate(source.tensors):
-                found = _direct_gram(source, index, batches[0][tensor]) if max_rows is None and len(batches) == 1 \
-                    else None
-                if found is not None:  # the Gram without the rows (a depthwise Conv)
-                    H[source.name] += found[0]
-                    sums[source.name] += found[1]
-                    counts[source.name] += found[2]
+                direct = max_rows is None and len(batches) == 1 and getattr(source, "gram", None) is not None
+                found = [_direct_gram(source, index, batches[0][tensor][a:b]) for a, b, _ in chunks] if direct else None
+                if found and found[0] is not None:  # the Gram without the rows (a depthwise Conv)
+                    for part in found:
+                        H[source.name] += part[0]
+                        sums[source.name] += part[1]
+                        counts[source.name] += part[2]
                     continue
                 parts = [source.rows(index, b[tensor]) for b in batches]
                 rows = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
-                if max_rows is not None:
-                    per_sample = rows.shape[1] / max(in_batch, 1)
-                    rows = _thin(rows, max_rows / (per_sample * len(data) * len(source.tensors)), rng)
-                rows = rows.astype(np.float64)
-                for g in range(rows.shape[0]):
-                    H[source.name][g] += rows[g].T @ rows[g]  # numpy takes the symmetric (syrk) path
-                sums[source.name] += rows.sum(axis=1)
-                counts[source.name] += rows.shape[1]
+                per_sample = rows.shape[1] // max(in_batch, 1)  # rows are sample-major
+                for start, stop, chunk in chunks:
+                    part = rows[:, start * per_sample:stop * per_sample]
+                    if max_rows is not None:
+                        share = max_rows / (per_sample * len(data) * len(source.tensors))
+                        part = _thin(part, share, np.random.default_rng([seed, chunk, position, index]))
+                    part = part.astype(np.float64)
+                    for g in range(part.shape[0]):
+                        H[source.name][g] += part[g].T @ part[g]  # numpy takes the symmetric (syrk) path
+                    sums[source.name] += part.sum(axis=1)
+                    counts[source.name] += part.shape[1]
     bar.close()
     return {n: GramStats(H[n], counts[n], sums[n] / max(counts[n], 1), reference is not None) for n in H}

@@ -65,23 +65,27 @@ def conv_rows(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     return patches.transpose(order).reshape(g, n * int(np.prod(out)), -1)
 
 
-# A depthwise Conv's Gram is summed over at most about this many rows (output positions × samples) per batch,
-# every s-th position along the widest output axis: its rows (one per position, a few columns each) outnumber
-# its columns by thousands, and their im2col would cost k times the input in float64.
+# A depthwise Conv's Gram is summed over about this many rows (output positions × samples) per batch of
+# DEPTHWISE_SAMPLES samples, every s-th position along the widest output axis: its rows (one per position, a few
+# columns each) outnumber its columns by thousands, and their im2col would cost k times the input in float64.
+# The stride follows from one sample's positions alone, so the rows kept do not depend on how samples are batched.
 DEPTHWISE_ROWS = 4096
+DEPTHWISE_SAMPLES = 64
 # Bytes of the float64 patches a depthwise Gram holds at once (channels are taken in chunks).
 _DEPTHWISE_CHUNK = 64 << 20
 
 
-def depthwise_gram(x: np.ndarray, geometry: ConvGeometry) -> tuple[np.ndarray, np.ndarray, int]:
+def depthwise_gram(x: np.ndarray, geometry: ConvGeometry,
+                   samples: int = DEPTHWISE_SAMPLES) -> tuple[np.ndarray, np.ndarray, int]:
     """``(Σ x xᵀ [C, k, k], Σ x [C, k], rows)`` of a depthwise Conv's rows (one input channel per group, k kernel
     positions) on a batch, over every s-th output position along the widest output axis so that about
-    ``DEPTHWISE_ROWS`` rows remain, channels in chunks: bounded memory instead of an im2col of every row."""
+    ``DEPTHWISE_ROWS`` rows remain for ``samples`` samples, channels in chunks: bounded memory instead of an
+    im2col of every row."""
     rank = x.ndim - 2
     patches = _patches(x, geometry)  # [N, C, *out, *kernel], a view
     out = patches.shape[2:2 + rank]
     axis = 2 + int(np.argmax(out))
-    step = min(max(1, -(-x.shape[0] * int(np.prod(out)) // DEPTHWISE_ROWS)), patches.shape[axis])
+    step = min(max(1, -(-samples * int(np.prod(out)) // DEPTHWISE_ROWS)), patches.shape[axis])
     patches = patches[(slice(None),) * axis + (slice(step // 2, None, step),)]  # centred: edges are padding
     channels, k = x.shape[1], int(np.prod(geometry.kernel))
     rows = x.shape[0] * int(np.prod(patches.shape[2:2 + rank]))

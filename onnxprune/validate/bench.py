@@ -8,13 +8,12 @@ import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tqdm.auto import tqdm
 
-from onnxprune.data import check_input_shapes, load_data
+from onnxprune.data import Source, check_input_shapes, load_data
 from onnxprune.errors import ConfigError
 from onnxprune.graph.io import load_model
 from onnxprune.threads import thread_count
@@ -82,7 +81,7 @@ def interleaved_times(sessions: list[ort.InferenceSession], feed: dict[str, np.n
 
 def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = None, batch: int = 1,
               threads: int | None = None, runs: int = 100, warmup: int = 10, device: str = "auto",
-              data: str | os.PathLike | None = None,
+              data: str | os.PathLike | Source | None = None,
               input_shapes: dict[str, tuple[int, ...]] | None = None) -> BenchResult:
     """Time ``model_path`` (and ``vs``, interleaved) on ``batch`` samples of ``data`` or random inputs
     (dynamic dims beyond the batch from ``input_shapes``, else 1)."""
@@ -92,7 +91,7 @@ def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = N
         raise ConfigError(f"batch must be >= 1 and warmup >= 0, got batch={batch}, warmup={warmup}")
     threads = threads or thread_count()
     sessions = [make_session(str(model_path), threads=threads, device=device)]
-    dataset = load_data(Path(data), load_model(model_path)) if data is not None else None
+    dataset = load_data(data, load_model(model_path), "evaluation") if data is not None else None
     specs = session_inputs(sessions[0])
     if input_shapes:
         check_input_shapes(input_shapes, specs)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+
 from typing import Union
 
 import numpy as np
 import onnx
 
-from onnxprune.data import Dataset, load_data
+from onnxprune.data import Dataset, Source, load_data
 from onnxprune.errors import DataError
 from onnxprune.graph.io import load_model
 from onnxprune.runtime.feeds import run_batched
@@ -127,7 +127,7 @@ def reference_outputs(reference: Reference, data: Dataset, *, batch_size: int = 
     return run_batched(session, data, batch_size)
 
 
-def evaluate(model: str | os.PathLike | onnx.ModelProto, data: Dataset | str | os.PathLike, *,
+def evaluate(model: str | os.PathLike | onnx.ModelProto, data: Dataset | Source | str | os.PathLike, *,
              reference: Reference | None = None, batch_size: int = 256, threads: int | None = None,
              device: str = "auto", iou_threshold: float = 0.5) -> EvalResult:
     """Run ``model`` on ``data`` in ORT; accuracy when labels exist, fidelity of every output when a
@@ -135,7 +135,7 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, data: Dataset | str | o
     if isinstance(data, Dataset):
         dataset = data
     else:
-        dataset = load_data(Path(data), model if isinstance(model, onnx.ModelProto) else load_model(model))
+        dataset = load_data(data, model if isinstance(model, onnx.ModelProto) else load_model(model), "evaluation")
     session = make_session(model if isinstance(model, onnx.ModelProto) else str(model), threads=threads,
                            device=device)
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from onnxprune.data import Dataset
+from onnxprune.data import Dataset, Source
 from onnxprune.errors import ConfigError, OnnxPruneError
 from onnxprune.graph.io import check_output_path
 from onnxprune.pipeline import Pruner, PruneOutcome
@@ -96,7 +96,7 @@ class BudgetResult:
 
 
 def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, method: str, budget: Budget, *,
-                    data: str | os.PathLike | Dataset, calib: str | os.PathLike | Dataset | None = None,
+                    data: str | os.PathLike | Source | Dataset, calib: str | os.PathLike | Source | Dataset | None = None,
                     report: str | os.PathLike | None = None, compress: bool = False, use_onnxslim: bool = False,
                     input_shapes: dict[str, tuple[int, ...]] | None = None, low: float = 0.0, high: float = 0.99,
                     tolerance: float = 0.01, **options: Any) -> BudgetResult:

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from onnxprune.validate.bench import benchmark
-from onnxprune.data import Dataset, load_data, sample_shapes
+from onnxprune.data import Dataset, Source, load_data, sample_shapes
 from onnxprune.errors import ConfigError, OnnxPruneError, OutputError
 from onnxprune.threads import thread_count
 from onnxprune.validate.evaluation import accuracy, evaluate, reference_outputs
@@ -66,6 +66,7 @@ class SweepReport:
     environment: dict[str, Any]
     dense: SweepPoint
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)  # where the evaluation/calibration data came from
     points: list[SweepPoint] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -127,8 +128,8 @@ def _measure(point: SweepPoint, path: Path, stats: ModelStats, dense: Path, dens
     point.file_bytes, point.params, point.nonzero_macs = stats.file_bytes, stats.params, stats.sparse_macs
 
 
-def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | os.PathLike,
-          calib: str | os.PathLike | None = None, methods: Sequence[str] = DEFAULT_METHODS,
+def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | os.PathLike | Source,
+          calib: str | os.PathLike | Source | None = None, methods: Sequence[str] = DEFAULT_METHODS,
           sparsities: Sequence[float] = DEFAULT_SPARSITIES, batch: int = 32, threads: int | None = None,
           runs: int = 50, command: str | None = None, options: dict[str, Any] | None = None) -> SweepReport:
     """Prune ``model`` with every method at every sparsity into ``out_dir`` and measure each output.
@@ -152,8 +153,8 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
     folder.mkdir(parents=True, exist_ok=True)
     dense = Path(model)
     original = load_model(dense)
-    eval_data = load_data(Path(data), original)
-    calib_data = load_data(Path(calib), original) if calib is not None else None
+    eval_data = load_data(data, original, "evaluation")
+    calib_data = load_data(calib, original, "calibration") if calib is not None else None
     threads = threads or thread_count()
     start = time.perf_counter()
     dense_outputs = reference_outputs(dense, eval_data, threads=threads)  # run once, compared with every point
@@ -166,7 +167,8 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
         dense=SweepPoint("dense", 0.0, str(dense), accuracy=base_accuracy, agreement=1.0, max_abs_diff=0.0,
                          cosine=1.0, median_ms=base_speed.median_ms, p90_ms=base_speed.p90_ms, speedup=1.0,
                          file_bytes=base_stats.file_bytes, params=base_stats.params,
-                         nonzero_macs=base_stats.sparse_macs), options=per_method)
+                         nonzero_macs=base_stats.sparse_macs), options=per_method,
+        sources={"evaluation": eval_data.source, "calibration": None if calib_data is None else calib_data.source})
     order = sorted(set(sparsities), reverse=True)  # highest first: CHITA++ passes through the others
     with tqdm(total=len(specs) * len(order), desc="sweep", unit="model") as bar:
         for spec in specs:

@@ -23,20 +23,18 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from onnxprune.data import input_specs
-from onnxprune.errors import ConfigError
+from onnxprune.data import Dataset, Source, input_specs
+from onnxprune.errors import ConfigError, QualityError
 from onnxprune.graph.io import load_model
 from onnxprune.graph.stats import model_stats
-from onnxprune.data import Dataset
-from onnxprune.errors import QualityError
 from onnxprune.methods import get_method
 from onnxprune.methods.base import MethodResult, MethodSpec, PruneSession
 from onnxprune.methods.structured.session import kept_channels
 from onnxprune.pipeline import Pruner, PruneOutcome, check_outputs
-from onnxprune.workflows.budget import Budget
 from onnxprune.runtime.feeds import fixed_batch, make_feed
-from onnxprune.validate.bench import interleaved_times
 from onnxprune.runtime.sessions import make_session, provider_name
+from onnxprune.validate.bench import interleaved_times
+from onnxprune.workflows.budget import Budget
 
 log = logging.getLogger(__name__)
 
@@ -359,10 +357,10 @@ def reusable_table(path: str, meter: LatencyMeter, fingerprint: str, candidates:
 
 
 def prune_to_target(model: str | os.PathLike | Pruner, output: str | os.PathLike, method: str | None, target: Target,
-                    *, calib: str | os.PathLike | Dataset | None = None, report: str | os.PathLike | None = None,
+                    *, calib: str | os.PathLike | Source | Dataset | None = None, report: str | os.PathLike | None = None,
                     compress: bool = False, use_onnxslim: bool = False,
                     input_shapes: dict[str, tuple[int, ...]] | None = None,
-                    data: str | os.PathLike | Dataset | None = None, budget: Budget | None = None,
+                    data: str | os.PathLike | Source | Dataset | None = None, budget: Budget | None = None,
                     holdout: float = HOLDOUT, **options: Any) -> PruneOutcome:
     """Prune ``model`` (a path, or a ``Pruner`` already set up, to try several targets on one set-up; then
     ``method`` is None and the set-up options stay its own) with a channel ``method`` to ``target``: each

@@ -1,10 +1,13 @@
-"""Calibration and evaluation data: ``.npz`` (one array per model input, optional ``labels``) or
-``.npy`` (single-input models), checked against the model before any work starts."""
+"""Calibration and evaluation data held as arrays: ``Dataset`` (samples along axis 0 of every input, in
+memory or produced on demand by a ``LazyArray``), ``.npz``/``.npy`` files, and the checks against the model
+that every source passes before any work starts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import abc
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
 import onnx
@@ -24,21 +27,69 @@ class InputSpec:
     shape: tuple[int | None, ...]
 
 
+class LazyArray(abc.ABC):
+    """Samples made on demand (decoded and preprocessed images, rows of a file on disk), so that a large
+    source is never held whole: ``view`` narrows it without making anything, indexing along axis 0 (a slice
+    or integer rows) makes those samples as an ndarray, and ``np.asarray`` makes the whole view."""
+
+    def __init__(self, count: int, sample_shape: tuple[int, ...], dtype: np.dtype, start: int = 0) -> None:
+        self.count, self.sample_shape, self.dtype, self.start = count, tuple(sample_shape), np.dtype(dtype), start
+
+    @abc.abstractmethod
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """Samples at ``indices`` (absolute positions in the whole source), stacked."""
+
+    def view(self, start: int, stop: int) -> "LazyArray":
+        """Samples ``start`` to ``stop`` of this view, still lazy."""
+        start, stop, _ = slice(start, stop).indices(self.count)
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.start, other.count = self.start + start, max(0, stop - start)
+        return other
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.count, *self.sample_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.sample_shape)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        index = np.arange(self.count)[key]
+        if np.ndim(index) == 0:
+            return self.rows(np.array([self.start + int(index)]))[0]
+        return self.rows(self.start + np.asarray(index, dtype=np.int64))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        made = self.rows(np.arange(self.start, self.start + self.count))
+        return made if dtype is None else made.astype(dtype)
+
+
+Array = Union[np.ndarray, LazyArray]
+
+
 @dataclass
 class Dataset:
-    """Samples along axis 0 of every input array, with optional integer labels."""
+    """Samples along axis 0 of every input array, with optional integer labels; ``source`` says where they
+    came from and how they were made (recorded in reports, so a run can be repeated)."""
 
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, Array]
     labels: np.ndarray | None = None
+    source: dict[str, Any] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
 
     def take(self, count: int, start: int = 0) -> "Dataset":
-        """The samples ``start`` to ``start + count`` as a new dataset (views, no copies)."""
+        """The samples ``start`` to ``start + count`` as a new dataset (views, no copies; lazy stays lazy)."""
         stop = start + count
-        return Dataset({k: v[start:stop] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[start:stop])
+        return Dataset({k: v.view(start, stop) if isinstance(v, LazyArray) else v[start:stop]
+                        for k, v in self.inputs.items()},
+                       None if self.labels is None else self.labels[start:stop], self.source)
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -82,8 +133,11 @@ def _read_arrays(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
     raise DataError(f"{path.name}: data must be a .npz or .npy file, not {suffix or 'a file without suffix'!r}")
 
 
-def validate(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: str = "data") -> Dataset:
-    """Check arrays against the model inputs and return a Dataset; every mismatch is one DataError."""
+def validate(arrays: dict[str, Array], specs: list[InputSpec], source: str = "data",
+             described: dict[str, Any] | None = None) -> Dataset:
+    """Check arrays against the model inputs and return a Dataset (``described``: its ``source``); every
+    mismatch is one DataError naming ``source``. Lazy arrays are made by onnxprune's own readers, which
+    check their values as they make them."""
     wanted = {s.name for s in specs}
     unknown = sorted(set(arrays) - wanted - {LABELS})
     if unknown:
@@ -113,7 +167,7 @@ def validate(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: str 
         batch = spec.shape[0] if spec.shape else None
         if batch is not None and count % batch:
             raise DataError(f"{source}: the model has a fixed batch of {batch}; {count} samples is not a multiple")
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        if isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             bad = int((~np.isfinite(array)).sum())
             raise DataError(f"{source}: input {spec.name!r} holds {bad} NaN/Inf value(s)")
         inputs[spec.name] = array
@@ -123,7 +177,7 @@ def validate(arrays: dict[str, np.ndarray], specs: list[InputSpec], source: str 
             raise DataError(f"{source}: {LABELS!r} must be a 1-D integer array, got {labels.dtype} {labels.shape}")
         if labels.shape[0] != count:
             raise DataError(f"{source}: {labels.shape[0]} labels for {count} samples")
-    return Dataset(inputs, labels)
+    return Dataset(inputs, labels, described)
 
 
 def check_dataset(data: Dataset, model: onnx.ModelProto, source: str = "calibration data") -> Dataset:
@@ -132,14 +186,15 @@ def check_dataset(data: Dataset, model: onnx.ModelProto, source: str = "calibrat
     arrays = dict(data.inputs)
     if data.labels is not None:
         arrays[LABELS] = data.labels
-    return validate(arrays, input_specs(model), source=source)
+    return validate(arrays, input_specs(model), source=source, described=data.source)
 
 
-def load_data(path: str | Path, model: onnx.ModelProto) -> Dataset:
-    """Read and validate a data file for ``model``."""
+def load_arrays(path: str | Path, model: onnx.ModelProto) -> Dataset:
+    """Read and validate a ``.npz``/``.npy`` file for ``model``."""
     path = Path(path)
     specs = input_specs(model)
-    return validate(_read_arrays(path, specs), specs, source=path.name)
+    return validate(_read_arrays(path, specs), specs, source=path.name,
+                    described={"kind": "arrays", "path": str(path.resolve())})
 
 
 def parse_input_shapes(texts: list[str] | tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -185,3 +240,27 @@ def unknown_dims(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]] | No
 
 def _fmt(shape: tuple[int | None, ...]) -> str:
     return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
+
+
+def write_npz(data: Dataset, path: str | Path, batch: int = 64) -> Path:
+    """``data`` as an ``.npz`` (one array per input, and ``labels``) written atomically and in batches, so a
+    lazy source is never made whole in memory."""
+    import zipfile
+
+    from onnxprune.graph.io import atomic_write, check_output_path
+
+    target = check_output_path(path)
+    arrays = dict(data.inputs) if data.labels is None else {**data.inputs, LABELS: data.labels}
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in arrays.items():
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(array.dtype)), "fortran_order": False,
+                          "shape": tuple(array.shape)}
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array_header_2_0(member, header)
+                    for start in range(0, len(array), batch):
+                        member.write(np.ascontiguousarray(array[start:start + batch]).tobytes())
+
+    atomic_write(target, write)
+    return target
