@@ -184,10 +184,14 @@ def inspect(model: str, input_shape: tuple[str, ...], data: str | None, **read: 
                        [[t.name, t.op_type, "x".join(map(str, t.shape)), t.size, f"{t.sparsity:.1%}"]
                         for t in s.tensors], title="prunable tensors"))
     if info.groups:
-        lines.append(table(["group", "channels", "producers", "consumers", "prunable"],
-                           [[g["index"], g["size"], ", ".join(g["producers"]), ", ".join(g["consumers"]),
-                             "yes" if g["prunable"] else f"no: {g['reason']}"] for g in info.groups],
-                           title="channel groups"))
+        prunable = [g for g in info.groups if g["prunable"]]
+        share = sum(g["macs_share"] or 0 for g in prunable)
+        lines.append(table(["group", "channels", "MACs %", "producers", "consumers", "prunable"],
+                           [[g["index"], g["size"], percent(g["macs_share"]), ", ".join(g["producers"]),
+                             ", ".join(g["consumers"]), "yes" if g["prunable"] else f"no: {g['reason']}"]
+                            for g in info.groups],
+                           title=f"channel groups: {len(prunable)} of {len(info.groups)} prunable, touching "
+                                 f"{share:.0%} of the MACs (a node counts in every group it writes or reads)"))
     if info.unsupported:
         lines.append("no torch view for: " + ", ".join(f"{u['op']}-{u['version']} ({u['node']})"
                                                          for u in info.unsupported))
@@ -205,6 +209,59 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
+def _recovery(flags: dict[str, Any], seed: int) -> Any:
+    """The Recovery of --recover/--recover-steps (popped from ``flags`` with its settings), or None; its
+    settings without a budget are refused."""
+    budget = {"seconds": flags.pop("recover_s"), "steps": flags.pop("recover_steps")}
+    settings = {"lr": flags.pop("recover_lr"), "loss": flags.pop("recover_loss")}
+    if budget["seconds"] is None and budget["steps"] is None:
+        if settings != {"lr": 1e-4, "loss": "auto"}:
+            from onnxprune.errors import ConfigError
+
+            raise ConfigError("--recover-lr/--recover-loss set how recovery runs: give it a budget with --recover "
+                              "SECONDS or --recover-steps N")
+        return None
+    from onnxprune.view.distill import Recovery
+
+    return Recovery(**budget, **settings, seed=seed)
+
+
+def _quantization(flags: dict[str, Any]) -> Any:
+    """The Quantization of --quantize (popped from ``flags`` with its settings), or None; settings without
+    --quantize are refused."""
+    mode = flags.pop("quantize")
+    settings = {"calibration": flags.pop("quantize_calibration"), "exclude": flags.pop("quantize_exclude"),
+                "max_drop": flags.pop("quantize_max_drop")}
+    if mode is None:
+        if settings != {"calibration": "minmax", "exclude": None, "max_drop": 1.0}:
+            from onnxprune.errors import ConfigError
+
+            raise ConfigError("--quantize-calibration/-exclude/-max-drop set how INT8 is made: add --quantize int8|auto")
+        return None
+    from onnxprune.runtime.quantize import Quantization
+
+    exclude = tuple(e.strip() for e in (settings["exclude"] or "").split(",") if e.strip())
+    return Quantization(mode, settings["calibration"], exclude, max_drop=settings["max_drop"] / 100)
+
+
+def _speed_lines(outcome: Any) -> list[str]:
+    """What the written file buys in ONNX Runtime here, and the INT8 comparison when there is one."""
+    lines = []
+    found = outcome.details.get("quantization")
+    if found is not None:
+        rows = [[r["model"], r["latency_ms"], f"{r['speedup']:.2f}x", format_bytes(r["bytes"]), percent(r["agreement"]),
+                 None if r["cosine"] is None else f"{r['cosine']:.4f}"] for r in found["rows"]]
+        lines.append(table(["model", "median ms", "speed-up", "size", "agree %", "cosine"], rows,
+                           title=f"INT8 ({found['provider']}, batch {found['batch']}; fidelity to the input model on "
+                                 f"{found['measured_on']}): wrote {found['kept']}, {found['reason']}"))
+    speed = outcome.speed
+    if speed is not None:
+        lines.append(f"in ONNX Runtime ({speed['provider']}, batch {speed['batch']}): {speed['output_ms']:.3g} ms "
+                     f"against {speed['input_ms']:.3g} ms for the input file, {speed['speedup']:.2f}x"
+                     + (f"; {speed['note']}" if "note" in speed else ""))
+    return lines
+
+
 def _unread(read: dict[str, Any], *sources: Any) -> None:
     """Source flags given without any source to read are refused, not ignored."""
     from onnxprune.errors import ConfigError
@@ -213,6 +270,15 @@ def _unread(read: dict[str, Any], *sources: Any) -> None:
     given = [name for name, value in read.items() if value is not None and value != defaults.get(name)]
     if given and not any(sources):
         raise ConfigError(f"--{given[0].replace('_', '-')} says how to read --calib/--data, and neither is given")
+
+
+def _recovery_lines(details: dict[str, Any]) -> list[str]:
+    """What recovery did, one line (none when it did not run)."""
+    found = details.get("recovery")
+    if found is None:
+        return []
+    return [f"recovery: {found['steps']} steps in {found['seconds']:.1f} s, held-out error {found['error_before']:.4g} "
+            f"-> {found['error_after']:.4g} on {found['holdout_samples']} samples ({found['note']})"]
 
 
 def _quality_lines(quality: Any, data: Any) -> list[str]:
@@ -262,6 +328,21 @@ def _quality_lines(quality: Any, data: Any) -> list[str]:
               "fixed batch].")
 @click.option("--target-table", type=click.Path(dir_okay=False), help="Reuse the latency table of an earlier "
               "--target-speedup run's --report (same model, batch and machine) instead of timing it again.")
+@click.option("--recover", "recover_s", type=float, help="Recovery: distil the pruned model towards the input "
+              "model on the calibration data for at most this many seconds (1/8 of the samples held out to stop "
+              "on and to judge; never returns a worse model).")
+@click.option("--recover-steps", type=int, help="Recovery: at most this many steps (with or without --recover).")
+@click.option("--recover-lr", type=float, default=1e-4, show_default=True, help="Recovery: Adam's learning rate.")
+@click.option("--recover-loss", type=click.Choice(["auto", "mse", "kl"]), default="auto", show_default=True,
+              help="Recovery: per output, KL for class scores and relative MSE otherwise (auto), or one for all.")
+@click.option("--quantize", type=click.Choice(["int8", "auto"]), help="INT8 as a last stage (ONNX Runtime static "
+              "quantization, QDQ, per-channel weights, calibrated on --calib): 'int8' always, 'auto' only where ORT "
+              "measures it faster within --quantize-max-drop of the float model.")
+@click.option("--quantize-calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="INT8: how activation ranges are set.")
+@click.option("--quantize-exclude", help="INT8: op types or node names to leave in float, comma-separated.")
+@click.option("--quantize-max-drop", type=float, default=1.0, show_default=True, help="INT8 auto: the loss allowed, "
+              "in percent of top-1 agreement with the float model (of cosine for other outputs).")
 @_source_options
 @_shared
 def prune(model: str, output: str, method: str, calib: str | None, input_shape: tuple[str, ...], report: str | None,
@@ -270,13 +351,15 @@ def prune(model: str, output: str, method: str, calib: str | None, input_shape: 
           target_macs: float | None, target_batch: int | None, target_table: str | None, **flags: Any) -> None:
     """Prune MODEL with a method and write the result to OUTPUT (never overwriting MODEL): at one sparsity, to a
     target (per-group channel widths) or at the highest sparsity within an accuracy budget."""
+    recovery = _recovery(flags, seed=flags.get("seed") or 0)
+    quantize = _quantization(flags)
     read = {name: flags.pop(name) for name in _SOURCE_FLAGS}
     calib, data = _source(calib, dict(read)), _source(data, dict(read))
     _unread(read, calib, data)
     options = {k: v for k, v in flags.items() if v is not None}
     options.update(_parse_options(extra))
     common = dict(calib=calib, report=report, compress=compress, use_onnxslim=use_onnxslim,
-                  input_shapes=_shapes(input_shape))
+                  input_shapes=_shapes(input_shape), recover=recovery, quantize=quantize)
     budget = None
     if max_accuracy_drop is not None or min_agreement is not None:
         from onnxprune.errors import ConfigError
@@ -306,7 +389,8 @@ def prune(model: str, output: str, method: str, calib: str | None, input_shape: 
                 ["MACs skipping zeros", b.sparse_macs, a.sparse_macs],
                 ["file size", format_bytes(b.file_bytes), format_bytes(a.file_bytes)]]
         text = "\n".join([f"wrote {outcome.output} ({method}, sparsity {outcome.config['sparsity']})",
-                          table(["", "before", "after"], rows), *_quality_lines(outcome.quality, data),
+                          table(["", "before", "after"], rows), *_recovery_lines(outcome.details), *_speed_lines(outcome),
+                          *_quality_lines(outcome.quality, data),
                           "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())])
         _emit(outcome.to_dict(), text)
 
@@ -336,7 +420,7 @@ def _target_prune(model: str, output: str, method: str, target: Any, common: dic
                      f"{held['cosine']:.4f}{agreement}")
     else:
         lines.append("fidelity on a calibration hold-out: none (too few calibration samples, or no --calib)")
-    lines += _quality_lines(outcome.quality, data)
+    lines += _recovery_lines(outcome.details) + _speed_lines(outcome) + _quality_lines(outcome.quality, data)
     if "budget" in found:
         lines.append(f"budget on {data.path}: {found['budget']['text']}")
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items()))

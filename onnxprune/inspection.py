@@ -14,7 +14,7 @@ from onnxprune.view.onnx2torch_compat import unsupported_nodes
 from onnxprune.data import Source, check_input_shapes, input_specs, load_data, sample_shapes
 from onnxprune.graph.io import load_model
 from onnxprune.graph.protos import dims, opset_of
-from onnxprune.graph.stats import ModelStats, model_stats
+from onnxprune.graph.stats import ModelStats, model_stats, node_macs
 
 
 @dataclass
@@ -49,11 +49,21 @@ def _value(value: onnx.ValueInfoProto) -> dict[str, Any]:
     return {"name": value.name, "dtype": str(dtype) if dtype is not None else "?", "shape": _shape(value)}
 
 
-def channel_groups(model: onnx.ModelProto) -> list[dict[str, Any]]:
-    """The coupled channel groups structured pruning sees, as JSON-ready dicts."""
+def channel_groups(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+                   ) -> list[dict[str, Any]]:
+    """The coupled channel groups structured pruning sees, as JSON-ready dicts, each with its share of the
+    model's MACs (of the nodes that write or read its channels; None when the shapes are unknown)."""
     from onnxprune.channels.analysis import find_groups
 
-    return [group.to_dict() for group in find_groups(model)]
+    macs = node_macs(model, input_shapes)
+    total = sum(macs.values()) if macs else 0
+    groups = []
+    for group in find_groups(model):
+        found = group.to_dict()
+        nodes = set(group.producers) | set(group.consumers)
+        found["macs_share"] = sum(macs.get(n, 0) for n in nodes) / total if total else None
+        groups.append(found)
+    return groups
 
 
 def inspect_model(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -76,4 +86,4 @@ def inspect_model(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ..
         outputs=[_value(v) for v in model.graph.output],
         stats=model_stats(model, path, input_shapes), canonical_changes=canonical.changes,
         unsupported=[{"node": n, "op": op, "version": v} for n, op, v in unsupported_nodes(model)],
-        groups=channel_groups(model))
+        groups=channel_groups(model, input_shapes))

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -30,9 +30,17 @@ from onnxprune.runtime.sessions import make_session
 from onnxprune.graph.stats import ModelStats, model_stats
 from onnxprune.graph.edit import compress_sparse
 from onnxprune.report import write_json
+from onnxprune.validate.bench import latencies
 from onnxprune.validate.evaluation import EvalResult, evaluate, reference_outputs
 
+if TYPE_CHECKING:  # recovery imports torch, quantization ORT's quantizer: loaded only when asked for
+    from onnxprune.runtime.quantize import Quantization
+    from onnxprune.view.distill import Recovery
+
 log = logging.getLogger(__name__)
+
+RECOVERY_HOLDOUT = 0.125  # calibration samples kept from the method and from recovery, to stop and judge it on
+TIMING_BATCH = 8  # samples per timed call of a report's speed figure (a model's fixed batch wins)
 
 
 @dataclass
@@ -50,6 +58,7 @@ class PruneOutcome:
     compressed: list[str] = field(default_factory=list)
     quality: EvalResult | None = None  # the written model against the input model on --data, when given
     sources: dict[str, Any] = field(default_factory=dict)  # where the calibration/evaluation data came from
+    speed: dict[str, Any] | None = None  # what the written file buys in ONNX Runtime here (``Pruner.speed``)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -148,13 +157,24 @@ class Pruner:
     a sparsity and writes the result. The sweep, the budget search and the target search are workflows over
     it, and the method's session keeps what does not depend on the sparsity (``PruneSession.reuse``).
     ``holdout``: this fraction of the calibration samples (the last ones) is kept from the method, to
-    measure the pruned model's fidelity to the input model on data it did not see."""
+    measure the pruned model's fidelity to the input model on data it did not see (default: none, or
+    ``RECOVERY_HOLDOUT`` with ``recover``). ``recover``: distil every pruned model towards the input model on
+    the calibration data (``view/distill.py``) before it is written; ``quantize``: then make it INT8
+    (``runtime/quantize.py``), or with 'auto' only where ONNX Runtime measures it faster at the allowed loss.
+    ``measure_speed``: time every written file against the input file (``PruneOutcome.speed``)."""
 
     def __init__(self, model_path: str | os.PathLike, method: str = "magnitude", *,
                  calib: str | os.PathLike | Source | Dataset | None = None, use_onnxslim: bool = False,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None, holdout: float = 0.0,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None, holdout: float | None = None,
+                 recover: Recovery | None = None, quantize: Quantization | None = None, measure_speed: bool = True,
                  **options: Any) -> None:
         self.spec = get_method(method)
+        self.recover, self.quantize, self.measure_speed = recover, quantize, measure_speed
+        if quantize is not None and calib is None:
+            raise ConfigError("INT8 quantization calibrates activation ranges on data: pass --calib")
+        if recover is not None and calib is None:
+            raise ConfigError("recovery distils towards the input model on calibration data: pass --calib")
+        holdout = (RECOVERY_HOLDOUT if recover is not None else 0.0) if holdout is None else holdout
         self.config = make_config(self.spec, **options)
         self.model_path = model_path
         start = time.perf_counter()
@@ -189,6 +209,60 @@ class Pruner:
         """Evaluation data for this model (any source, or a Dataset), checked against it."""
         return load_data(data, self.canonical.model, "evaluation")
 
+    def timing_feed(self, batch: int | None = None) -> dict[str, np.ndarray]:
+        """Inputs of ``batch`` samples (default ``TIMING_BATCH``, or the model's fixed batch) at the shapes the
+        figures are counted at, from the calibration data when there is some."""
+        specs = input_specs(self.canonical.model)
+        fixed = fixed_batch(specs)
+        if fixed is not None and batch not in (None, fixed):
+            raise ConfigError(f"the model has a fixed batch size {fixed}: time it at {fixed}")
+        specs = [dataclasses.replace(s, shape=(s.shape[0], *self.shapes[s.name][1:])) if s.name in self.shapes
+                 else s for s in specs]
+        return make_feed(specs, batch or fixed or TIMING_BATCH, self.calib)
+
+    def speed(self, written: str | os.PathLike, details: dict[str, Any]) -> dict[str, Any]:
+        """What the written file buys in ONNX Runtime on this machine: its latency and the input file's, timed
+        in turns on the same inputs, and what ONNX Runtime does with unstructured zeros."""
+        feed = self.timing_feed()
+        (given, ours), provider = latencies([self.model_path, written], feed)
+        found = {"batch": len(next(iter(feed.values()))), "provider": provider, "input_ms": given, "output_ms": ours,
+                 "speedup": given / ours}
+        if not self.spec.structured and "quantization" not in details:
+            found["note"] = ("ONNX Runtime multiplies zeros like any other weight: an unstructured model runs at "
+                             "dense speed (--compress makes the file smaller on disk only; ORT densifies it on load)")
+        return found
+
+    def _quantized(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        """The INT8 model (or, with 'auto', whichever of it and ``model`` ONNX Runtime measures better within
+        the allowed loss) and the comparison input fp32 → pruned fp32 → pruned int8."""
+        from onnxprune.runtime.quantize import quantize_int8
+
+        int8 = quantize_int8(model, self.calib, self.quantize)
+        check_model(int8, "the INT8 model")
+        smoke_run(self.canonical.model, int8, self.feed, self.reference)
+        (given, fp32, q8), provider = latencies([self.model_path, model, int8], self.timing_feed())
+        held = self.holdout if self.holdout is not None else self.calib
+        fidelity = [self.fidelity(m, held) for m in (model, int8)]
+        versus = evaluate(int8, held, reference=reference_outputs(model, held))  # INT8 against the float model
+        drop = 1.0 - (versus.agreement if versus.agreement is not None else versus.cosine)
+        rows = [{"model": name, "latency_ms": ms, "speedup": given / ms, "bytes": size,
+                 "agreement": None if f is None else f.agreement, "cosine": None if f is None else f.cosine}
+                for name, ms, size, f in (("input fp32", given, None, None),
+                                          ("pruned fp32", fp32, model.ByteSize(), fidelity[0]),
+                                          ("pruned int8", q8, int8.ByteSize(), fidelity[1]))]
+        faster, close = q8 < fp32, drop <= self.quantize.max_drop
+        keep = self.quantize.mode == "int8" or (faster and close)
+        reason = ("--quantize int8" if self.quantize.mode == "int8" else
+                  f"INT8 is {'faster' if faster else 'not faster'} ({fp32 / q8:.2f}x of the float model) and "
+                  f"{'within' if close else 'beyond'} the allowed loss ({drop:.2%} against {self.quantize.max_drop:.2%})")
+        report = {"kept": "int8" if keep else "fp32", "reason": reason, "provider": provider,
+                  "batch": len(next(iter(self.timing_feed().values()))), "rows": rows, "loss_to_float": drop,
+                  "measured_on": f"{len(held)} {'held-out ' if self.holdout is not None else ''}calibration samples",
+                  "settings": asdict(self.quantize)}
+        if not keep:
+            log.warning("INT8 not kept: %s", reason)
+        return (int8 if keep else model), report
+
     def dense_outputs(self, data: Dataset) -> list[np.ndarray]:
         """The input model's ORT outputs on ``data``, computed once per dataset."""
         if id(data) not in self._dense_outputs:
@@ -198,6 +272,22 @@ class Pruner:
     def fidelity(self, model: str | os.PathLike | onnx.ModelProto, data: Dataset) -> EvalResult:
         """``model`` against the input model on ``data`` in ORT (accuracy too when ``data`` has labels)."""
         return evaluate(model, data, reference=self.dense_outputs(data))
+
+    def _recovered(self, result: MethodResult) -> MethodResult:
+        """The method's result distilled towards the input model on the calibration data, measured on the
+        hold-out (on the samples it trained on, with a warning, when there are too few to hold any out)."""
+        from onnxprune.view.distill import distill
+
+        holdout = self.holdout
+        if holdout is None:
+            log.warning("too few calibration samples to hold any out: recovery is measured on the samples it "
+                        "trains on")
+            holdout = self.calib
+        model, report = distill(result.model, self.calib, self.dense_outputs(self.calib), holdout,
+                                self.dense_outputs(holdout), self.recover)
+        details = {**result.details, "recovery": {**asdict(report), "settings": asdict(self.recover),
+                                                  "holdout_samples": len(holdout)}}
+        return MethodResult(model, details)
 
     def write(self, output: str | os.PathLike, sparsity: float | None = None, *,
               report: str | os.PathLike | None = None, compress: bool = False,
@@ -219,10 +309,18 @@ class Pruner:
         """Check a method's result in ORT and write it atomically to ``output`` (and the JSON ``report``,
         with ``config`` as the settings); nothing is written when a check fails. With ``data``, the written
         model is measured against the input model on it."""
+        if self.recover is not None:
+            result = self._recovered(result)
+            timings = {**timings, "recover": result.details["recovery"]["seconds"]}
         start = time.perf_counter()
         pruned = result.model
         check_model(pruned, "the pruned model")
         smoke_run(self.canonical.model, pruned, self.feed, self.reference)
+        if self.quantize is not None:
+            began = time.perf_counter()
+            pruned, found = self._quantized(pruned)
+            result = MethodResult(pruned, {**result.details, "quantization": found})
+            timings = {**timings, "quantize": time.perf_counter() - began}
         compressed: list[str] = []
         if compress:
             pruned, compressed = compress_sparse(pruned)
@@ -235,6 +333,10 @@ class Pruner:
         if self.calib is not None:
             outcome.sources["calibration"] = {**(self.calib.source or {}), "used": len(self.calib),
                                               "held_out": 0 if self.holdout is None else len(self.holdout)}
+        if self.measure_speed:
+            began = time.perf_counter()
+            outcome.speed = self.speed(written, result.details)
+            outcome.timings["speed"] = time.perf_counter() - began
         if data is not None:
             outcome.sources["evaluation"] = data.source
             began = time.perf_counter()
@@ -248,7 +350,8 @@ class Pruner:
 def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str = "magnitude", *,
           calib: str | os.PathLike | Source | Dataset | None = None, report: str | os.PathLike | None = None,
           compress: bool = False, use_onnxslim: bool = False, input_shapes: dict[str, tuple[int, ...]] | None = None,
-          data: str | os.PathLike | Source | Dataset | None = None, **options: Any) -> PruneOutcome:
+          data: str | os.PathLike | Source | Dataset | None = None, recover: Recovery | None = None,
+          quantize: Quantization | None = None, **options: Any) -> PruneOutcome:
     """Prune ``model_path`` with ``method`` at one sparsity (options: the method's config fields, e.g.
     sparsity=0.5) and write the result atomically to ``output``; returns the outcome with before/after stats,
     and with ``data`` the written model's accuracy and fidelity to the input model on it. Targets and
@@ -257,6 +360,6 @@ def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str 
         raise ConfigError("prune(target=...) is now onnxprune.prune_to_target(model, output, method, target, ...)")
     check_outputs(output, report, model_path)
     pruner = Pruner(model_path, method, calib=calib, use_onnxslim=use_onnxslim, input_shapes=input_shapes,
-                    **options)
+                    recover=recover, quantize=quantize, **options)
     return pruner.write(output, report=report, compress=compress,
                         data=None if data is None else pruner.load_data(data))

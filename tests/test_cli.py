@@ -129,6 +129,11 @@ FLAGS = {
                lambda r, out: _outcome(r)["config"]["seed"] == 3),
     "--rows": (["--rows", "500", "--calib", "CALIB"], "chita-channel",
                lambda r, out: _outcome(r)["config"]["rows"] == 500),
+    "--recover-steps": (["--recover-steps", "20", "--calib", "CALIB"], "l1-channel",
+                        lambda r, out: _outcome(r)["details"]["recovery"]["steps"] >= 1),
+    "--quantize": (["--quantize", "int8", "--calib", "CALIB"], "l1-channel",
+                   lambda r, out: _outcome(r)["details"]["quantization"]["kept"] == "int8"
+                   and any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)),
     "--skip-first": (["--skip-first"], "magnitude",
                      lambda r, out: np.count_nonzero(onnx.numpy_helper.to_array(
                          next(i for i in onnx.load(str(out)).graph.initializer if i.name == "fc1.weight"))) == 784 * 40),

@@ -157,6 +157,19 @@ def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None,
                       file_bytes=file_size(path) if path is not None else None, tensors=tensors)
 
 
+def node_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int] | None:
+    """Each Conv/Gemm/MatMul node's dense MACs per sample at ``input_shapes``; None when a shape is unknown."""
+    shapes = _shapes(model, input_shapes or {})
+    found = {}
+    for node in model.graph.node:
+        counted = _node_macs(node, shapes, {})
+        if counted is None:
+            return None
+        if counted[0]:
+            found[node.name] = counted[0]
+    return found
+
+
 def file_size(path: str | os.PathLike) -> int:
     """Bytes of the model file plus every external-data file it references."""
     path = Path(path)

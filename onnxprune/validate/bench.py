@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from tqdm.auto import tqdm
 
@@ -77,6 +78,27 @@ def interleaved_times(sessions: list[ort.InferenceSession], feed: dict[str, np.n
             call()
             bucket.append((time.perf_counter() - start) * 1000.0)
     return times
+
+
+def latencies(models: list[str | os.PathLike | onnx.ModelProto], feed: dict[str, np.ndarray], *,
+              seconds: float = 5.0, max_runs: int = 50, min_runs: int = 5,
+              threads: int | None = None) -> tuple[list[float], str]:
+    """Median milliseconds of each model on ``feed``, timed in turns call by call (ONNX Runtime, CPU or CUDA
+    as ``bench`` picks, named in the result): two untimed rounds, then rounds until ``seconds`` have passed
+    (at least ``min_runs``, at most ``max_runs``), so that a report's speed figure costs little on a large model."""
+    sessions = [make_session(m if isinstance(m, onnx.ModelProto) else str(m), threads=threads) for m in models]
+    calls = [_timer(s, feed) for s in sessions]
+    for _ in range(2):
+        for call in calls:
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    start = time.perf_counter()
+    while len(times[0]) < max_runs and (len(times[0]) < min_runs or time.perf_counter() - start < seconds):
+        for call, bucket in zip(calls, times):
+            began = time.perf_counter()
+            call()
+            bucket.append((time.perf_counter() - began) * 1000.0)
+    return [float(np.median(t)) for t in times], provider_name(sessions[0])
 
 
 def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = None, batch: int = 1,

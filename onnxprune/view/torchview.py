@@ -37,9 +37,11 @@ class TorchView(nn.Module):
     """Callable as ``view(*inputs) -> tuple of outputs``; ``params`` maps ONNX names to parameters."""
 
     def __init__(self, graph_module: nn.Module, input_names: list[str], output_names: list[str],
-                 lifted: dict[str, torch.Tensor], conv_params: dict[str, nn.Parameter]):
+                 lifted: dict[str, torch.Tensor], conv_params: dict[str, nn.Parameter],
+                 module_of: dict[str, str] | None = None):
         super().__init__()
         self.graph_module = graph_module
+        self.module_of = dict(module_of or {})  # ONNX node name → the path of its module in graph_module
         self.input_names = list(input_names)
         self.output_names = list(output_names)
         self.lifted = nn.ParameterList([nn.Parameter(t) for t in lifted.values()])
@@ -160,7 +162,7 @@ def build_torch_view(model: onnx.ModelProto, weights: list[str] | None = None) -
               for n in lifted_names}
     inputs = [i.name for i in model.graph.input if i.name not in tensors]
     outputs = [o.name for o in model.graph.output]
-    view = TorchView(graph_module, inputs, outputs, lifted, conv_params)
+    view = TorchView(graph_module, inputs, outputs, lifted, conv_params, module_of)
     view.eval()
     return view
 

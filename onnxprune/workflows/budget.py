@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -22,6 +22,9 @@ from onnxprune.graph.io import check_output_path
 from onnxprune.pipeline import Pruner, PruneOutcome
 from onnxprune.report import write_json
 from onnxprune.validate.evaluation import CLASS_SCORES, EvalResult, accuracy, output_kind
+
+if TYPE_CHECKING:  # recovery imports torch: loaded only when asked for
+    from onnxprune.view.distill import Recovery
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
                     data: str | os.PathLike | Source | Dataset, calib: str | os.PathLike | Source | Dataset | None = None,
                     report: str | os.PathLike | None = None, compress: bool = False, use_onnxslim: bool = False,
                     input_shapes: dict[str, tuple[int, ...]] | None = None, low: float = 0.0, high: float = 0.99,
-                    tolerance: float = 0.01, **options: Any) -> BudgetResult:
+                    tolerance: float = 0.01, recover: Recovery | None = None, **options: Any) -> BudgetResult:
     """Bisect sparsity in [low, high] for ``method``, assuming quality falls as sparsity rises; writes the
     best model within ``budget`` to ``output`` (and the JSON ``report``; nothing when none is). The method is
     set up once and its session re-uses work between trials (``PruneSession.reuse``)."""
@@ -112,7 +115,7 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
     if report is not None:
         check_output_path(report, [model_path, output])
     pruner = Pruner(model_path, method, calib=calib, use_onnxslim=use_onnxslim, input_shapes=input_shapes,
-                    **options)  # loaded and checked once for every trial
+                    recover=recover, measure_speed=False, **options)  # loaded and checked once for every trial
     eval_data = pruner.load_data(data)
     dense = pruner.dense_outputs(eval_data)  # run once, compared with every trial
     budget.check_data(eval_data, dense)
@@ -158,6 +161,7 @@ def search_sparsity(model_path: str | os.PathLike, output: str | os.PathLike, me
             sparsity, path, outcome, step = best
             os.replace(path, output)
             outcome.output = str(output)
+            outcome.speed = pruner.speed(output, outcome.details)  # what the chosen file buys (trials are not timed)
             result.sparsity, result.accuracy, result.agreement, result.outcome = (sparsity, step.accuracy,
                                                                                     step.agreement, outcome)
     finally:

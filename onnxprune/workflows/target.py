@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import onnx
@@ -31,16 +31,18 @@ from onnxprune.methods import get_method
 from onnxprune.methods.base import MethodResult, MethodSpec, PruneSession
 from onnxprune.methods.structured.session import kept_channels
 from onnxprune.pipeline import Pruner, PruneOutcome, check_outputs
-from onnxprune.runtime.feeds import fixed_batch, make_feed
+from onnxprune.runtime.feeds import fixed_batch
 from onnxprune.runtime.sessions import make_session, provider_name
 from onnxprune.validate.bench import interleaved_times
 from onnxprune.workflows.budget import Budget
+
+if TYPE_CHECKING:  # recovery imports torch: loaded only when asked for
+    from onnxprune.view.distill import Recovery
 
 log = logging.getLogger(__name__)
 
 # Candidate widths: these fractions of a group's channels (rounded as --round-to says), besides dense.
 KEEP_FRACTIONS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
-DEFAULT_BATCH = 8
 TABLE_RUNS = 15  # timed calls per model for the table (the fastest counts), few: the table has many models
 CHECK_RUNS = 50  # timed calls per model when checking a pruned model against the input model (the median)
 TRIES = 5  # allocations checked before settling for the best measured one
@@ -111,6 +113,7 @@ class Meter(Protocol):
 
     metric: str
     exact: bool  # the same model always measures the same (no noise to control for)
+    prepare: Callable[[onnx.ModelProto], onnx.ModelProto]  # a pruned model as it will be written (INT8, say)
 
     def costs(self, models: list[onnx.ModelProto], table: bool) -> list[float]: ...
 
@@ -126,6 +129,7 @@ class LatencyMeter:
     metric: str = "latency_ms"
     exact: bool = False
     provider: str | None = None
+    prepare: Callable[[onnx.ModelProto], onnx.ModelProto] = lambda model: model  # what a pruned model ships as
 
     def costs(self, models: list[onnx.ModelProto], table: bool) -> list[float]:
         sessions = [make_session(model) for model in models]
@@ -147,6 +151,7 @@ class MacsMeter:
     shapes: dict[str, tuple[int, ...]]
     metric: str = "macs"
     exact: bool = True
+    prepare: Callable[[onnx.ModelProto], onnx.ModelProto] = lambda model: model
 
     def costs(self, models: list[onnx.ModelProto], table: bool) -> list[float]:
         found = [model_stats(model, None, self.shapes).macs for model in models]
@@ -270,22 +275,27 @@ def _saving(curves: list[GroupCurve], widths: dict[int, int]) -> float:
 
 def _ratio(meter: Meter, dense: onnx.ModelProto, pruned: onnx.ModelProto) -> float:
     """Measured cost of ``pruned`` over ``dense``."""
-    costs = meter.costs([dense, pruned], table=False)
+    costs = meter.costs([dense, meter.prepare(pruned)], table=False)
     return costs[1] / costs[0]
 
 
 def _meter(pruner: Pruner, target: Target) -> LatencyMeter | MacsMeter:
     """The meter of the target: ORT latency at the target's batch on calibration (else random) inputs at
-    the pruner's shapes, or MACs at those shapes."""
+    the pruner's shapes, or MACs at those shapes. With INT8 as the last stage, every pruned shape is timed
+    quantized (calibrated on two samples: its timing does not depend on the ranges), so that the widths are
+    chosen for the file that ships."""
     if target.macs is not None:
         return MacsMeter(pruner.shapes)
-    specs = input_specs(pruner.canonical.model)
-    fixed = fixed_batch(specs)
+    fixed = fixed_batch(input_specs(pruner.canonical.model))
     if fixed is not None and target.batch not in (None, fixed):
         raise ConfigError(f"the model has a fixed batch size {fixed}: use --target-batch {fixed} or leave it out")
-    specs = [dataclasses.replace(s, shape=(s.shape[0], *pruner.shapes[s.name][1:])) if s.name in pruner.shapes
-             else s for s in specs]
-    return LatencyMeter(make_feed(specs, target.batch or fixed or DEFAULT_BATCH, pruner.calib))
+    meter = LatencyMeter(pruner.timing_feed(target.batch))
+    if pruner.quantize is not None:
+        from onnxprune.runtime.quantize import quantize_int8
+
+        settings = dataclasses.replace(pruner.quantize, samples=2)
+        meter.prepare = lambda model: quantize_int8(model, pruner.calib, settings)
+    return meter
 
 
 def _measured_savings(session: PruneSession, meter: Meter, candidates: dict[int, list[int]], sizes: dict[int, int]
@@ -296,7 +306,8 @@ def _measured_savings(session: PruneSession, meter: Meter, candidates: dict[int,
     copies = 1 if meter.exact else 2
     dense, noise, curves = [], [0.0], []
     for index, widths in tqdm(candidates.items(), desc=f"{meter.metric} table", unit="group"):
-        costs = meter.costs([session.reference_model()] * copies + [session.shape_model({index: w}) for w in widths],
+        costs = meter.costs([session.reference_model()] * copies
+                            + [meter.prepare(session.shape_model({index: w})) for w in widths],
                             table=True)
         base = float(np.mean(costs[:copies]))
         dense.append(base)
@@ -361,7 +372,7 @@ def prune_to_target(model: str | os.PathLike | Pruner, output: str | os.PathLike
                     compress: bool = False, use_onnxslim: bool = False,
                     input_shapes: dict[str, tuple[int, ...]] | None = None,
                     data: str | os.PathLike | Source | Dataset | None = None, budget: Budget | None = None,
-                    holdout: float = HOLDOUT, **options: Any) -> PruneOutcome:
+                    holdout: float = HOLDOUT, recover: Recovery | None = None, **options: Any) -> PruneOutcome:
     """Prune ``model`` (a path, or a ``Pruner`` already set up, to try several targets on one set-up; then
     ``method`` is None and the set-up options stay its own) with a channel ``method`` to ``target``: each
     group's width is allocated for the least summed error, the pruned model's real figure is checked
@@ -371,7 +382,8 @@ def prune_to_target(model: str | os.PathLike | Pruner, output: str | os.PathLike
     refused with its figures, nothing written. ConfigError, nothing written, when even every group at its
     smallest candidate width misses the target."""
     if isinstance(model, Pruner):
-        given = [n for n, v in (("method", method), ("calib", calib), ("input_shapes", input_shapes)) if v is not None]
+        given = [n for n, v in (("method", method), ("calib", calib), ("input_shapes", input_shapes),
+                                ("recover", recover)) if v is not None]
         if given or options or use_onnxslim or holdout != HOLDOUT:
             raise ConfigError(f"a Pruner given to prune_to_target brings its own set-up: drop "
                               f"{', '.join(given + sorted(options)) or 'use_onnxslim/holdout'}")
@@ -386,7 +398,7 @@ def prune_to_target(model: str | os.PathLike | Pruner, output: str | os.PathLike
         raise ConfigError("a quality budget with a target needs evaluation data to measure it: pass --data DATA.npz")
     if not isinstance(model, Pruner):
         pruner = Pruner(model, method, calib=calib, use_onnxslim=use_onnxslim, input_shapes=input_shapes,
-                        holdout=holdout, **options)
+                        holdout=holdout, recover=recover, **options)
     checked = None if data is None else pruner.load_data(data)
     if budget is not None:
         budget.check_data(checked, pruner.dense_outputs(checked))
