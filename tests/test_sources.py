@@ -21,7 +21,7 @@ from onnxprune.cli import cli
 from onnxprune.data import Dataset, LazyArray, Source, load_data, summary, write_npz
 from onnxprune.data.images import Preprocess
 from onnxprune.errors import DataError
-from onnxprune.pipeline import prune
+from onnxprune.pipeline import TIMING_BATCH, prune
 
 
 def _png(path: Path, pixels: np.ndarray) -> Path:
@@ -144,7 +144,7 @@ def test_images_stream_one_batch_at_a_time(images, tmp_path):
               calib=Source(str(folder), preprocess="raw"), batch_size=4)
     finally:
         type(lazy).rows = original
-    assert made and max(made) <= 4
+    assert made and max(made) <= max(4, TIMING_BATCH)  # capture batches, and the report's timing feed
     assert np.array_equal(data.take(5, 3).inputs["x"][1:3], tensors[4:6])
 
 

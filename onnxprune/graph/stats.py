@@ -79,7 +79,7 @@ def _at_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]])
     return fixed
 
 
-def _shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, list[int | None]]:
+def value_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, list[int | None]]:
     """Shapes of every value at the given input shapes (inputs, intermediates, outputs, initializers)."""
     fixed = _at_shapes(model, input_shapes)
     try:
@@ -141,7 +141,7 @@ def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None,
     tensors = []
     for weight in find_prunable(model):
         tensors.append(TensorStats(weight.name, weight.op_type, weight.shape, weight.size, nonzero[weight.name]))
-    shapes = _shapes(model, input_shapes or {})
+    shapes = value_shapes(model, input_shapes or {})
     macs: int | None = 0
     sparse_macs: int | None = 0
     for node in model.graph.node:
@@ -159,7 +159,7 @@ def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None,
 
 def node_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int] | None:
     """Each Conv/Gemm/MatMul node's dense MACs per sample at ``input_shapes``; None when a shape is unknown."""
-    shapes = _shapes(model, input_shapes or {})
+    shapes = value_shapes(model, input_shapes or {})
     found = {}
     for node in model.graph.node:
         counted = _node_macs(node, shapes, {})

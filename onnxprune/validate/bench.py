@@ -81,7 +81,7 @@ def interleaved_times(sessions: list[ort.InferenceSession], feed: dict[str, np.n
 
 
 def latencies(models: list[str | os.PathLike | onnx.ModelProto], feed: dict[str, np.ndarray], *,
-              seconds: float = 5.0, max_runs: int = 50, min_runs: int = 5,
+              seconds: float = 2.0, max_runs: int = 20, min_runs: int = 5,
               threads: int | None = None) -> tuple[list[float], str]:
     """Median milliseconds of each model on ``feed``, timed in turns call by call (ONNX Runtime, CPU or CUDA
     as ``bench`` picks, named in the result): two untimed rounds, then rounds until ``seconds`` have passed

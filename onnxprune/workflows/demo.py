@@ -25,12 +25,13 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 EVAL_SAMPLES = 2000  # first test images: enough to rank methods, fast enough for a two-minute demo
 DEMO_SPARSITY = {False: 0.7, True: 0.3}  # unstructured / structured
 # Per-method settings: fewer gradient rows and stages keep CHITA++ within the demo's time budget on two
-# cores (SparseGPT and Wanda: 256 calibration images; one-shot CHITA takes the layer engine, which has no
-# gradient rows); channel counts rounded to multiples of 8 turn removed channels into real speed.
-DEMO_OPTIONS: dict[str, dict[str, Any]] = {"chita++": {"rows": 128, "stages": 3},
+# cores, and the methods that capture activations take 256 calibration images (one-shot CHITA takes the
+# layer engine, which has no gradient rows); channel counts rounded to multiples of 8 turn removed channels
+# into real speed.
+DEMO_OPTIONS: dict[str, dict[str, Any]] = {"chita++": {"rows": 128, "stages": 3}, "chita": {"samples": 256},
                                            "sparsegpt": {"samples": 256}, "wanda": {"samples": 256},
                                            "l1-channel": {"round_to": 8}, "intrafusion": {"round_to": 8},
-                                           "chita-channel": {"round_to": 8}}
+                                           "chita-channel": {"round_to": 8, "samples": 256}}
 
 
 @dataclass

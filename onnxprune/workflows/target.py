@@ -4,8 +4,10 @@ width, chosen so that the model meets the target with the smallest summed error 
 A table holds, for every group and candidate width, the cost saved by pruning that group alone (ORT
 latency timed in turns with the dense model, or exact MACs) and the method's error there
 (``PruneSession.width_errors``); savings are taken as additive. The allocation is then checked on the
-pruned model itself against the input model (interleaved timing on the same inputs, or its MACs); when it
-misses, the required saving grows by the miss and the widths are allocated again, a few times.
+pruned model itself against the input model (interleaved timing on the same inputs, or its MACs). Savings
+are not additive everywhere (a transformer's layers pruned together run faster than their sum says), so the
+required saving is searched: it grows after a miss and shrinks after a measured speed-up more than
+``LANDING`` above the target, bracketing the least pruning that meets the target, a few allocations at most.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tqdm import tqdm
 from onnxprune.data import Dataset, Source, input_specs
 from onnxprune.errors import ConfigError, QualityError
 from onnxprune.graph.io import load_model
-from onnxprune.graph.stats import model_stats
+from onnxprune.graph.stats import model_stats, value_shapes
 from onnxprune.methods import get_method
 from onnxprune.methods.base import MethodResult, MethodSpec, PruneSession
 from onnxprune.methods.structured.session import kept_channels
@@ -45,8 +47,9 @@ log = logging.getLogger(__name__)
 KEEP_FRACTIONS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 TABLE_RUNS = 15  # timed calls per model for the table (the fastest counts), few: the table has many models
 CHECK_RUNS = 50  # timed calls per model when checking a pruned model against the input model (the median)
-TRIES = 5  # allocations checked before settling for the best measured one
+TRIES = 6  # allocations checked before settling for the best measured one
 TIGHTEN = 0.02  # after a miss, ask for at least this much more saving (a fraction of the dense cost)
+LANDING = 0.1  # a measured speed-up up to this much above the target lands on it; beyond, less is pruned
 STEPS = 1000  # the allocation counts savings in steps of required / STEPS
 HOLDOUT = 0.125  # calibration samples kept from the method, to report the pruned model's fidelity on
 POOR_AGREEMENT = 0.5  # below this top-1 agreement on the hold-out, a target run warns that its predictions changed
@@ -143,6 +146,11 @@ class LatencyMeter:
         """The samples per timed call."""
         return len(next(iter(self.feed.values())))
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """One sample's shape of every input, as timed."""
+        return {name: (1, *array.shape[1:]) for name, array in self.feed.items()}
+
 
 @dataclass
 class MacsMeter:
@@ -164,13 +172,15 @@ class MacsMeter:
 @dataclass
 class GroupCurve:
     """One group's candidates: keep counts (ascending, below its size), the cost saved by pruning the group
-    alone to each, and the method's error there."""
+    alone to each, and the method's error there; ``timed_as``: the group of the same shapes whose savings
+    it takes (None: timed itself)."""
 
     group: int
     size: int
     widths: list[int]
     savings: list[float]
     errors: list[float]
+    timed_as: int | None = None
 
 
 @dataclass
@@ -305,7 +315,14 @@ def _measured_savings(session: PruneSession, meter: Meter, candidates: dict[int,
     their mean, their largest difference over the groups being the noise (an A/A control)."""
     copies = 1 if meter.exact else 2
     dense, noise, curves = [], [0.0], []
+    timed: dict[tuple, GroupCurve] = {}  # a group's shapes → the curve of the first group timed with them
+    signatures = _signatures(session, meter.shapes) if not meter.exact else {}
     for index, widths in tqdm(candidates.items(), desc=f"{meter.metric} table", unit="group"):
+        same = timed.get(signatures.get(index))
+        if same is not None:
+            curves.append(GroupCurve(index, sizes[index], widths, list(same.savings), [], same.group))
+            log.info("group %d has the shapes of group %d: its savings are taken from there", index, same.group)
+            continue
         costs = meter.costs([session.reference_model()] * copies
                             + [meter.prepare(session.shape_model({index: w})) for w in widths],
                             table=True)
@@ -314,7 +331,28 @@ def _measured_savings(session: PruneSession, meter: Meter, candidates: dict[int,
         noise.append(max(costs[:copies]) - min(costs[:copies]))
         curves.append(GroupCurve(index, sizes[index], widths,
                                  [base - c for c in costs[copies:]], []))
+        if index in signatures:
+            timed[signatures[index]] = curves[-1]
     return float(np.median(dense)), max(noise), curves
+
+
+def _signatures(session: PruneSession, shapes: dict[str, tuple[int, ...]]) -> dict[int, tuple]:
+    """Each group's shapes: its members' roles, ops, weight shapes and slots, and the input and output shapes
+    of their nodes at ``shapes``; groups of equal signatures (a transformer's layers) cost the same to prune."""
+    model = session.reference_model()
+    known = value_shapes(model, shapes)
+    nodes = {n.name: n for n in model.graph.node}
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    found = {}
+    for group in session.target_groups():
+        parts = []
+        for member in group.members:
+            node = nodes.get(member.node)
+            around = () if node is None else tuple(tuple(known.get(v) or ()) for v in (node.input[0], node.output[0]))
+            parts.append(repr((member.role, member.op_type, weights.get(member.tensor), member.axis, member.offset,
+                               member.block, around)))
+        found[group.index] = (group.size, tuple(sorted(parts)))
+    return found
 
 
 def cost_table(session: PruneSession, meter: Meter, candidates: dict[int, list[int]],
@@ -456,14 +494,13 @@ def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
     outcome = TargetReport(asdict(target), meter.metric, meter.batch if timed else None,
                            meter.provider if timed else None, dense, noise, curves, fingerprint)
     results: dict[int, MethodResult] = {}
-    required = 1.0 - target.ratio
+    required, missed, met = 1.0 - target.ratio, 0.0, None  # savings asked; the largest that missed, least that met
     for _ in range(TRIES):
         widths = allocate_widths(curves, required * dense, floor=noise)
-        while widths is not None and any(t.widths == widths for t in outcome.tries):  # measured already: ask more
-            required += TIGHTEN
-            widths = allocate_widths(curves, required * dense, floor=noise)
         if widths is None:  # more than the table offers: the smallest widths, measured above to meet the target
             widths = smallest
+        if any(t.widths == widths for t in outcome.tries):  # the search has come back to an allocation it measured
+            break
         measured = _ratio(meter, given, session.shape_model(widths))
         pruned = measured <= target.ratio or widths == smallest
         if pruned:  # the shapes meet the target: prune, and the pruned model's own figure decides
@@ -472,10 +509,20 @@ def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
         outcome.tries.append(TargetTry(required, widths, 1.0 - _saving(curves, widths) / dense, measured, pruned))
         log.info("try %d: widths %s, predicted %s, measured %s%s", len(outcome.tries), widths,
                  target.figure(outcome.tries[-1].predicted), target.figure(measured), "" if pruned else " (shapes)")
-        if measured <= target.ratio or widths == smallest:
+        if measured <= target.ratio:  # met: done when within the landing zone, else ask for less pruning
+            met = required
+            if measured >= target.ratio / (1.0 + LANDING) or meter.exact:
+                break
+            required = (missed + required) / 2 if missed else required - (target.ratio - measured)
+        elif widths == smallest:
             break
-        required += max(measured - target.ratio, TIGHTEN)
-    chosen = int(np.argmin([t.measured for t in outcome.tries]))  # the one that met the target, if any: the last
+        else:  # missed: ask for more, halfway to the least saving that met it when one did
+            missed = required
+            required = (required + met) / 2 if met is not None else required + max(measured - target.ratio, TIGHTEN)
+    meeting = [i for i, t in enumerate(outcome.tries) if t.measured <= target.ratio]
+    # the least pruning that meets the target; else the best of the misses
+    chosen = (max(meeting, key=lambda i: outcome.tries[i].measured) if meeting
+              else int(np.argmin([t.measured for t in outcome.tries])))
     widths = outcome.tries[chosen].widths
     if chosen not in results:  # the best of several misses was measured on its shapes: prune it and measure that
         results[chosen] = session.prune_widths(widths)
