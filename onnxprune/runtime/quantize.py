@@ -43,6 +43,14 @@ class Quantization:
             raise ConfigError("quantization samples must be >= 1 and max_drop in [0, 1)")
 
 
+class _Advice(logging.Filter):
+    """Drops ONNX Runtime's advice to pre-process a model before quantizing it (its shape inference and graph
+    optimisation); onnxprune's canonical form already has inferred shapes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
 def excluded_nodes(model: onnx.ModelProto, exclude: tuple[str, ...]) -> list[str]:
     """The names of the nodes ``exclude`` names (by op type or node name); ConfigError for a name that is
     neither."""
@@ -77,6 +85,8 @@ def quantize_int8(model: onnx.ModelProto, calib: Dataset, settings: Quantization
     with tempfile.TemporaryDirectory(prefix="onnxprune-int8-") as folder:
         source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
         onnx.save(model, str(source))
+        quiet = _Advice()
+        logging.getLogger().addFilter(quiet)  # ORT's quantizer advises pre-processing on every call, at WARNING
         try:
             quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -86,6 +96,8 @@ def quantize_int8(model: onnx.ModelProto, calib: Dataset, settings: Quantization
             raise
         except Exception as exc:  # ONNX Runtime's quantizer raises its own and onnx's exception types
             raise ModelError(f"ONNX Runtime could not quantize the pruned model to INT8: {first_line(exc)}") from None
+        finally:
+            logging.getLogger().removeFilter(quiet)
         quantized = onnx.load(str(target))
     log.info("quantized to INT8 (QDQ, per-channel weights, %s calibration on %d samples)", settings.calibration,
              len(data))

@@ -222,6 +222,7 @@ class TargetReport:
     noise: float
     table: list[GroupCurve]
     model_sha256: str = ""
+    quantized: bool = False  # the pruned shapes were timed as INT8 (--quantize)
     tries: list[TargetTry] = field(default_factory=list)
     groups: list[GroupWidth] = field(default_factory=list)
     predicted: float | None = None
@@ -317,14 +318,14 @@ def _measured_savings(session: PruneSession, meter: Meter, candidates: dict[int,
     dense, noise, curves = [], [0.0], []
     timed: dict[tuple, GroupCurve] = {}  # a group's shapes → the curve of the first group timed with them
     signatures = _signatures(session, meter.shapes) if not meter.exact else {}
+    reference = meter.prepare(session.reference_model())  # savings count from the dense model as it would ship
     for index, widths in tqdm(candidates.items(), desc=f"{meter.metric} table", unit="group"):
         same = timed.get(signatures.get(index))
         if same is not None:
             curves.append(GroupCurve(index, sizes[index], widths, list(same.savings), [], same.group))
             log.info("group %d has the shapes of group %d: its savings are taken from there", index, same.group)
             continue
-        costs = meter.costs([session.reference_model()] * copies
-                            + [meter.prepare(session.shape_model({index: w})) for w in widths],
+        costs = meter.costs([reference] * copies + [meter.prepare(session.shape_model({index: w})) for w in widths],
                             table=True)
         base = float(np.mean(costs[:copies]))
         dense.append(base)
@@ -379,10 +380,10 @@ def model_fingerprint(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
-def reusable_table(path: str, meter: LatencyMeter, fingerprint: str, candidates: dict[int, list[int]]
-                   ) -> dict[str, Any]:
-    """The target details of the report at ``path``, when its latency table fits this run (same model, batch
-    and candidate widths); ConfigError naming what differs otherwise."""
+def reusable_table(path: str, meter: LatencyMeter, fingerprint: str, candidates: dict[int, list[int]],
+                   quantized: bool) -> dict[str, Any]:
+    """The target details of the report at ``path``, when its latency table fits this run (same model, batch,
+    candidate widths and INT8 or not); ConfigError naming what differs otherwise."""
     try:
         with open(path, encoding="utf-8") as file:
             found = json.load(file)["details"]["target"]
@@ -398,6 +399,9 @@ def reusable_table(path: str, meter: LatencyMeter, fingerprint: str, candidates:
         differs.append(f"batch {found.get('batch')} there, {meter.batch} here")
     if found.get("model_sha256") != fingerprint:
         differs.append("it was measured on another model (or another canonical form of it)")
+    if found.get("quantized", False) != quantized:
+        differs.append(f"its shapes were timed {'as INT8' if found.get('quantized') else 'in float'}, this run's "
+                       f"{'as INT8' if quantized else 'in float'} (--quantize)")
     if {c["group"]: list(c["widths"]) for c in found["table"]} != candidates:
         differs.append("its groups or candidate widths differ (--round-to, --skip-first/--skip-last?)")
     if differs:
@@ -480,7 +484,8 @@ def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
         raise ConfigError("no channel group can be narrowed (see onnxprune inspect; a --round-to as large as a "
                           "group leaves it whole)")
     fingerprint = model_fingerprint(pruner.canonical.model)
-    reuse = None if target.table is None else reusable_table(target.table, meter, fingerprint, candidates)
+    quantized = pruner.quantize is not None and isinstance(meter, LatencyMeter)
+    reuse = None if target.table is None else reusable_table(target.table, meter, fingerprint, candidates, quantized)
     smallest = {index: widths[0] for index, widths in candidates.items()}
     given = load_model(pruner.model_path, check=False)  # figures are against the file as the user has it
     reach = _ratio(meter, given, session.shape_model(smallest))
@@ -492,11 +497,16 @@ def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
     table_s = time.perf_counter() - start
     timed = isinstance(meter, LatencyMeter)
     outcome = TargetReport(asdict(target), meter.metric, meter.batch if timed else None,
-                           meter.provider if timed else None, dense, noise, curves, fingerprint)
+                           meter.provider if timed else None, dense, noise, curves, fingerprint, quantized)
     results: dict[int, MethodResult] = {}
-    required, missed, met = 1.0 - target.ratio, 0.0, None  # savings asked; the largest that missed, least that met
+    # the dense model as it ships (INT8, say) over the input file: savings are counted from the former
+    base = _ratio(meter, given, session.reference_model()) if quantized else 1.0
+    required, missed, met = 1.0 - target.ratio / base, 0.0, None  # saving asked; largest that missed, least that met
     for _ in range(TRIES):
         widths = allocate_widths(curves, required * dense, floor=noise)
+        while widths is not None and met is None and any(t.widths == widths for t in outcome.tries):
+            required += TIGHTEN  # a miss that allocates what was measured already: ask for more
+            widths = allocate_widths(curves, required * dense, floor=noise)
         if widths is None:  # more than the table offers: the smallest widths, measured above to meet the target
             widths = smallest
         if any(t.widths == widths for t in outcome.tries):  # the search has come back to an allocation it measured
@@ -506,7 +516,8 @@ def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
         if pruned:  # the shapes meet the target: prune, and the pruned model's own figure decides
             results[len(outcome.tries)] = session.prune_widths(widths)
             measured = _ratio(meter, given, results[len(outcome.tries)].model)
-        outcome.tries.append(TargetTry(required, widths, 1.0 - _saving(curves, widths) / dense, measured, pruned))
+        outcome.tries.append(TargetTry(required, widths, base * (1.0 - _saving(curves, widths) / dense), measured,
+                                       pruned))
         log.info("try %d: widths %s, predicted %s, measured %s%s", len(outcome.tries), widths,
                  target.figure(outcome.tries[-1].predicted), target.figure(measured), "" if pruned else " (shapes)")
         if measured <= target.ratio:  # met: done when within the landing zone, else ask for less pruning
