@@ -18,7 +18,6 @@ from onnxprune.graph.prunable import read_weights
 from onnxprune.pipeline import prune
 from onnxprune.runtime.feeds import run_batched
 from onnxprune.runtime.sessions import make_session
-from onnxprune.validate.evaluation import evaluate
 from onnxprune.view.distill import Recovery
 from onnxprune.view.torchview import build_torch_view, run_view
 
@@ -99,3 +98,20 @@ def test_cli_prints_what_recovery_did(data, tmp_path):
     assert result.exit_code == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("recovery: 50 steps"))
     assert "held-out error" in line and "on 32 samples" in line
+
+
+def test_padding_positions_do_not_count_in_the_loss_of_a_token_model():
+    import torch
+
+    from onnxprune.view.distill import _losses
+
+    generator = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 5, 3, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    out = target.clone()
+    out[0, 1] += 0.5
+    out[0, 3:] += 100.0  # padding: any value
+    out[1, 4] -= 100.0
+    masked = float(_losses(["mse"], (out,), [target], [1.0], mask))
+    assert masked == pytest.approx(3 * 0.25 / (7 * 3), rel=1e-6)
+    assert float(_losses(["mse"], (out,), [target], [1.0], None)) > 1000 * masked

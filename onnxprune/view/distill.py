@@ -3,10 +3,11 @@ model's on the calibration inputs (no labels), through the torch view of the pru
 
 The targets are the dense model's ONNX Runtime outputs. The loss is, per output, the KL divergence of the
 softmax for class scores and the mean squared error relative to the dense output's mean square otherwise
-(``loss='auto'``). Trained: every prunable weight and the bias of each Conv that holds one; an unstructured
-result keeps its zeros (masks fixed). Every ``check`` the weights are written into the ONNX graph and the
-held-out samples are run in ONNX Runtime: the best weights so measured are returned, the pruned model's own
-among them, so recovery never returns a model worse than the one it was given.
+(``loss='auto'``), over the real tokens only for a model with an ``attention_mask`` input. Trained: every
+prunable weight and the bias of each Conv that holds one; an unstructured result keeps its zeros (masks fixed).
+Every ``check`` the weights are written into the ONNX graph and the held-out samples are run in ONNX Runtime:
+the best weights so measured are returned, the pruned model's own among them, so recovery never returns a model
+worse than the one it was given.
 """
 
 from __future__ import annotations
@@ -86,12 +87,18 @@ def holdout_error(model: onnx.ModelProto, data: Dataset, dense: list[np.ndarray]
 
 
 def _losses(kinds: list[str], outputs: tuple[torch.Tensor, ...], targets: list[torch.Tensor],
-            scales: list[float]) -> torch.Tensor:
+            scales: list[float], mask: torch.Tensor | None) -> torch.Tensor:
+    """The summed loss of every output; ``mask`` [N, T] (a token model's attention mask) weighs the positions
+    of [N, T, ...] outputs, so that padding does not count."""
     total = torch.zeros((), dtype=torch.float32)
     for kind, out, target, scale in zip(kinds, outputs, targets, scales):
         if kind == "kl":
             total = total + F.kl_div(F.log_softmax(out, -1), F.log_softmax(target, -1), log_target=True,
                                      reduction="batchmean")
+        elif mask is not None and out.ndim >= 3 and out.shape[:2] == mask.shape:
+            weights = mask.reshape(*mask.shape, *([1] * (out.ndim - 2))).to(out.dtype)
+            squares = ((out - target) ** 2 * weights).sum() / (weights.sum() * out[0, 0].numel()).clamp_min(1.0)
+            total = total + squares / scale
         else:
             total = total + F.mse_loss(out, target) / scale
     return total
@@ -159,7 +166,8 @@ def distill(pruned: onnx.ModelProto, fit: Dataset, fit_dense: list[np.ndarray], 
         while report.steps < limit and (recovery.seconds is None or time.perf_counter() - start < recovery.seconds):
             index = torch.randint(len(fit), (min(recovery.batch, len(fit)),), generator=generator).numpy()
             inputs = [from_numpy(np.asarray(fit.inputs[n][index])) for n in view.input_names]
-            loss = _losses(kinds, view(*inputs), [t[index] for t in targets], scales)
+            mask = inputs[view.input_names.index("attention_mask")] if "attention_mask" in view.input_names else None
+            loss = _losses(kinds, view(*inputs), [t[index] for t in targets], scales, mask)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
