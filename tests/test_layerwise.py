@@ -266,7 +266,8 @@ def test_allocation_meets_the_budget_and_reads_the_error_curves_one_step_past_ea
     assert len(set(asked)) < 3 * len(grid)
 
 
-def test_swap_changes_are_the_exact_change_of_a_solve_on_the_swapped_support():
+@pytest.mark.parametrize("supports", ["2:4", "unequal"])
+def test_swap_changes_are_the_exact_change_of_a_solve_on_the_swapped_support(supports):
     from onnxprune.methods.solvers.layer_solver import _pairs, _solve_rows
 
     gen = torch.Generator().manual_seed(4)
@@ -275,10 +276,13 @@ def test_swap_changes_are_the_exact_change_of_a_solve_on_the_swapped_support():
     H = X.T @ X / 200 + 0.01 * torch.eye(d, dtype=torch.float64)
     W_bar = torch.randn(rows, d, generator=gen, dtype=torch.float64)
     mask = torch.zeros(rows, d, dtype=torch.bool)
-    for i in range(rows):  # 2:4 along each row, an arbitrary valid support
-        for g in range(d // 4):
-            mask[i, 4 * g + torch.randperm(4, generator=gen)[:2]] = True
-    group = torch.arange(d) // 4
+    for i in range(rows):  # 2:4 along each row, or 6 to 16 weights kept per row (one padded batch)
+        if supports == "2:4":
+            for g in range(d // 4):
+                mask[i, 4 * g + torch.randperm(4, generator=gen)[:2]] = True
+        else:
+            mask[i, torch.randperm(d, generator=gen)[:6 + 2 * i]] = True
+    group = torch.arange(d) // 4 if supports == "2:4" else None
     solved = _solve_rows(W_bar, H, mask, choose=lambda drop, add: _pairs(drop, add, group, 6))
     checked = 0
     for i, row in enumerate(solved):

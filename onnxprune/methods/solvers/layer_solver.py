@@ -214,9 +214,11 @@ def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, sta
     schur = (H_l.diagonal()[dropped] - explained).clamp_min(1e-300)
     add = torch.full_like(W_bar, -math.inf).scatter_(
         1, dropped, torch.where(cv, g.gather(1, dropped).pow(2) / schur, -math.inf))
+    # a padded row's swaps index its own kept and pruned columns only
     return [_Row(w[b], float(value[b]), drop[b], add[b],
-                 None if choose is None else _swap_changes(choose(drop[b], add[b]), kept[b], dropped[b], inverse[b],
-                                                           projected[b], w_kept[b], inverse_diag[b], g[b], schur[b]))
+                 None if choose is None else _swap_changes(choose(drop[b], add[b]), kept[b, :k[b]], dropped[b, :d - k[b]],
+                                                           inverse[b], projected[b], w_kept[b], inverse_diag[b], g[b],
+                                                           schur[b]))
             for b in range(rows)]
 
 
