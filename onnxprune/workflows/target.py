@@ -279,6 +279,13 @@ def allocate_widths(curves: list[GroupCurve], required: float, steps: int = STEP
     return widths
 
 
+def credited(curve: GroupCurve) -> GroupCurve:
+    """The curve as allocations count it: each width credited with at most what every narrower width of the
+    group saved, so one lucky timing of a barely pruned group cannot promise a saving that pruning it further
+    did not show (a noisy table otherwise buys an allocation the written file does not confirm)."""
+    return dataclasses.replace(curve, savings=np.minimum.accumulate(curve.savings).tolist())
+
+
 def _saving(curves: list[GroupCurve], widths: dict[int, int]) -> float:
     """The table's summed saving of an allocation."""
     return sum(c.savings[c.widths.index(widths[c.group])] for c in curves if c.group in widths)
@@ -494,6 +501,12 @@ def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
                           f"smallest candidate width ({KEEP_FRACTIONS[0]:.0%} of its channels) the model measures "
                           f"{target.figure(reach)}, the best reachable; ask for at most that")
     dense, noise, curves = cost_table(session, meter, candidates, reuse)
+    plan = [credited(curve) for curve in curves]
+
+    def allocate(saving: float) -> dict[int, int] | None:
+        # measurable savings first; beyond what they offer, the small ones count too (together they can be real)
+        return allocate_widths(plan, saving * dense, floor=noise) or allocate_widths(plan, saving * dense)
+
     table_s = time.perf_counter() - start
     timed = isinstance(meter, LatencyMeter)
     outcome = TargetReport(asdict(target), meter.metric, meter.batch if timed else None,
@@ -503,10 +516,10 @@ def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
     base = _ratio(meter, given, session.reference_model()) if quantized else 1.0
     required, missed, met = 1.0 - target.ratio / base, 0.0, None  # saving asked; largest that missed, least that met
     for _ in range(TRIES):
-        widths = allocate_widths(curves, required * dense, floor=noise)
+        widths = allocate(required)
         while widths is not None and met is None and any(t.widths == widths for t in outcome.tries):
             required += TIGHTEN  # a miss that allocates what was measured already: ask for more
-            widths = allocate_widths(curves, required * dense, floor=noise)
+            widths = allocate(required)
         if widths is None:  # more than the table offers: the smallest widths, measured above to meet the target
             widths = smallest
         if any(t.widths == widths for t in outcome.tries):  # the search has come back to an allocation it measured
@@ -516,7 +529,7 @@ def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
         if pruned:  # the shapes meet the target: prune, and the pruned model's own figure decides
             results[len(outcome.tries)] = session.prune_widths(widths)
             measured = _ratio(meter, given, results[len(outcome.tries)].model)
-        outcome.tries.append(TargetTry(required, widths, base * (1.0 - _saving(curves, widths) / dense), measured,
+        outcome.tries.append(TargetTry(required, widths, base * (1.0 - _saving(plan, widths) / dense), measured,
                                        pruned))
         log.info("try %d: widths %s, predicted %s, measured %s%s", len(outcome.tries), widths,
                  target.figure(outcome.tries[-1].predicted), target.figure(measured), "" if pruned else " (shapes)")
