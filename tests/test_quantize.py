@@ -46,6 +46,20 @@ def test_int8_after_pruning_passes_the_checker_runs_and_keeps_the_accuracy(data,
     assert int8.speed["speedup"] > 0 and "note" not in int8.speed
 
 
+def test_an_opset_11_model_is_converted_for_per_channel_weights(tmp_path):
+    model = onnx.load(str(MODELS / "mlp.onnx"))  # Gemm and Relu: the same at opset 11
+    model.opset_import[0].version = 11
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(old := tmp_path / "mlp11.onnx"))
+    prune(old, tmp_path / "int8.onnx", method="magnitude", sparsity=0.0, calib=MODELS / "mlp_calib.npz",
+          quantize=Quantization("int8", samples=64))
+    written = onnx.load(str(tmp_path / "int8.onnx"))
+    onnx.checker.check_model(written, full_check=True)
+    assert [o.version for o in written.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    axes = [a.i for n in written.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
+    assert axes and evaluate(tmp_path / "int8.onnx", MODELS / "mlp_test.npz").accuracy > 0.9
+
+
 def test_auto_keeps_int8_only_within_the_allowed_loss(data, tmp_path):
     outcome = prune(CNN, tmp_path / "auto.onnx", "l1-channel", sparsity=0.3, round_to=8, reconstruct="off", calib=data["calib"],
                     quantize=Quantization("auto", max_drop=0.0))

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("int8", "auto")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
+PER_CHANNEL_OPSET = 13  # DequantizeLinear takes an axis (per-channel scales) from opset 13
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,26 @@ def excluded_nodes(model: onnx.ModelProto, exclude: tuple[str, ...]) -> list[str
     return [n.name for n in model.graph.node if n.op_type in exclude or n.name in exclude]
 
 
+def per_channel_ready(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` at opset 13 or later, where per-channel weights can be dequantized (an older model is converted
+    by onnx's version converter; ModelError when it cannot be)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), PER_CHANNEL_OPSET)
+    if opset >= PER_CHANNEL_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, PER_CHANNEL_OPSET)
+    except Exception as exc:  # the converter raises its own C++ error types
+        raise ModelError(f"the opset {opset} model needs opset {PER_CHANNEL_OPSET} for per-channel INT8 weights and "
+                         f"onnx's version converter could not convert it: {first_line(exc)}") from None
+    log.info("opset %d converted to %d for per-channel INT8 weights", opset, PER_CHANNEL_OPSET)
+    return converted
+
+
 def quantize_int8(model: onnx.ModelProto, calib: Dataset, settings: Quantization, batch: int = 8) -> onnx.ModelProto:
-    """``model`` statically quantized to INT8 (QDQ) with activation ranges from the first ``settings.samples``
-    calibration samples; ModelError with ONNX Runtime's reason when it cannot be quantized."""
+    """``model`` statically quantized to INT8 (QDQ; opset 13 or later) with activation ranges from the first
+    ``settings.samples`` calibration samples; ModelError with ONNX Runtime's reason when it cannot be quantized."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -84,7 +102,7 @@ def quantize_int8(model: onnx.ModelProto, calib: Dataset, settings: Quantization
               "percentile": CalibrationMethod.Percentile}[settings.calibration]
     with tempfile.TemporaryDirectory(prefix="onnxprune-int8-") as folder:
         source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
-        onnx.save(model, str(source))
+        onnx.save(per_channel_ready(model), str(source))
         quiet = _Advice()
         logging.getLogger().addFilter(quiet)  # ORT's quantizer advises pre-processing on every call, at WARNING
         try:
