@@ -126,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append([model.name, str(batch), config, *cells, f"{found['seconds']:.0f}"])
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
     head = ["model", "batch", "configuration", "within 1 %", "within 2 %", "seconds"]
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(real_corpus.markdown_table(head, rows))
     return 0
 
 

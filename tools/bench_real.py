@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     head = ["model", "exporter", "weights", "method", "setting", "metric", "% of dense", "fidelity to dense",
             "prune s", "peak MB", "error"]
     if args.markdown:
-        print("| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
+        print(real_corpus.markdown_table(head, rows))
     else:
         widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
         for row in [head] + rows:

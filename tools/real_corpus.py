@@ -1120,6 +1120,12 @@ def run_model(onnx_path: Path, arrays: dict, batch: int = 16) -> dict:
     return {k: np.concatenate(v) if v[0].ndim else v[-1] for k, v in outs.items()}
 
 
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """A benchmark's rows as one markdown table."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def task_metric(model: RealModel, onnx_path: Path) -> float:
     """The task metric (higher is better) of ``onnx_path`` on ``model.test``, computed in ORT (CPU)."""
     with np.load(model.test, allow_pickle=False) as z:
