@@ -514,6 +514,7 @@ def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
     results: dict[int, MethodResult] = {}
     # the dense model as it ships (INT8, say) over the input file: savings are counted from the former
     base = _ratio(meter, given, session.reference_model()) if quantized else 1.0
+    # a ratio r to the input file is a saving 1 - r / base of the dense cost: ratio gaps are divided by base
     required, missed, met = 1.0 - target.ratio / base, 0.0, None  # saving asked; largest that missed, least that met
     for _ in range(TRIES):
         widths = allocate(required)
@@ -537,12 +538,13 @@ def target_result(pruner: Pruner, target: Target) -> tuple[MethodResult, float]:
             met = required
             if measured >= target.ratio / (1.0 + LANDING) or meter.exact:
                 break
-            required = (missed + required) / 2 if missed else required - (target.ratio - measured)
+            required = (missed + required) / 2 if missed else required - (target.ratio - measured) / base
         elif widths == smallest:
             break
         else:  # missed: ask for more, halfway to the least saving that met it when one did
             missed = required
-            required = (required + met) / 2 if met is not None else required + max(measured - target.ratio, TIGHTEN)
+            required = ((required + met) / 2 if met is not None
+                        else required + max((measured - target.ratio) / base, TIGHTEN))
     meeting = [i for i, t in enumerate(outcome.tries) if t.measured <= target.ratio]
     # the least pruning that meets the target; else the best of the misses
     chosen = (max(meeting, key=lambda i: outcome.tries[i].measured) if meeting
