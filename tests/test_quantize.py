@@ -60,6 +60,16 @@ def test_an_opset_11_model_is_converted_for_per_channel_weights(tmp_path):
     assert axes and evaluate(tmp_path / "int8.onnx", MODELS / "mlp_test.npz").accuracy > 0.9
 
 
+def test_quantizer_advice_is_not_repeated_to_the_user(data, tmp_path, caplog):
+    # the CNN's BatchNormalizations have rank-1 weights: ONNX Runtime notes each has no per-channel axis
+    prune(CNN, tmp_path / "int8.onnx", "magnitude", sparsity=0.0, calib=data["calib"],
+          quantize=Quantization("int8", samples=16))
+    written = onnx.load(str(tmp_path / "int8.onnx"))
+    assert {"BatchNormalization", "QuantizeLinear"} <= {n.op_type for n in written.graph.node}
+    assert not [r.getMessage() for r in caplog.records if "out-of-range" in r.getMessage()
+                or "pre-processing" in r.getMessage()]
+
+
 def test_auto_keeps_int8_only_within_the_allowed_loss(data, tmp_path):
     outcome = prune(CNN, tmp_path / "auto.onnx", "l1-channel", sparsity=0.3, round_to=8, reconstruct="off", calib=data["calib"],
                     quantize=Quantization("auto", max_drop=0.0))

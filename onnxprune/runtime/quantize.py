@@ -45,11 +45,13 @@ class Quantization:
 
 
 class _Advice(logging.Filter):
-    """Drops ONNX Runtime's advice to pre-process a model before quantizing it (its shape inference and graph
-    optimisation); onnxprune's canonical form already has inferred shapes."""
+    """Drops ONNX Runtime's advice to pre-process a model before quantizing it (onnxprune's canonical form already
+    has inferred shapes) and its note, once per BatchNormalization, that a rank-1 weight has no per-channel axis
+    (such a weight is quantized per tensor, as it should be)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing" not in record.getMessage()
+        message = record.getMessage()
+        return "pre-processing" not in message and "is out-of-range for weight" not in message
 
 
 def excluded_nodes(model: onnx.ModelProto, exclude: tuple[str, ...]) -> list[str]:
