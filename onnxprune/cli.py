@@ -151,12 +151,11 @@ def _source_options(command: Callable) -> Callable:
     return command
 
 
-def _source(path: str | None, flags: dict[str, Any]) -> Any:
-    """A --calib/--data path with the source flags (popped from ``flags``), as onnxprune.Source."""
+def _source(path: str | None, read: dict[str, Any]) -> Any:
+    """A --calib/--data path with the source flags in ``read``, as onnxprune.Source."""
     from onnxprune.data import Source
 
-    given = {name: flags.pop(name) for name in _SOURCE_FLAGS if name in flags}
-    return None if path is None else Source(path, **given)
+    return None if path is None else Source(path, **{name: read[name] for name in _SOURCE_FLAGS if name in read})
 
 
 @cli.command()
@@ -169,7 +168,7 @@ def inspect(model: str, input_shape: tuple[str, ...], data: str | None, **read: 
     """Opset, inputs/outputs, parameters, prunable tensors, MACs, channel groups, unconvertible ops."""
     from onnxprune.inspection import inspect_model
 
-    source = _source(data, dict(read))
+    source = _source(data, read)
     _unread(read, source)
     info = inspect_model(model, _shapes(input_shape), source)
     lines = [f"{info.path}: opset {info.opset}, IR {info.ir_version}, producer {info.producer or '?'}"]
@@ -354,7 +353,7 @@ def prune(model: str, output: str, method: str, calib: str | None, input_shape: 
     recovery = _recovery(flags, seed=flags.get("seed") or 0)
     quantize = _quantization(flags)
     read = {name: flags.pop(name) for name in _SOURCE_FLAGS}
-    calib, data = _source(calib, dict(read)), _source(data, dict(read))
+    calib, data = _source(calib, read), _source(data, read)
     _unread(read, calib, data)
     options = {k: v for k, v in flags.items() if v is not None}
     options.update(_parse_options(extra))
@@ -500,7 +499,7 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
     """Latency (median, p90) in ONNX Runtime; with --vs, the speed-up of MODEL over OTHER."""
     from onnxprune.validate.bench import benchmark
 
-    source = _source(data, dict(read))
+    source = _source(data, read)
     _unread(read, source)
     r = benchmark(model, vs=vs, batch=batch, threads=threads, runs=runs, warmup=warmup, device=device, data=source,
                   input_shapes=_shapes(input_shape))
@@ -533,7 +532,7 @@ def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: s
     """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
     from onnxprune.workflows.sweeps import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
 
-    report = run_sweep(model, out_dir, data=_source(data, dict(read)), calib=_source(calib, dict(read)),
+    report = run_sweep(model, out_dir, data=_source(data, read), calib=_source(calib, read),
                        methods=parse_list(method_list) if method_list else DEFAULT_METHODS,
                        sparsities=parse_list(sparsities, float) if sparsities else DEFAULT_SPARSITIES,
                        batch=batch, threads=threads, runs=runs, options=_parse_options(extra),

@@ -240,7 +240,8 @@ class Pruner:
         int8 = quantize_int8(model, self.calib, self.quantize)
         check_model(int8, "the INT8 model")
         smoke_run(self.canonical.model, int8, self.feed, self.reference)
-        (given, fp32, q8), provider = latencies([self.model_path, model, int8], self.timing_feed())
+        feed = self.timing_feed()
+        (given, fp32, q8), provider = latencies([self.model_path, model, int8], feed)
         held = self.holdout if self.holdout is not None else self.calib
         fidelity = [self.fidelity(m, held) for m in (model, int8)]
         versus = evaluate(int8, held, reference=reference_outputs(model, held))  # INT8 against the float model
@@ -256,7 +257,7 @@ class Pruner:
                   f"INT8 is {'faster' if faster else 'not faster'} ({fp32 / q8:.2f}x of the float model) and "
                   f"{'within' if close else 'beyond'} the allowed loss ({drop:.2%} against {self.quantize.max_drop:.2%})")
         report = {"kept": "int8" if keep else "fp32", "reason": reason, "provider": provider,
-                  "batch": len(next(iter(self.timing_feed().values()))), "rows": rows, "loss_to_float": drop,
+                  "batch": len(next(iter(feed.values()))), "rows": rows, "loss_to_float": drop,
                   "measured_on": f"{len(held)} {'held-out ' if self.holdout is not None else ''}calibration samples",
                   "settings": asdict(self.quantize)}
         if not keep:

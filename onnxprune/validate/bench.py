@@ -64,15 +64,19 @@ def _timer(session: ort.InferenceSession, feed: dict[str, np.ndarray]):
 
 
 def interleaved_times(sessions: list[ort.InferenceSession], feed: dict[str, np.ndarray], runs: int,
-                      warmup: int) -> list[list[float]]:
+                      warmup: int, *, seconds: float | None = None, min_runs: int = 1) -> list[list[float]]:
     """Milliseconds of ``runs`` calls of each session on ``feed``, the sessions taking turns call by call
-    (after ``warmup`` untimed rounds) so that a drift of the machine hits them all alike."""
+    (after ``warmup`` untimed rounds) so that a drift of the machine hits them all alike; with ``seconds``,
+    fewer rounds (at least ``min_runs``) once that much time has passed."""
     calls = [_timer(s, feed) for s in sessions]
     for _ in range(warmup):
         for call in calls:
             call()
     times: list[list[float]] = [[] for _ in calls]
-    for _ in tqdm(range(runs), desc="bench", unit="run", leave=False, disable=None):
+    began = time.perf_counter()
+    for done in tqdm(range(runs), desc="bench", unit="run", leave=False, disable=None):
+        if seconds is not None and done >= min_runs and time.perf_counter() - began >= seconds:
+            break
         for call, bucket in zip(calls, times):
             start = time.perf_counter()
             call()
@@ -87,17 +91,7 @@ def latencies(models: list[str | os.PathLike | onnx.ModelProto], feed: dict[str,
     as ``bench`` picks, named in the result): two untimed rounds, then rounds until ``seconds`` have passed
     (at least ``min_runs``, at most ``max_runs``), so that a report's speed figure costs little on a large model."""
     sessions = [make_session(m if isinstance(m, onnx.ModelProto) else str(m), threads=threads) for m in models]
-    calls = [_timer(s, feed) for s in sessions]
-    for _ in range(2):
-        for call in calls:
-            call()
-    times: list[list[float]] = [[] for _ in calls]
-    start = time.perf_counter()
-    while len(times[0]) < max_runs and (len(times[0]) < min_runs or time.perf_counter() - start < seconds):
-        for call, bucket in zip(calls, times):
-            began = time.perf_counter()
-            call()
-            bucket.append((time.perf_counter() - began) * 1000.0)
+    times = interleaved_times(sessions, feed, max_runs, warmup=2, seconds=seconds, min_runs=min_runs)
     return [float(np.median(t)) for t in times], provider_name(sessions[0])
 
 

@@ -112,17 +112,14 @@ def _trainable(view: TorchView, model: onnx.ModelProto) -> dict[str, torch.nn.Pa
     for node in model.graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
-    module_of = view.module_of
-    for weight in find_prunable(model):
-        if weight.op_type != "Conv":
-            continue
-        for node in model.graph.node:
-            if node.name in weight.nodes and len(node.input) > 2 and readers.get(node.input[2]) == 1 \
-                    and node.name in module_of:
-                conv = view.graph_module.get_submodule(module_of[node.name])
-                if getattr(conv, "bias", None) is not None:
-                    conv.bias.requires_grad_(True)
-                    found[node.input[2]] = conv.bias
+    convs = {name for weight in find_prunable(model) if weight.op_type == "Conv" for name in weight.nodes}
+    for node in model.graph.node:
+        if node.name in convs and len(node.input) > 2 and readers.get(node.input[2]) == 1 \
+                and node.name in view.module_of:
+            conv = view.graph_module.get_submodule(view.module_of[node.name])
+            if getattr(conv, "bias", None) is not None:
+                conv.bias.requires_grad_(True)
+                found[node.input[2]] = conv.bias
     return found
 
 
@@ -162,12 +159,13 @@ def distill(pruned: onnx.ModelProto, fit: Dataset, fit_dense: list[np.ndarray], 
     best, stale, start = (pruned, report.error_before), 0, time.perf_counter()
     limit = recovery.steps or 10**9
     view.train(False)  # dropout and batch statistics stay as exported: the model is evaluated as deployed
+    tokens = view.input_names.index("attention_mask") if "attention_mask" in view.input_names else None
     with tqdm(total=recovery.steps, desc="recovery", unit="step", leave=False, disable=None) as bar:
         while report.steps < limit and (recovery.seconds is None or time.perf_counter() - start < recovery.seconds):
             index = torch.randint(len(fit), (min(recovery.batch, len(fit)),), generator=generator).numpy()
             inputs = [from_numpy(np.asarray(fit.inputs[n][index])) for n in view.input_names]
-            mask = inputs[view.input_names.index("attention_mask")] if "attention_mask" in view.input_names else None
-            loss = _losses(kinds, view(*inputs), [t[index] for t in targets], scales, mask)
+            loss = _losses(kinds, view(*inputs), [t[index] for t in targets], scales,
+                           None if tokens is None else inputs[tokens])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
