@@ -50,7 +50,7 @@ GLOSSARY = {
                   "'off': one capture of the dense model; 'auto': on for channel methods with calibration data, "
                   "off for the layer-wise unstructured methods",
     "batch_size": "calibration samples per ONNX Runtime batch while capturing activations",
-    "swap_rounds": "rounds of the layer engine's exact swap search after IHT (0: none)",
+    "swap_rounds": "rounds of the layer engine's exact swap search after IHT (0: none; default 1 with a pattern, else 0)",
     "reuse_gradients": "a later CHITA++ stage reuses an earlier stage's gradients while the weights are within this "
                        "relative L2 distance of those they were computed at (0: recompute every stage)",
     "device": "where torch work runs: 'auto' (CUDA when torch sees a GPU), 'cpu' or 'cuda'",

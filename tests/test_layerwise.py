@@ -48,7 +48,7 @@ def test_layer_solver_is_within_one_percent_of_the_best_support(seed, keep):
     W_t, H_t = torch.from_numpy(W), torch.from_numpy(H_l)
     best = min(_objective(layer_backsolve(W_t, H_t, torch.isin(torch.arange(12), torch.tensor(s)).reshape(2, 6)).numpy(),
                           W, H_l) for s in itertools.combinations(range(12), keep))
-    got = solve_chita(LayerProblem(W, H, lam), LayerTarget(1 - keep / 12))
+    got = solve_chita(LayerProblem(W, H, lam), LayerTarget(1 - keep / 12), swap_rounds=1)
     assert np.count_nonzero(got) == keep
     assert _objective(got, W, H_l) <= 1.01 * best
 
@@ -266,33 +266,67 @@ def test_allocation_meets_the_budget_and_reads_the_error_curves_one_step_past_ea
     assert len(set(asked)) < 3 * len(grid)
 
 
-@pytest.mark.parametrize("supports", ["2:4", "unequal"])
+@pytest.mark.parametrize("supports", ["2:4", "unequal", "2:4 low-rank", "unequal low-rank"])
 def test_swap_changes_are_the_exact_change_of_a_solve_on_the_swapped_support(supports):
-    from onnxprune.methods.solvers.layer_solver import _pairs, _solve_rows
+    from onnxprune.methods.solvers.layer_solver import LowRankGram, _pairs, _solve_rows, gram_factor
 
     gen = torch.Generator().manual_seed(4)
     d, rows = 24, 6
-    X = torch.randn(200, d, generator=gen, dtype=torch.float64) @ torch.randn(d, d, generator=gen, dtype=torch.float64)
-    H = X.T @ X / 200 + 0.01 * torch.eye(d, dtype=torch.float64)
+    n = 5 if "low-rank" in supports else 200  # 5 rows: H of rank 5, solved through its factor
+    X = torch.randn(n, d, generator=gen, dtype=torch.float64) @ torch.randn(d, d, generator=gen, dtype=torch.float64)
+    H = X.T @ X / n + 0.01 * torch.eye(d, dtype=torch.float64)
+    low = LowRankGram(gram_factor(X.T @ X / n, n), 0.01) if n < d else None
     W_bar = torch.randn(rows, d, generator=gen, dtype=torch.float64)
     mask = torch.zeros(rows, d, dtype=torch.bool)
     for i in range(rows):  # 2:4 along each row, or 6 to 16 weights kept per row (one padded batch)
-        if supports == "2:4":
+        if supports.startswith("2:4"):
             for g in range(d // 4):
                 mask[i, 4 * g + torch.randperm(4, generator=gen)[:2]] = True
         else:
             mask[i, torch.randperm(d, generator=gen)[:6 + 2 * i]] = True
-    group = torch.arange(d) // 4 if supports == "2:4" else None
-    solved = _solve_rows(W_bar, H, mask, choose=lambda drop, add: _pairs(drop, add, group, 6))
+    group = torch.arange(d) // 4 if supports.startswith("2:4") else None
+    solved = _solve_rows(W_bar, H, mask, choose=lambda drop, add: _pairs(drop, add, group, 6), low_rank=low)
     checked = 0
     for i, row in enumerate(solved):
         for out, into, change in row.swaps:
             trial = mask[i:i + 1].clone()
             trial[0, out], trial[0, into] = False, True
-            exact = _solve_rows(W_bar[i:i + 1], H, trial, stats=False)[0].value - row.value
+            exact = _solve_rows(W_bar[i:i + 1], H, trial, stats=False)[0].value - row.value  # full route
             assert change == pytest.approx(exact, rel=1e-3, abs=1e-6 * row.value)
             checked += 1
     assert checked >= rows * 4
+
+
+def test_few_calibration_rows_solve_through_the_factor_of_h_with_the_full_solves_results():
+    from onnxprune.methods.solvers.layer_solver import _solve_rows
+
+    rng = np.random.default_rng(3)
+    d, n = 96, 20  # 20 rows for 96 inputs: H has rank 20, below a quarter of 96
+    X = rng.standard_normal((n, d)) * np.exp(rng.normal(0, 1, d))
+    H, W = X.T @ X, rng.standard_normal((16, d))
+    lam = 0.01 * np.mean(np.diag(H))
+    low_rank, full = LayerProblem(W, H, lam, rows=n), LayerProblem(W, H, lam)
+    assert low_rank.low_rank is not None and low_rank.low_rank.X.shape == (n + 8, d)
+    assert full.low_rank is None and LayerProblem(W, H, lam, rows=d // 4 + 1).low_rank is None
+    mask = torch.from_numpy(rng.random((16, d)) < 0.4)
+    for a, b in zip(_solve_rows(full.W_bar, full.H_l, mask),
+                    _solve_rows(low_rank.W_bar, low_rank.H_l, mask, low_rank=low_rank.low_rank)):
+        assert torch.allclose(a.w, b.w, rtol=0, atol=1e-9 * float(a.w.abs().max()))
+        assert b.value == pytest.approx(a.value, rel=1e-9)
+        assert torch.allclose(b.drop[torch.isfinite(a.drop)], a.drop[torch.isfinite(a.drop)], rtol=1e-4)
+        assert torch.allclose(b.add[torch.isfinite(a.add)], a.add[torch.isfinite(a.add)], rtol=1e-3, atol=1e-6 * a.value)
+    for target in (LayerTarget(0.5), LayerTarget(0.5, None, "row")):
+        np.testing.assert_allclose(solve_chita(low_rank, target), solve_chita(full, target), rtol=0, atol=1e-8)
+
+
+def test_default_swap_rounds_depend_on_the_budget_and_empty_targets_prune_nothing():
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((200, 16))
+    problem = LayerProblem(rng.standard_normal((6, 16)), X.T @ X, 0.01 * np.mean(np.sum(X * X, 0)))
+    for target, rounds in ((LayerTarget(0.5), 0), (LayerTarget(0.5, (2, 4)), 1), (LayerTarget(0.5, None, "row"), 1)):
+        np.testing.assert_array_equal(solve_chita(problem, target), solve_chita(problem, target, swap_rounds=rounds))
+    assert not LayerTarget(0.0).prunes_any(6, 16) and not LayerTarget(0.1, None, "row").prunes_any(6, 9)
+    assert LayerTarget(0.02).prunes_any(6, 16) and LayerTarget(0.0, (2, 4)).prunes_any(6, 16)
 
 
 def test_depthwise_gram_equals_im2col_and_thins_long_rows():

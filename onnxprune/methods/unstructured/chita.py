@@ -60,9 +60,10 @@ class ChitaConfig(UnstructuredConfig):
     - ``patience`` 0: IHT already jumps to the exact minimiser on a support that held for 3 iterations and
       stops at its fixed point (``chita_solver.REFIT_AFTER``); patience was measured before that, when it made
       CNN solves ~40% faster and moved results at 0.95+ both ways.
-    - ``swap_rounds`` 1: with N:M or per-row budgets every row takes a swap per round and is solved again, the
-      bulk of the time: on MiniLM-L3 at 2:4, 0/1/3 rounds took 62/107/188-205 s for mean cosine
-      0.9898/0.9902/0.9907 (README).
+    - ``swap_rounds`` None: 1 with N:M, where every row takes a swap per round and is solved again, the
+      bulk of the time (MiniLM-L3 at 2:4, 0/1/3 rounds: 62/107/188-205 s for mean cosine
+      0.9898/0.9902/0.9907); 0 with a layer-wide budget, where a round is one swap per layer and its figures
+      doubled the solve for a 1e-5 relative change of the layer's error (README).
     - ``reuse_gradients`` 0: on the CNN at 0.9 (its 10 stages move the weights by 0.07-0.4 each) reuse up to 0.2
       took 62 s for 96.13 % against 68-70 s for 96.15 %, and lcnet_ori kept its accuracy in half the time;
       ppocr_cls's 7-point loss at 0.7 was within its run-to-run spread, but CHITA++'s ``early_rows`` is as fast
@@ -84,7 +85,7 @@ class ChitaConfig(UnstructuredConfig):
     patience: int = 0
     sequential: str = "auto"
     batch_size: int = 64
-    swap_rounds: int = 1
+    swap_rounds: int | None = None
     reuse_gradients: float = 0.0
     device: str = "auto"
 

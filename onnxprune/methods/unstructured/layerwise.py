@@ -99,21 +99,23 @@ def waves(model: onnx.ModelProto, sources: list[LayerSource]) -> list[list[Layer
     return [g for g in grouped if g]
 
 
+# (layer name) → that layer's LayerProblems (one per group).
+ProblemSource = Callable[[str], list[Any]]
+
+
 @dataclass
 class ErrorCurves:
     """Relative reconstruction error of each layer pruned by ``solver`` at each target, solved on first use
     (the allocation only looks one grid step past each layer's level) and kept in ``known`` (by layer and
-    sparsity, so a session's later sparsities re-use the points); 0 at sparsity 0. ``bar`` counts the solves."""
+    sparsity, so a session's later sparsities re-use the points); 0 at sparsity 0. ``bar`` counts the solves;
+    ``problems`` gives each layer's LayerProblems (whose factors every solve of the layer shares)."""
 
     sources: list[LayerSource]
-    dense: dict[str, np.ndarray]
     solver: LayerSolver
-    grams: dict[str, GramStats]
-    lams: dict[str, float]
+    problems: ProblemSource
     targets: list[Any]
     bar: Any
     known: dict[tuple[int, float], float] = field(default_factory=dict)
-    problems: dict[int, list[Any]] = field(default_factory=dict)  # per layer: LayerProblems whose factors solves share
 
     def __call__(self, layer: int, level: int) -> float:
         target = self.targets[level]
@@ -122,14 +124,9 @@ class ErrorCurves:
         return self.known[layer, target.sparsity]
 
     def _solve(self, layer: int, target: Any) -> float:
-        from onnxprune.methods.solvers.layer_solver import LayerProblem
-
         if target.sparsity <= 0:
             return 0.0
-        if layer not in self.problems:
-            name = self.sources[layer].name
-            self.problems[layer] = [LayerProblem(w, h, self.lams[name]) for w, h in zip(self.dense[name], self.grams[name].H)]
-        problems = self.problems[layer]
+        problems = self.problems(self.sources[layer].name)
         energy = max(sum(p.dense_energy for p in problems), 1e-300)
         self.bar.update(1)
         return sum(p.error(self.solver(p, target)) for p in problems) / energy
@@ -191,6 +188,7 @@ class LayerwiseSession(PruneSession):
         self.original = read_weights(model, [s.name for s in self.sources])
         self.dense = {s.name: s.to_groups(self.original[s.name]) for s in self.sources}
         self.grams: dict[str, GramStats] | None = None  # of the dense model
+        self.problems: dict[str, list[Any]] = {}  # each layer's LayerProblems on the dense model's Grams
         self.curves: dict[tuple[int, float], float] = {}  # error-curve points, by layer and sparsity
         self.singular: set[str] = set()  # layers already warned about
         self.capture_s = 0.0
@@ -227,14 +225,24 @@ class LayerwiseSession(PruneSession):
             return {s.name: LayerTarget(1 - self.nm[0] / self.nm[1], self.nm, self.scope) for s in self.sources}
         if self.config.allocation == "uniform" or sparsity == 0:
             return {s.name: LayerTarget(sparsity, None, self.scope) for s in self.sources}
-        grams = self._dense_grams()
         grid = np.unique(np.r_[GRID, sparsity, (1 + sparsity) / 2])
         sizes = np.array([self.original[s.name].size for s in self.sources], dtype=float)
         with placed_on(self.device), tqdm(desc="error curves", unit="solve", leave=False, disable=None) as bar:
-            errors = ErrorCurves(self.sources, self.dense, self.estimator, grams, self._lams(grams),
+            errors = ErrorCurves(self.sources, self.estimator, self._dense_problems,
                                  [LayerTarget(float(g), None, self.scope) for g in grid], bar, self.curves)
             chosen = allocate_sparsities(errors, grid, sizes, sparsity)
         return {s.name: LayerTarget(float(c), None, self.scope) for s, c in zip(self.sources, chosen)}
+
+    def _dense_problems(self, name: str) -> list[Any]:
+        """The LayerProblems of one layer on the dense model's Grams for the error curves, kept for the session:
+        every later solve of the layer on those Grams shares their factors."""
+        from onnxprune.methods.solvers.layer_solver import LayerProblem
+
+        if name not in self.problems:
+            gram = self._dense_grams()[name]
+            lam = self._lams({name: gram})[name]
+            self.problems[name] = [LayerProblem(w, h, lam, gram.n_rows) for w, h in zip(self.dense[name], gram.H)]
+        return self.problems[name]
 
     def prune(self, sparsity: float) -> MethodResult:
         """The model with every captured layer pruned at ``sparsity`` (or the N:M pattern)."""
@@ -251,22 +259,31 @@ class LayerwiseSession(PruneSession):
             lams = self._lams({s.name: grams[s.name] for s in wave})
             started = time.perf_counter()
             for s in tqdm(wave, desc=f"{self.method} layers", unit="layer", leave=False, disable=None):
+                layer_began = time.perf_counter()
                 dense, gram, target = self.dense[s.name], grams[s.name], targets[s.name]
                 # N:M runs along input channels: a Conv's columns are reordered channel-innermost to solve
                 order = s.channel_order() if self.nm else None
                 if order is not None:
                     dense = dense[:, :, order]
-                with placed_on(self.device):
-                    problems = [LayerProblem(w, h if order is None else h[np.ix_(order, order)], lams[s.name])
-                                for w, h in zip(dense, gram.H)]
-                    new = np.stack([self.solver(p, target) for p in problems])
-                    error = sum(p.error(n) for p, n in zip(problems, new))
+                if not target.prunes_any(*dense.shape[1:]):  # the allocation keeps this layer dense
+                    new, relative = np.asarray(dense, dtype=np.float64), 0.0
+                else:
+                    with placed_on(self.device):
+                        # the error curves' problems (dense Grams) and their factors serve the final solve too
+                        problems = None if self.sequential else self.problems.get(s.name)
+                        if problems is None:
+                            problems = [LayerProblem(w, h if order is None else h[np.ix_(order, order)], lams[s.name],
+                                                     gram.n_rows) for w, h in zip(dense, gram.H)]
+                        new = np.stack([self.solver(p, target) for p in problems])
+                        relative = (sum(p.error(n) for p, n in zip(problems, new))
+                                    / max(sum(p.dense_energy for p in problems), 1e-300))
                 if order is not None:
                     new[:, :, order] = new.copy()
                 pruned[s.name] = s.from_groups(new).astype(self.original[s.name].dtype)
                 layers[s.name] = {"sparsity": round(1 - np.count_nonzero(pruned[s.name]) / new.size, 4),
-                                  "relative_error": error / max(sum(p.dense_energy for p in problems), 1e-300),
-                                  "rows": gram.n_rows, "d_in": s.d_in, "groups": s.groups, "ridge": lams[s.name]}
+                                  "relative_error": relative,
+                                  "rows": gram.n_rows, "d_in": s.d_in, "groups": s.groups, "ridge": lams[s.name],
+                                  "solve_s": round(time.perf_counter() - layer_began, 2)}
             solve_s += time.perf_counter() - started
             current = replace_initializers(self.model, pruned)
         details = {"capture_s": self.capture_s, "solve_s": solve_s, "total_s": time.perf_counter() - began,
