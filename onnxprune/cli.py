@@ -208,6 +208,32 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
+def _stage_options(command: Callable) -> Callable:
+    """--recover and --quantize with their settings: the stages after pruning (prune and sweep)."""
+    for option in reversed((
+            click.option("--recover", "recover_s", type=float, help="Recovery: distil the pruned model towards the "
+                         "input model on the calibration data for at most this many seconds (1/8 of the samples held "
+                         "out to stop on and to judge; never returns a worse model)."),
+            click.option("--recover-steps", type=int, help="Recovery: at most this many steps (with or without "
+                         "--recover)."),
+            click.option("--recover-lr", type=float, default=1e-4, show_default=True,
+                         help="Recovery: Adam's learning rate."),
+            click.option("--recover-loss", type=click.Choice(["auto", "mse", "kl"]), default="auto", show_default=True,
+                         help="Recovery: per output, KL for class scores and relative MSE otherwise (auto), or one "
+                         "for all."),
+            click.option("--quantize", type=click.Choice(["int8", "auto"]), help="INT8 as a last stage (ONNX Runtime "
+                         "static quantization, QDQ, per-channel weights, calibrated on --calib): 'int8' always, 'auto' "
+                         "only where ORT measures it faster within --quantize-max-drop of the float model."),
+            click.option("--quantize-calibration", type=click.Choice(["minmax", "entropy", "percentile"]),
+                         default="minmax", show_default=True, help="INT8: how activation ranges are set."),
+            click.option("--quantize-exclude", help="INT8: op types or node names to leave in float, comma-separated."),
+            click.option("--quantize-max-drop", type=float, default=1.0, show_default=True, help="INT8 auto: the loss "
+                         "allowed, in percent of top-1 agreement with the float model (of cosine for other outputs)."),
+    )):
+        command = option(command)
+    return command
+
+
 def _recovery(flags: dict[str, Any], seed: int) -> Any:
     """The Recovery of --recover/--recover-steps (popped from ``flags`` with its settings), or None; its
     settings without a budget are refused."""
@@ -327,21 +353,7 @@ def _quality_lines(quality: Any, data: Any) -> list[str]:
               "fixed batch].")
 @click.option("--target-table", type=click.Path(dir_okay=False), help="Reuse the latency table of an earlier "
               "--target-speedup run's --report (same model, batch and machine) instead of timing it again.")
-@click.option("--recover", "recover_s", type=float, help="Recovery: distil the pruned model towards the input "
-              "model on the calibration data for at most this many seconds (1/8 of the samples held out to stop "
-              "on and to judge; never returns a worse model).")
-@click.option("--recover-steps", type=int, help="Recovery: at most this many steps (with or without --recover).")
-@click.option("--recover-lr", type=float, default=1e-4, show_default=True, help="Recovery: Adam's learning rate.")
-@click.option("--recover-loss", type=click.Choice(["auto", "mse", "kl"]), default="auto", show_default=True,
-              help="Recovery: per output, KL for class scores and relative MSE otherwise (auto), or one for all.")
-@click.option("--quantize", type=click.Choice(["int8", "auto"]), help="INT8 as a last stage (ONNX Runtime static "
-              "quantization, QDQ, per-channel weights, calibrated on --calib): 'int8' always, 'auto' only where ORT "
-              "measures it faster within --quantize-max-drop of the float model.")
-@click.option("--quantize-calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="INT8: how activation ranges are set.")
-@click.option("--quantize-exclude", help="INT8: op types or node names to leave in float, comma-separated.")
-@click.option("--quantize-max-drop", type=float, default=1.0, show_default=True, help="INT8 auto: the loss allowed, "
-              "in percent of top-1 agreement with the float model (of cosine for other outputs).")
+@_stage_options
 @_source_options
 @_shared
 def prune(model: str, output: str, method: str, calib: str | None, input_shape: tuple[str, ...], report: str | None,
@@ -524,6 +536,7 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
 @click.option("--runs", default=50, show_default=True, type=int, help="Timed runs per model (>= 50).")
 @click.option("-O", "--option", "extra", multiple=True, metavar="[METHOD.]KEY=VALUE",
               help="Method option for every swept method that has it (round_to=8), or for one (chita++.stages=5).")
+@_stage_options
 @_source_options
 @_shared
 def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: str | None,
@@ -532,11 +545,12 @@ def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: s
     """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
     from onnxprune.workflows.sweeps import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
 
+    recovery, quantize = _recovery(read, seed=0), _quantization(read)
     report = run_sweep(model, out_dir, data=_source(data, read), calib=_source(calib, read),
                        methods=parse_list(method_list) if method_list else DEFAULT_METHODS,
                        sparsities=parse_list(sparsities, float) if sparsities else DEFAULT_SPARSITIES,
                        batch=batch, threads=threads, runs=runs, options=_parse_options(extra),
-                       command="onnxprune " + " ".join(sys.argv[1:]))
+                       command="onnxprune " + " ".join(sys.argv[1:]), recover=recovery, quantize=quantize)
     _emit(report.to_dict(), sweep_table(report))
 
 

@@ -4,6 +4,7 @@ view does, and repeats itself for the same seed."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,20 @@ def test_padding_positions_do_not_count_in_the_loss_of_a_token_model():
     masked = float(_losses(["mse"], (out,), [target], [1.0], mask))
     assert masked == pytest.approx(3 * 0.25 / (7 * 3), rel=1e-6)
     assert float(_losses(["mse"], (out,), [target], [1.0], None)) > 1000 * masked
+
+
+def test_sweep_recovers_and_quantizes_every_point_it_writes(data, tmp_path):
+    common = ["sweep", str(MLP), "--data", str(data["test"]), "--methods", "l1-channel", "--sparsities", "0.5",
+              "-O", "reconstruct=off", "--batch", "8", "--json"]
+    plain = CliRunner().invoke(cli, [*common, "-o", str(tmp_path / "plain")])
+    staged = CliRunner().invoke(cli, [*common, "-o", str(tmp_path / "staged"), "--calib", str(data["calib"]),
+                                      "--recover-steps", "600", "--recover-lr", "0.001", "--quantize", "int8"])
+    assert plain.exit_code == 0 and staged.exit_code == 0, staged.stderr
+    before, after = json.loads(plain.stdout)["points"][0], json.loads(staged.stdout)["points"][0]
+    assert before["stages"] is None and "recovery steps" in after["stages"] and "int8 kept" in after["stages"]
+    assert after["accuracy"] > before["accuracy"] + 0.2  # 2,000 test images, recovered then made INT8
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(after["model"]).graph.node)
+    assert "| stages |" in (tmp_path / "staged" / "report.md").read_text()
+    refused = CliRunner().invoke(cli, [*common, "-o", str(tmp_path / "refused"), "--quantize", "auto"])
+    assert refused.exit_code == 2 and "pass --calib" in json.loads(refused.stdout)["error"]
+    assert not (tmp_path / "refused").exists()

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -26,6 +26,10 @@ from onnxprune.pipeline import Pruner
 from onnxprune.graph.stats import ModelStats, model_stats
 from onnxprune.report import percent, table, write_json
 from onnxprune.units import format_bytes
+
+if TYPE_CHECKING:  # recovery imports torch, quantization ORT's quantizer: loaded only when asked for
+    from onnxprune.runtime.quantize import Quantization
+    from onnxprune.view.distill import Recovery
 
 DEFAULT_METHODS = ("magnitude", "chita++", "l1-channel", "intrafusion")
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
@@ -49,6 +53,7 @@ class SweepPoint:
     params: int | None = None
     nonzero_macs: int | None = None
     prune_s: float | None = None
+    stages: str | None = None  # what --recover / --quantize did to this point
     error: str | None = None
 
     @property
@@ -131,8 +136,10 @@ def _measure(point: SweepPoint, path: Path, stats: ModelStats, dense: Path, dens
 def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | os.PathLike | Source,
           calib: str | os.PathLike | Source | None = None, methods: Sequence[str] = DEFAULT_METHODS,
           sparsities: Sequence[float] = DEFAULT_SPARSITIES, batch: int = 32, threads: int | None = None,
-          runs: int = 50, command: str | None = None, options: dict[str, Any] | None = None) -> SweepReport:
-    """Prune ``model`` with every method at every sparsity into ``out_dir`` and measure each output.
+          runs: int = 50, command: str | None = None, options: dict[str, Any] | None = None,
+          recover: Recovery | None = None, quantize: Quantization | None = None) -> SweepReport:
+    """Prune ``model`` with every method at every sparsity into ``out_dir`` and measure each output;
+    ``recover`` / ``quantize`` run on every point as in ``prune`` (every method then gets the calibration data).
 
     A point that a method refuses (e.g. a sparsity leaving a group without channels) is kept in the
     report with its error; the sweep goes on. Each method is set up once and prunes at every sparsity,
@@ -147,6 +154,9 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
     if any(spec.needs_calib for spec in specs) and calib is None:
         needing = ", ".join(s.name for s in specs if s.needs_calib)
         raise ConfigError(f"methods {needing} need calibration data: pass --calib")
+    staged = recover is not None or quantize is not None
+    if staged and calib is None:
+        raise ConfigError("--recover and --quantize run on calibration data: pass --calib")
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{str(folder)!r} exists and is not a folder")
@@ -174,8 +184,9 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
         for spec in specs:
             points = [SweepPoint(spec.name, s) for s in order]
             try:
-                pruner = Pruner(dense, spec.name, calib=calib_data if spec.needs_calib else None,
-                                input_shapes=shapes, measure_speed=False, **per_method[spec.name])
+                pruner = Pruner(dense, spec.name, calib=calib_data if spec.needs_calib or staged else None,
+                                input_shapes=shapes, measure_speed=False, recover=recover, quantize=quantize,
+                                **per_method[spec.name])
                 pruner.session().expect(order)
             except OnnxPruneError as exc:  # the method cannot run on this model: every point says why
                 for point in points:
@@ -189,7 +200,7 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
                 try:
                     outcome = pruner.write(target, point.sparsity)
                     point.prune_s = time.perf_counter() - began
-                    point.model = str(target)
+                    point.model, point.stages = str(target), stage_summary(outcome.details)
                     _measure(point, target, outcome.after, dense, dense_outputs, eval_data, batch, threads, runs)
                 except OnnxPruneError as exc:
                     point.error = str(exc)
@@ -202,14 +213,34 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
     return report
 
 
+def stage_summary(details: dict[str, Any]) -> str | None:
+    """What recovery and INT8 did to one written model, in a few words (None when neither ran)."""
+    parts = []
+    recovery = details.get("recovery")
+    if recovery is not None:
+        parts.append(f"held-out error {recovery['error_before']:.3g} → {recovery['error_after']:.3g} in "
+                     f"{recovery['steps']} recovery steps" if recovery["steps"] else
+                     f"no recovery step ({recovery['note'] or 'none improved'})")
+    quantization = details.get("quantization")
+    if quantization is not None:
+        parts.append(f"{quantization['kept']} kept")
+    return "; ".join(parts) or None
+
+
 def rows(report: SweepReport) -> list[list[Any]]:
-    """Table rows: the dense model first, then every point."""
+    """Table rows: the dense model first, then every point (with a stages column when any point has one)."""
+    staged = any(p.stages for p in report.points)
     out = []
     for p in [report.dense] + report.points:
         out.append([p.method, p.sparsity, percent(p.accuracy), percent(p.agreement), p.median_ms,
                     None if p.speedup is None else f"{p.speedup:.2f}x", format_bytes(p.file_bytes), p.params,
-                    p.nonzero_macs, p.error or "ok"])
+                    p.nonzero_macs] + ([p.stages] if staged else []) + [p.error or "ok"])
     return out
+
+
+def headers(report: SweepReport) -> list[str]:
+    """The table's column names (``rows``)."""
+    return HEADERS[:-1] + (["stages"] if any(p.stages for p in report.points) else []) + HEADERS[-1:]
 
 
 HEADERS = ["method", "sparsity", "acc %", "agree %", "median ms", "speed-up", "file", "params", "MACs (nonzero)",
@@ -221,7 +252,7 @@ def sweep_table(report: SweepReport) -> str:
     env = report.environment
     title = (f"{report.model}: batch latency on {env['provider']} with {env['threads']} threads "
              f"({report.seconds:.0f} s in all); models and reports in {report.out_dir}")
-    return table(HEADERS, rows(report), title=title)
+    return table(headers(report), rows(report), title=title)
 
 
 def markdown(report: SweepReport, plots: dict[str, str]) -> str:
@@ -233,7 +264,7 @@ def markdown(report: SweepReport, plots: dict[str, str]) -> str:
     lines += [f"| {k} | `{v}` |" for k, v in env.items()]
     lines += [f"| options of {method} | `{', '.join(f'{k}={v}' for k, v in given.items())}` |"
               for method, given in report.options.items() if given]
-    lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["", "| " + " | ".join(headers(report)) + " |", "|" + "---|" * len(headers(report))]
     lines += ["| " + " | ".join("-" if c is None else (f"{c:.2f}" if isinstance(c, float) else str(c)) for c in r)
               + " |" for r in rows(report)]
     lines.append("")
