@@ -21,6 +21,19 @@ def test_macs_and_params_match_hand_counts(tmp_path):
     assert mlp.file_bytes == path.stat().st_size
 
 
+def test_weights_in_constant_nodes_count_like_initializers():
+    from onnx import helper
+
+    model = tiny_conv()
+    weights = list(model.graph.initializer)
+    del model.graph.initializer[:]
+    model.graph.node.insert(0, helper.make_node("Constant", [], [weights[0].name], value=weights[0]))
+    model.graph.initializer.extend(weights[1:])
+    stats, expected = model_stats(model), model_stats(tiny_conv())
+    assert (stats.params, stats.macs, stats.sparse_macs) == (expected.params, expected.macs, expected.sparse_macs)
+    assert stats.params == 6 * 3 * 3 * 3 + 4 * 6 and [n.op_type for n in model.graph.node][0] == "Constant"
+
+
 def test_sparsity_and_sparse_macs_follow_zeros():
     model = tiny_conv()
     weights = read_weights(model)

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.graph.canonical import constants_to_initializers
 from onnxprune.graph.edit import densified
 from onnxprune.graph.protos import attr, dims
 from onnxprune.graph.prunable import find_prunable
@@ -131,9 +132,13 @@ def model_stats(model: onnx.ModelProto, path: str | os.PathLike | None = None,
                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> ModelStats:
     """Parameters, sparsity, MACs (at ``input_shapes`` where inputs have dynamic dims beyond the batch) and
     (given the file) its size on disk, including external data. Sparse initializers count as the dense
-    tensors they stand for."""
+    tensors they stand for, ``Constant`` nodes as the initializers they become (Paddle2ONNX stores weights so)."""
     if model.graph.sparse_initializer:
         model = densified(model)
+    if any(node.op_type == "Constant" for node in model.graph.node):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = constants_to_initializers(copy, [])
     inits = {t.name: t for t in model.graph.initializer}
     dense_values = {name: numpy_helper.to_array(t) for name, t in inits.items() if t.data_type in _FLOAT}
     params = sum(int(v.size) for v in dense_values.values())

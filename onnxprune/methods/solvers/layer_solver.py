@@ -524,7 +524,7 @@ def solve_chita(problem: LayerProblem, target: LayerTarget, *, max_iter: int = 1
         mask = _iht(V_bar, times, constraint, start.float(), L, max_iter, tol)
         solved = layer_swap_search(W_bar, H_l, mask, target, rounds=swap_rounds, low_rank=low)
         D = solved - W_bar
-        value = float(((D @ H_l) * D).sum())
+        value = problem._energy(D) + problem.lam * float(D.pow(2).sum())
         if value >= best_value * (1 - tol):
             break
         best, best_value, start = solved, value, solved * scale
