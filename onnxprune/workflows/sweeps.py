@@ -227,9 +227,14 @@ def stage_summary(details: dict[str, Any]) -> str | None:
     return "; ".join(parts) or None
 
 
+def _staged(report: SweepReport) -> bool:
+    """Whether any point went through recovery or INT8 (the tables then have a stages column)."""
+    return any(p.stages for p in report.points)
+
+
 def rows(report: SweepReport) -> list[list[Any]]:
     """Table rows: the dense model first, then every point (with a stages column when any point has one)."""
-    staged = any(p.stages for p in report.points)
+    staged = _staged(report)
     out = []
     for p in [report.dense] + report.points:
         out.append([p.method, p.sparsity, percent(p.accuracy), percent(p.agreement), p.median_ms,
@@ -240,7 +245,7 @@ def rows(report: SweepReport) -> list[list[Any]]:
 
 def headers(report: SweepReport) -> list[str]:
     """The table's column names (``rows``)."""
-    return HEADERS[:-1] + (["stages"] if any(p.stages for p in report.points) else []) + HEADERS[-1:]
+    return HEADERS[:-1] + (["stages"] if _staged(report) else []) + HEADERS[-1:]
 
 
 HEADERS = ["method", "sparsity", "acc %", "agree %", "median ms", "speed-up", "file", "params", "MACs (nonzero)",
@@ -264,7 +269,8 @@ def markdown(report: SweepReport, plots: dict[str, str]) -> str:
     lines += [f"| {k} | `{v}` |" for k, v in env.items()]
     lines += [f"| options of {method} | `{', '.join(f'{k}={v}' for k, v in given.items())}` |"
               for method, given in report.options.items() if given]
-    lines += ["", "| " + " | ".join(headers(report)) + " |", "|" + "---|" * len(headers(report))]
+    names = headers(report)
+    lines += ["", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join("-" if c is None else (f"{c:.2f}" if isinstance(c, float) else str(c)) for c in r)
               + " |" for r in rows(report)]
     lines.append("")

@@ -103,6 +103,15 @@ def waves(model: onnx.ModelProto, sources: list[LayerSource]) -> list[list[Layer
 ProblemSource = Callable[[str], list[Any]]
 
 
+def _layer_problems(dense: np.ndarray, gram: GramStats, lam: float, order: np.ndarray | None = None) -> list[Any]:
+    """One LayerProblem per group of a layer (``dense`` [groups, d_out, d_in]); ``order``: H's rows and columns
+    reordered as the weights' inputs were."""
+    from onnxprune.methods.solvers.layer_solver import LayerProblem
+
+    return [LayerProblem(w, h if order is None else h[np.ix_(order, order)], lam, gram.n_rows)
+            for w, h in zip(dense, gram.H)]
+
+
 @dataclass
 class ErrorCurves:
     """Relative reconstruction error of each layer pruned by ``solver`` at each target, solved on first use
@@ -236,18 +245,28 @@ class LayerwiseSession(PruneSession):
     def _dense_problems(self, name: str) -> list[Any]:
         """The LayerProblems of one layer on the dense model's Grams for the error curves, kept for the session:
         every later solve of the layer on those Grams shares their factors."""
-        from onnxprune.methods.solvers.layer_solver import LayerProblem
-
         if name not in self.problems:
             gram = self._dense_grams()[name]
-            lam = self._lams({name: gram})[name]
-            self.problems[name] = [LayerProblem(w, h, lam, gram.n_rows) for w, h in zip(self.dense[name], gram.H)]
+            self.problems[name] = _layer_problems(self.dense[name], gram, self._lams({name: gram})[name])
         return self.problems[name]
+
+    def _solve_layer(self, name: str, dense: np.ndarray, gram: GramStats, lam: float, target: Any,
+                     order: np.ndarray | None) -> tuple[np.ndarray, float]:
+        """One layer's pruned groups (float64) and relative error at ``target``; a layer the allocation keeps
+        dense is not solved. The error curves' problems (dense Grams) and their factors serve here too."""
+        if not target.prunes_any(*dense.shape[1:]):
+            return np.asarray(dense, dtype=np.float64), 0.0
+        with placed_on(self.device):
+            problems = None if self.sequential else self.problems.get(name)
+            if problems is None:
+                problems = _layer_problems(dense, gram, lam, order)
+            new = np.stack([self.solver(p, target) for p in problems])
+            relative = (sum(p.error(n) for p, n in zip(problems, new))
+                        / max(sum(p.dense_energy for p in problems), 1e-300))
+        return new, relative
 
     def prune(self, sparsity: float) -> MethodResult:
         """The model with every captured layer pruned at ``sparsity`` (or the N:M pattern)."""
-        from onnxprune.methods.solvers.layer_solver import LayerProblem
-
         began, solve_s = time.perf_counter(), 0.0
         self.capture_s = 0.0
         targets = self._targets(sparsity)
@@ -265,18 +284,7 @@ class LayerwiseSession(PruneSession):
                 order = s.channel_order() if self.nm else None
                 if order is not None:
                     dense = dense[:, :, order]
-                if not target.prunes_any(*dense.shape[1:]):  # the allocation keeps this layer dense
-                    new, relative = np.asarray(dense, dtype=np.float64), 0.0
-                else:
-                    with placed_on(self.device):
-                        # the error curves' problems (dense Grams) and their factors serve the final solve too
-                        problems = None if self.sequential else self.problems.get(s.name)
-                        if problems is None:
-                            problems = [LayerProblem(w, h if order is None else h[np.ix_(order, order)], lams[s.name],
-                                                     gram.n_rows) for w, h in zip(dense, gram.H)]
-                        new = np.stack([self.solver(p, target) for p in problems])
-                        relative = (sum(p.error(n) for p, n in zip(problems, new))
-                                    / max(sum(p.dense_energy for p in problems), 1e-300))
+                new, relative = self._solve_layer(s.name, dense, gram, lams[s.name], target, order)
                 if order is not None:
                     new[:, :, order] = new.copy()
                 pruned[s.name] = s.from_groups(new).astype(self.original[s.name].dtype)
