@@ -48,7 +48,9 @@ class _Group(click.Group):
                 traceback.print_exc()
             _fail(ctx, str(exc), type(exc).__name__, 3 if isinstance(exc, QualityError) else 2)
         except KeyboardInterrupt:
-            click.echo("interrupted; nothing was written", err=True)
+            kept = _flags(ctx).get("resume")
+            click.echo("interrupted; nothing was written" + (f" (finished layers are kept in {kept}: the same command "
+                                                              f"goes on from there)" if kept else ""), err=True)
             sys.exit(130)
         except click.UsageError as exc:
             if not _flags(ctx)["json"]:
@@ -234,6 +236,17 @@ def _stage_options(command: Callable) -> Callable:
     return command
 
 
+def _resume_option(command: Callable) -> Callable:
+    """--resume DIR (prune and sweep); the folder is named again if the run is interrupted."""
+    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        _flags(ctx)["resume"] = value
+        return value
+
+    return click.option("--resume", type=click.Path(file_okay=False), callback=remember,
+                        help="Keep every finished layer in this folder as it is done; the same command started again "
+                        "with it goes on where it stopped (layer-wise methods: sparsegpt, wanda, chita).")(command)
+
+
 def _recovery(flags: dict[str, Any], seed: int) -> Any:
     """The Recovery of --recover/--recover-steps (popped from ``flags`` with its settings), or None; its
     settings without a budget are refused."""
@@ -353,6 +366,7 @@ def _quality_lines(quality: Any, data: Any) -> list[str]:
               "fixed batch].")
 @click.option("--target-table", type=click.Path(dir_okay=False), help="Reuse the latency table of an earlier "
               "--target-speedup run's --report (same model, batch and machine) instead of timing it again.")
+@_resume_option
 @_stage_options
 @_source_options
 @_shared
@@ -367,10 +381,11 @@ def prune(model: str, output: str, method: str, calib: str | None, input_shape: 
     read = {name: flags.pop(name) for name in _SOURCE_FLAGS}
     calib, data = _source(calib, read), _source(data, read)
     _unread(read, calib, data)
+    resume = flags.pop("resume")
     options = {k: v for k, v in flags.items() if v is not None}
     options.update(_parse_options(extra))
     common = dict(calib=calib, report=report, compress=compress, use_onnxslim=use_onnxslim,
-                  input_shapes=_shapes(input_shape), recover=recovery, quantize=quantize)
+                  input_shapes=_shapes(input_shape), recover=recovery, quantize=quantize, resume=resume)
     budget = None
     if max_accuracy_drop is not None or min_agreement is not None:
         from onnxprune.errors import ConfigError
@@ -536,12 +551,13 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
 @click.option("--runs", default=50, show_default=True, type=int, help="Timed runs per model (>= 50).")
 @click.option("-O", "--option", "extra", multiple=True, metavar="[METHOD.]KEY=VALUE",
               help="Method option for every swept method that has it (round_to=8), or for one (chita++.stages=5).")
+@_resume_option
 @_stage_options
 @_source_options
 @_shared
 def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: str | None,
           sparsities: str | None, batch: int, threads: int | None, runs: int, extra: tuple[str, ...],
-          **read: Any) -> None:
+          resume: str | None, **read: Any) -> None:
     """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
     from onnxprune.workflows.sweeps import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
 
@@ -550,7 +566,8 @@ def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: s
                        methods=parse_list(method_list) if method_list else DEFAULT_METHODS,
                        sparsities=parse_list(sparsities, float) if sparsities else DEFAULT_SPARSITIES,
                        batch=batch, threads=threads, runs=runs, options=_parse_options(extra),
-                       command="onnxprune " + " ".join(sys.argv[1:]), recover=recovery, quantize=quantize)
+                       command="onnxprune " + " ".join(sys.argv[1:]), recover=recovery, quantize=quantize,
+                       resume=resume)
     _emit(report.to_dict(), sweep_table(report))
 
 
@@ -599,6 +616,8 @@ def methods() -> None:
                   + ", ".join(f"{old} -> {new}" for old, new in renamed.items())]
     lines += ["", "what a session keeps between sparsities (sweep, budget search, Pruner.write):"]
     lines += [f"  {m['name']}: {m['reuse']}" for m in catalogue["methods"]]
+    lines += ["", "resumable (--resume DIR keeps finished layers): "
+              + ", ".join(m["name"] for m in catalogue["methods"] if m["resumable"])]
     _emit(catalogue, "\n".join(lines))
 
 

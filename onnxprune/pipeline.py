@@ -8,6 +8,7 @@ input's output shapes."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -21,14 +22,16 @@ import onnx
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import Dataset, Source, check_input_shapes, input_specs, load_data, sample_shapes, unknown_dims
 from onnxprune.errors import ConfigError, ModelError
-from onnxprune.graph.io import check_model, check_output_path, load_model, save_model
+from onnxprune.graph.io import check_model, check_output_path, load_model, model_fingerprint, save_model
 from onnxprune.methods import get_method, make_config
 from onnxprune.methods.base import MethodResult, PruneSession
+from onnxprune.methods.resume import ResumeStore, RunIdentity, data_fingerprint, not_resumable
 from onnxprune.graph.prunable import find_prunable
 from onnxprune.runtime.feeds import fixed_batch, make_feed, run_batched
 from onnxprune.runtime.sessions import make_session
 from onnxprune.graph.stats import ModelStats, model_stats
 from onnxprune.graph.edit import compress_sparse
+from onnxprune import __version__
 from onnxprune.report import write_json
 from onnxprune.validate.bench import latencies
 from onnxprune.validate.evaluation import EvalResult, evaluate, reference_outputs
@@ -161,15 +164,19 @@ class Pruner:
     ``RECOVERY_HOLDOUT`` with ``recover``). ``recover``: distil every pruned model towards the input model on
     the calibration data (``view/distill.py``) before it is written; ``quantize``: then make it INT8
     (``runtime/quantize.py``), or with 'auto' only where ONNX Runtime measures it faster at the allowed loss.
-    ``measure_speed``: time every written file against the input file (``PruneOutcome.speed``)."""
+    ``measure_speed``: time every written file against the input file (``PruneOutcome.speed``). ``resume``: a
+    folder where the method keeps its finished layers (``methods/resume.py``), so the same run started again
+    goes on where it stopped."""
 
     def __init__(self, model_path: str | os.PathLike, method: str = "magnitude", *,
                  calib: str | os.PathLike | Source | Dataset | None = None, use_onnxslim: bool = False,
                  input_shapes: dict[str, tuple[int, ...]] | None = None, holdout: float | None = None,
                  recover: Recovery | None = None, quantize: Quantization | None = None, measure_speed: bool = True,
-                 **options: Any) -> None:
+                 resume: str | os.PathLike | None = None, **options: Any) -> None:
         self.spec = get_method(method)
-        self.recover, self.quantize, self.measure_speed = recover, quantize, measure_speed
+        if resume is not None and not self.spec.resumable:
+            raise not_resumable(method)
+        self.recover, self.quantize, self.measure_speed, self.resume = recover, quantize, measure_speed, resume
         if quantize is not None and calib is None:
             raise ConfigError("INT8 quantization calibrates activation ranges on data: pass --calib")
         if recover is not None and calib is None:
@@ -202,8 +209,20 @@ class Pruner:
     def session(self) -> PruneSession:
         """The method's session, opened on first use (for CHITA this builds the torch view)."""
         if self._session is None:
-            self._session = self.spec.open(self.canonical.model, self.config, self.calib)
+            store = None if self.resume is None else ResumeStore(self.resume, self.run_identity())
+            session = self.spec.open(self.canonical.model, self.config, self.calib)
+            if store is not None:
+                session.resume_from(store)
+            self._session = session
         return self._session
+
+    def run_identity(self) -> RunIdentity:
+        """What this run's results depend on besides the sparsity (a resume folder belongs to one)."""
+        options = {k: v for k, v in asdict(self.config).items() if k != "sparsity"}
+        return RunIdentity(model=model_fingerprint(self.canonical.model),
+                           calibration="none" if self.calib is None else data_fingerprint(self.calib.inputs),
+                           method=self.spec.name, options=json.dumps(options, sort_keys=True, default=str),
+                           version=__version__)
 
     def load_data(self, data: str | os.PathLike | Source | Dataset) -> Dataset:
         """Evaluation data for this model (any source, or a Dataset), checked against it."""
@@ -352,7 +371,8 @@ def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str 
           calib: str | os.PathLike | Source | Dataset | None = None, report: str | os.PathLike | None = None,
           compress: bool = False, use_onnxslim: bool = False, input_shapes: dict[str, tuple[int, ...]] | None = None,
           data: str | os.PathLike | Source | Dataset | None = None, recover: Recovery | None = None,
-          quantize: Quantization | None = None, **options: Any) -> PruneOutcome:
+          quantize: Quantization | None = None, resume: str | os.PathLike | None = None,
+          **options: Any) -> PruneOutcome:
     """Prune ``model_path`` with ``method`` at one sparsity (options: the method's config fields, e.g.
     sparsity=0.5) and write the result atomically to ``output``; returns the outcome with before/after stats,
     and with ``data`` the written model's accuracy and fidelity to the input model on it. Targets and
@@ -361,6 +381,6 @@ def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str 
         raise ConfigError("prune(target=...) is now onnxprune.prune_to_target(model, output, method, target, ...)")
     check_outputs(output, report, model_path)
     pruner = Pruner(model_path, method, calib=calib, use_onnxslim=use_onnxslim, input_shapes=input_shapes,
-                    recover=recover, quantize=quantize, **options)
+                    recover=recover, quantize=quantize, resume=resume, **options)
     return pruner.write(output, report=report, compress=compress,
                         data=None if data is None else pruner.load_data(data))

@@ -24,7 +24,8 @@ from onnxprune.graph.io import load_model
 from onnxprune.graph.prunable import read_weights
 from onnxprune.methods import prune_model
 from onnxprune.methods.unstructured.chita import ChitaConfig
-from onnxprune.methods.solvers.layer_solver import LayerProblem, LayerTarget, layer_backsolve, solve_chita, solve_obs, solve_wanda
+from onnxprune.methods.solvers.layer_solver import (LayerProblem, LayerTarget, layer_backsolve, pruned_count, solve_chita,
+                                                    solve_obs, solve_wanda)
 from onnxprune.methods.unstructured.sparsegpt import SparsegptConfig
 from onnxprune.methods.unstructured.wanda import WandaConfig
 from onnxprune.validate.evaluation import evaluate
@@ -354,3 +355,45 @@ def test_depthwise_gram_equals_im2col_and_thins_long_rows():
     x = rng.standard_normal((9000, 4, 1, 1)).astype(np.float32)
     H, sums, count = depthwise_gram(x, geometry)
     assert count == 9000 and np.allclose(H[:, 4, 4], (x[:, :, 0, 0].astype(np.float64) ** 2).sum(0))
+
+
+def _column_by_column_obs(W: np.ndarray, U: np.ndarray, target: LayerTarget, block: int = 128) -> np.ndarray:
+    """The OBS sweep as written in SparseGPT, one column at a time with every update applied at once: masks
+    chosen from the updated weights at each block's start (N:M: at each group's)."""
+    W = W.copy()
+    rows, cols = W.shape
+    mask = np.zeros_like(W, dtype=bool)
+    for j in range(cols):
+        if target.nm is None and j % block == 0:
+            stop = min(j + block, cols)
+            scores = W[:, j:stop] ** 2 / np.diag(U)[j:stop] ** 2
+            if target.scope == "row":
+                count = pruned_count(target.sparsity, stop) - pruned_count(target.sparsity, j)
+                order = np.argsort(scores, axis=1, kind="stable")[:, :count]
+                np.put_along_axis(mask[:, j:stop], order, True, axis=1)
+            else:
+                count = pruned_count(target.sparsity, rows * stop) - pruned_count(target.sparsity, rows * j)
+                flat = np.zeros(scores.size, dtype=bool)
+                flat[np.argsort(scores, axis=None, kind="stable")[:count]] = True
+                mask[:, j:stop] = flat.reshape(scores.shape)
+        if target.nm is not None and j % target.nm[1] == 0:
+            n, m = target.nm
+            order = np.argsort(W[:, j:j + m] ** 2 / np.diag(U)[j:j + m] ** 2, axis=1, kind="stable")[:, :m - n]
+            np.put_along_axis(mask[:, j:j + m], order, True, axis=1)
+        error = np.where(mask[:, j], W[:, j] / U[j, j], 0.0)
+        W[:, j:] -= np.outer(error, U[j, j:])
+        W[:, j] = np.where(mask[:, j], 0.0, W[:, j])
+    return W
+
+
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.2), LayerTarget(0.7, None, "row"),
+                                    LayerTarget(0.5, (2, 4)), LayerTarget(0.25, (6, 8))])
+def test_obs_sweep_equals_the_column_by_column_sweep(target):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((120, 296)) * rng.uniform(0.2, 2.0, 296)
+    W, H = rng.standard_normal((9, 296)), X.T @ X
+    problem = LayerProblem(W, H, 0.01 * np.mean(np.diag(H)))
+    got = solve_obs(problem, target)
+    expected = _column_by_column_obs(W, problem.obs_factor.numpy(), target)
+    assert np.array_equal(got == 0, expected == 0)
+    assert np.abs(got - expected).max() <= 1e-10 * np.abs(expected).max()

@@ -4,6 +4,7 @@ ordinary file gets, so nothing is ever half-written or unreadable to other users
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -99,6 +100,11 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         check_model(model, str(path))
     log.debug("loaded %s: %d nodes, %d initializers", path, len(model.graph.node), len(model.graph.initializer))
     return model
+
+
+def model_fingerprint(model: onnx.ModelProto) -> str:
+    """sha256 of the serialized model: a latency table or a resume folder belongs to one model."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
 def check_model(model: onnx.ModelProto, what: str = "model") -> None:

@@ -28,7 +28,8 @@ METHODS: dict[str, MethodSpec] = {
                    needs_calib=True,
                    summary="second-order IHT + backsolve per layer or on the empirical Fisher (-O engine=)",
                    reuse=f"layer engine (the default): {_LAYERWISE_REUSE}; model engine: the gradient matrix at the "
-                         "trained weights (when it fits in one pass), so another sparsity costs one solve"),
+                         "trained weights (when it fits in one pass), so another sparsity costs one solve",
+                   resumable=True),
         MethodSpec("chita++", "onnxprune.methods.unstructured.chita", "ChitaPlusConfig", "chita_session",
                    structured=False, needs_calib=True,
                    summary="CHITA in stages of rising sparsity, re-linearised each stage",
@@ -36,10 +37,11 @@ METHODS: dict[str, MethodSpec] = {
                          "path from the stored stage below it; layer engine (fallback): as chita's"),
         MethodSpec("sparsegpt", "onnxprune.methods.unstructured.sparsegpt", "SparsegptConfig", "sparsegpt_session",
                    structured=False, needs_calib=True,
-                   summary="per-layer OBS sweep on ONNX Runtime activations (no torch view)", reuse=_LAYERWISE_REUSE),
+                   summary="per-layer OBS sweep on ONNX Runtime activations (no torch view)", reuse=_LAYERWISE_REUSE,
+                   resumable=True),
         MethodSpec("wanda", "onnxprune.methods.unstructured.wanda", "WandaConfig", "wanda_session", structured=False,
                    needs_calib=True, summary="keep the largest |w|·‖x‖ per output row (activations from ONNX Runtime)",
-                   reuse=_LAYERWISE_REUSE),
+                   reuse=_LAYERWISE_REUSE, resumable=True),
         MethodSpec("l1-channel", "onnxprune.methods.structured.l1_channel", "ChannelConfig", "l1_channel_session",
                    structured=True, needs_calib=False,
                    summary="remove the least important channels of each group (L1 of BN-folded weights)",
@@ -75,7 +77,8 @@ def method_catalogue() -> dict[str, Any]:
     methods, defaults, renamed = [], {}, {}
     for spec in METHODS.values():
         methods.append({"name": spec.name, "kind": "structured" if spec.structured else "unstructured",
-                        "needs_calib": spec.needs_calib, "summary": spec.summary, "reuse": spec.reuse})
+                        "needs_calib": spec.needs_calib, "summary": spec.summary, "reuse": spec.reuse,
+                        "resumable": spec.resumable})
         for f in dataclasses.fields(spec.config_cls):
             defaults.setdefault(f.name, {})[spec.name] = f.default
         renamed.update(spec.config_cls.aliases())

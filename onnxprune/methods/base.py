@@ -21,6 +21,8 @@ from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
 from onnxprune.options import ALLOCATIONS, OLD_VALUES
 
+from onnxprune.methods.resume import ResumeStore, not_resumable
+
 if typing.TYPE_CHECKING:
     from onnxprune.channels.model import ChannelGroup
 
@@ -178,6 +180,10 @@ class PruneSession(abc.ABC):
     def expect(self, sparsities: Sequence[float]) -> None:
         """Hint: these sparsities will be asked for next (a path-following method can pass through them)."""
 
+    def resume_from(self, store: ResumeStore) -> None:
+        """Keep finished work in ``store`` as it is done and take up what it already holds (``--resume``)."""
+        raise not_resumable(self.method)
+
     def _no_widths(self) -> ConfigError:
         return ConfigError(f"a target sets channel widths: use a channel method (l1-channel, intrafusion, "
                            f"chita-channel), not {self.method!r}")
@@ -235,6 +241,7 @@ class MethodSpec:
     needs_calib: bool
     summary: str
     reuse: str  # what its session keeps between sparsities (sweep, budget search, Pruner.write)
+    resumable: bool = False  # its session keeps finished layers in a resume folder (--resume)
 
     @property
     def config_cls(self) -> type:

@@ -137,9 +137,11 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
           calib: str | os.PathLike | Source | None = None, methods: Sequence[str] = DEFAULT_METHODS,
           sparsities: Sequence[float] = DEFAULT_SPARSITIES, batch: int = 32, threads: int | None = None,
           runs: int = 50, command: str | None = None, options: dict[str, Any] | None = None,
-          recover: Recovery | None = None, quantize: Quantization | None = None) -> SweepReport:
+          recover: Recovery | None = None, quantize: Quantization | None = None,
+          resume: str | os.PathLike | None = None) -> SweepReport:
     """Prune ``model`` with every method at every sparsity into ``out_dir`` and measure each output;
     ``recover`` / ``quantize`` run on every point as in ``prune`` (every method then gets the calibration data).
+    ``resume``: a folder where each resumable method keeps its finished layers (``<resume>/<method>``).
 
     A point that a method refuses (e.g. a sparsity leaving a group without channels) is kept in the
     report with its error; the sweep goes on. Each method is set up once and prunes at every sparsity,
@@ -186,6 +188,7 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
             try:
                 pruner = Pruner(dense, spec.name, calib=calib_data if spec.needs_calib or staged else None,
                                 input_shapes=shapes, measure_speed=False, recover=recover, quantize=quantize,
+                                resume=Path(resume) / spec.name if resume is not None and spec.resumable else None,
                                 **per_method[spec.name])
                 pruner.session().expect(order)
             except OnnxPruneError as exc:  # the method cannot run on this model: every point says why

@@ -13,7 +13,6 @@ required saving is searched: it grows after a miss and shrinks after a measured 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from onnxprune.data import Dataset, Source, input_specs
 from onnxprune.errors import ConfigError, QualityError
-from onnxprune.graph.io import load_model
+from onnxprune.graph.io import load_model, model_fingerprint
 from onnxprune.graph.stats import model_stats, value_shapes
 from onnxprune.methods import get_method
 from onnxprune.methods.base import MethodResult, MethodSpec, PruneSession
@@ -380,11 +379,6 @@ def cost_table(session: PruneSession, meter: Meter, candidates: dict[int, list[i
         log.info("group %d (%d channels): %s", curve.group, curve.size,
                  ", ".join(f"{w} / {s:.4g} / {e:.4g}" for w, s, e in zip(curve.widths, curve.savings, curve.errors)))
     return dense, noise, curves
-
-
-def model_fingerprint(model: onnx.ModelProto) -> str:
-    """sha256 of the serialized model: a latency table belongs to one model."""
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
 def reusable_table(path: str, meter: LatencyMeter, fingerprint: str, candidates: dict[int, list[int]],

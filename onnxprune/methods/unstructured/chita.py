@@ -32,6 +32,7 @@ from onnxprune.units import format_bytes, parse_bytes
 from onnxprune.view.fisher import (TARGETS, FlatLayout, choose_targets, gradient_matrix, matrix_bytes, plan_memory,
                                   resolve_rows)
 from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses, PruneSession, UnstructuredConfig
+from onnxprune.methods.resume import ResumeStore, not_resumable
 from onnxprune.methods.unstructured.layerwise import LayerwiseSession
 from onnxprune.graph.prunable import PrunableWeight, input_axis, read_weights, select_prunable
 from onnxprune.view.torchview import TorchView, build_torch_view, check_parity
@@ -493,6 +494,11 @@ class _Engine(PruneSession):
 
     def expect(self, sparsities: Sequence[float]) -> None:
         self.session.expect(sparsities)
+
+    def resume_from(self, store: ResumeStore) -> None:
+        if self.engine != "layer":
+            raise not_resumable(f"{self.method} (model engine)")
+        self.session.resume_from(store)
 
     def prune(self, sparsity: float) -> MethodResult:
         result = self.session.prune(sparsity)

@@ -28,6 +28,7 @@ from onnxprune.errors import ConfigError, DataError
 from onnxprune.graph.edit import replace_initializers
 from onnxprune.graph.prunable import read_weights, select_prunable
 from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses, PruneSession, UnstructuredConfig, parse_pattern
+from onnxprune.methods.resume import ResumeStore
 from onnxprune.options import DEVICES, SEQUENTIAL
 from onnxprune.units import format_bytes, parse_bytes
 
@@ -125,11 +126,13 @@ class ErrorCurves:
     targets: list[Any]
     bar: Any
     known: dict[tuple[int, float], float] = field(default_factory=dict)
+    record: Callable[[], None] = lambda: None  # called after each new point (a resumable run stores them)
 
     def __call__(self, layer: int, level: int) -> float:
         target = self.targets[level]
         if (layer, target.sparsity) not in self.known:
             self.known[layer, target.sparsity] = self._solve(layer, target)
+            self.record()
         return self.known[layer, target.sparsity]
 
     def _solve(self, layer: int, target: Any) -> float:
@@ -201,6 +204,22 @@ class LayerwiseSession(PruneSession):
         self.curves: dict[tuple[int, float], float] = {}  # error-curve points, by layer and sparsity
         self.singular: set[str] = set()  # layers already warned about
         self.capture_s = 0.0
+        self.store: ResumeStore | None = None
+
+    def resume_from(self, store: ResumeStore) -> None:
+        """Store every finished layer and error-curve point in ``store``; take the curve points it holds."""
+        self.store = store
+        found = store.read("curves")
+        if found is not None:
+            index = {s.name: i for i, s in enumerate(self.sources)}
+            self.curves.update({(index[name], sparsity): error for name, sparsity, error in found[1]["points"]
+                                if name in index})
+        log.info("resume: %s holds %d error-curve points", store.folder, len(self.curves))
+
+    def _record_curves(self) -> None:
+        if self.store is not None:
+            points = [[self.sources[layer].name, sparsity, error] for (layer, sparsity), error in self.curves.items()]
+            self.store.write("curves", {}, {"points": points})
 
     def _capture(self, model: onnx.ModelProto, sources: list[LayerSource]) -> dict[str, GramStats]:
         began = time.perf_counter()
@@ -238,7 +257,8 @@ class LayerwiseSession(PruneSession):
         sizes = np.array([self.original[s.name].size for s in self.sources], dtype=float)
         with placed_on(self.device), tqdm(desc="error curves", unit="solve", leave=False, disable=None) as bar:
             errors = ErrorCurves(self.sources, self.estimator, self._dense_problems,
-                                 [LayerTarget(float(g), None, self.scope) for g in grid], bar, self.curves)
+                                 [LayerTarget(float(g), None, self.scope) for g in grid], bar, self.curves,
+                                 self._record_curves)
             chosen = allocate_sparsities(errors, grid, sizes, sparsity)
         return {s.name: LayerTarget(float(c), None, self.scope) for s, c in zip(self.sources, chosen)}
 
@@ -265,6 +285,13 @@ class LayerwiseSession(PruneSession):
                         / max(sum(p.dense_energy for p in problems), 1e-300))
         return new, relative
 
+    def _stored_layer(self, key: str, source: LayerSource) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """A layer's pruned weight and report row from the resume store, when it holds them."""
+        found = None if self.store is None else self.store.read(key)
+        if found is None or found[0].get("weight") is None or found[0]["weight"].shape != self.original[source.name].shape:
+            return None
+        return found[0]["weight"], {**found[1], "resumed": True}
+
     def prune(self, sparsity: float) -> MethodResult:
         """The model with every captured layer pruned at ``sparsity`` (or the N:M pattern)."""
         began, solve_s = time.perf_counter(), 0.0
@@ -272,12 +299,19 @@ class LayerwiseSession(PruneSession):
         targets = self._targets(sparsity)
         passes = waves(self.model, self.sources) if self.sequential else [self.sources]
         current, pruned, layers = self.model, {}, {}
+        keys = {s.name: f"s{sparsity!r}/layer-{i:05d}" for i, s in enumerate(self.sources)}
         for wave in tqdm(passes, desc=f"{self.method} waves", unit="wave", leave=False,
                          disable=True if len(passes) < 2 else None):
-            grams = self._capture(current, wave) if self.sequential else self._dense_grams()
-            lams = self._lams({s.name: grams[s.name] for s in wave})
+            stored = {s.name: self._stored_layer(keys[s.name], s) for s in wave}
+            missing = [s for s in wave if stored[s.name] is None]
+            for name, found in stored.items():
+                if found is not None:
+                    pruned[name], layers[name] = found
+            if missing:
+                grams = self._capture(current, missing) if self.sequential else self._dense_grams()
+                lams = self._lams({s.name: grams[s.name] for s in missing})
             started = time.perf_counter()
-            for s in tqdm(wave, desc=f"{self.method} layers", unit="layer", leave=False, disable=None):
+            for s in tqdm(missing, desc=f"{self.method} layers", unit="layer", leave=False, disable=None):
                 layer_began = time.perf_counter()
                 dense, gram, target = self.dense[s.name], grams[s.name], targets[s.name]
                 # N:M runs along input channels: a Conv's columns are reordered channel-innermost to solve
@@ -292,11 +326,18 @@ class LayerwiseSession(PruneSession):
                                   "relative_error": relative,
                                   "rows": gram.n_rows, "d_in": s.d_in, "groups": s.groups, "ridge": lams[s.name],
                                   "solve_s": round(time.perf_counter() - layer_began, 2)}
+                if self.store is not None:
+                    self.store.write(keys[s.name], {"weight": pruned[s.name]}, layers[s.name])
             solve_s += time.perf_counter() - started
             current = replace_initializers(self.model, pruned)
+        layers = {s.name: layers[s.name] for s in self.sources}
         details = {"capture_s": self.capture_s, "solve_s": solve_s, "total_s": time.perf_counter() - began,
                    "passes": len(passes), "layers": layers, "dense_layers": dict(self.skipped),
                    "allocation": None if self.nm else self.config.allocation, "pattern": self.config.pattern or None,
                    "sequential": self.sequential, "max_memory": format_bytes(self.budget),
                    "device": str(self.device)}
+        if self.store is not None:
+            taken = sum(1 for row in layers.values() if row.get("resumed"))
+            details["resume"] = {"folder": str(self.store.folder), "layers_taken": taken}
+            log.info("resume: %d of %d layers taken from %s", taken, len(layers), self.store.folder)
         return MethodResult(current, details)
