@@ -24,8 +24,8 @@ from onnxprune.graph.io import load_model
 from onnxprune.graph.prunable import read_weights
 from onnxprune.methods import prune_model
 from onnxprune.methods.unstructured.chita import ChitaConfig
-from onnxprune.methods.solvers.layer_solver import (LayerProblem, LayerTarget, layer_backsolve, pruned_count, solve_chita,
-                                                    solve_obs, solve_wanda)
+from onnxprune.methods.solvers.layer_solver import (LayerProblem, LayerTarget, _solve_rows, layer_backsolve, pruned_count,
+                                                    solve_chita, solve_obs, solve_wanda)
 from onnxprune.methods.unstructured.sparsegpt import SparsegptConfig
 from onnxprune.methods.unstructured.wanda import WandaConfig
 from onnxprune.validate.evaluation import evaluate
@@ -397,3 +397,18 @@ def test_obs_sweep_equals_the_column_by_column_sweep(target):
     expected = _column_by_column_obs(W, problem.obs_factor.numpy(), target)
     assert np.array_equal(got == 0, expected == 0)
     assert np.abs(got - expected).max() <= 1e-10 * np.abs(expected).max()
+
+
+def test_rows_pruning_fewer_than_they_keep_are_solved_from_the_pruned_side_to_the_same_weights():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 40)) * rng.uniform(0.3, 2.0, 40)
+    H_l = torch.from_numpy(X.T @ X + 0.5 * np.eye(40))
+    W = torch.from_numpy(rng.standard_normal((6, 40)))
+    mask = torch.from_numpy(rng.random((6, 40)) >= np.linspace(0.1, 0.4, 6)[:, None])  # 10-40 % pruned per row
+    expected = layer_backsolve(W, H_l, mask)
+    rows = _solve_rows(W, H_l, mask, stats=False)
+    got = torch.stack([r.w for r in rows])
+    assert torch.equal(got == 0, ~mask)
+    assert float((got - expected).abs().max()) <= 1e-10 * float(expected.abs().max())
+    values = [_objective(r.w.numpy(), W[i].numpy(), H_l.numpy()) for i, r in enumerate(rows)]
+    assert np.allclose([r.value for r in rows], values, rtol=1e-10)

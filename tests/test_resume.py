@@ -102,3 +102,17 @@ def test_cli_resume_on_prune_and_sweep(tmp_path):
                                 "--resume", str(tmp_path / "sweep_state")])
     assert sweep.exit_code == 0, sweep.output
     assert [p.name for p in (tmp_path / "sweep_state").iterdir()] == ["wanda"]
+
+
+def test_a_budget_search_keeps_every_trial_and_a_second_search_takes_them_all(tmp_path):
+    from onnxprune import Budget, search_sparsity
+
+    args = dict(data=MODELS / "mlp_test.npz", calib=MODELS / "mlp_calib.npz", resume=tmp_path / "state")
+    first = search_sparsity(MODELS / "mlp.onnx", tmp_path / "a.onnx", "wanda", Budget(max_accuracy_drop=0.02), **args)
+    folders = sorted(p.name for p in (tmp_path / "state").iterdir() if p.is_dir())
+    assert sorted(f"s{t.sparsity!r}" for t in first.trials) == folders  # plain numbers, one per trial
+    second = search_sparsity(MODELS / "mlp.onnx", tmp_path / "b.onnx", "wanda", Budget(max_accuracy_drop=0.02), **args)
+    assert [t.sparsity for t in second.trials] == [t.sparsity for t in first.trials]
+    assert second.outcome.details["resume"]["layers_taken"] == len(second.outcome.details["layers"])
+    a, b = _weights(tmp_path / "a.onnx"), _weights(tmp_path / "b.onnx")
+    assert all(np.array_equal(a[n], b[n]) for n in a)

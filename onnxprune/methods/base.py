@@ -19,9 +19,8 @@ import onnx
 
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
-from onnxprune.options import ALLOCATIONS, OLD_VALUES
-
 from onnxprune.methods.resume import ResumeStore, not_resumable
+from onnxprune.options import ALLOCATIONS, OLD_VALUES
 
 if typing.TYPE_CHECKING:
     from onnxprune.channels.model import ChannelGroup

@@ -198,7 +198,7 @@ class LayerwiseSession(PruneSession):
         self.device = torch_device(config.device)
         self.sequential = config.sequential == "on"
         self.original = read_weights(model, [s.name for s in self.sources])
-        self.dense = {s.name: s.to_groups(self.original[s.name]) for s in self.sources}
+        self.layer = {s.name: s for s in self.sources}
         self.grams: dict[str, GramStats] | None = None  # of the dense model
         self.problems: dict[str, list[Any]] = {}  # each layer's LayerProblems on the dense model's Grams
         self.curves: dict[tuple[int, float], float] = {}  # error-curve points, by layer and sparsity
@@ -262,12 +262,16 @@ class LayerwiseSession(PruneSession):
             chosen = allocate_sparsities(errors, grid, sizes, sparsity)
         return {s.name: LayerTarget(float(c), None, self.scope) for s, c in zip(self.sources, chosen)}
 
+    def _groups(self, name: str) -> np.ndarray:
+        """A layer's dense weight as float64 groups, made when its solve needs it (BERT-base: 680 MB for all)."""
+        return self.layer[name].to_groups(self.original[name])
+
     def _dense_problems(self, name: str) -> list[Any]:
         """The LayerProblems of one layer on the dense model's Grams for the error curves, kept for the session:
         every later solve of the layer on those Grams shares their factors."""
         if name not in self.problems:
             gram = self._dense_grams()[name]
-            self.problems[name] = _layer_problems(self.dense[name], gram, self._lams({name: gram})[name])
+            self.problems[name] = _layer_problems(self._groups(name), gram, self._lams({name: gram})[name])
         return self.problems[name]
 
     def _solve_layer(self, name: str, dense: np.ndarray, gram: GramStats, lam: float, target: Any,
@@ -299,7 +303,7 @@ class LayerwiseSession(PruneSession):
         targets = self._targets(sparsity)
         passes = waves(self.model, self.sources) if self.sequential else [self.sources]
         current, pruned, layers = self.model, {}, {}
-        keys = {s.name: f"s{sparsity!r}/layer-{i:05d}" for i, s in enumerate(self.sources)}
+        keys = {s.name: f"s{float(sparsity)!r}/layer-{i:05d}" for i, s in enumerate(self.sources)}
         for wave in tqdm(passes, desc=f"{self.method} waves", unit="wave", leave=False,
                          disable=True if len(passes) < 2 else None):
             stored = {s.name: self._stored_layer(keys[s.name], s) for s in wave}
@@ -313,7 +317,7 @@ class LayerwiseSession(PruneSession):
             started = time.perf_counter()
             for s in tqdm(missing, desc=f"{self.method} layers", unit="layer", leave=False, disable=None):
                 layer_began = time.perf_counter()
-                dense, gram, target = self.dense[s.name], grams[s.name], targets[s.name]
+                dense, gram, target = self._groups(s.name), grams[s.name], targets[s.name]
                 # N:M runs along input channels: a Conv's columns are reordered channel-innermost to solve
                 order = s.channel_order() if self.nm else None
                 if order is not None:
