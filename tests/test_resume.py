@@ -57,13 +57,13 @@ def test_a_folder_of_another_run_or_of_other_files_is_refused_and_nothing_is_wri
     prune(MODELS / "mlp.onnx", tmp_path / "a.onnx", "sparsegpt", calib=calib, sparsity=0.5, resume=folder)
     prune(MODELS / "mlp.onnx", tmp_path / "b.onnx", "sparsegpt", calib=calib, sparsity=0.7, resume=folder)
     assert {p.name for p in folder.iterdir()} == {IDENTITY_FILE, "s0.5", "s0.7"}
-    with pytest.raises(ConfigError, match="another options"):
+    with pytest.raises(ConfigError, match="differs in options"):
         prune(MODELS / "mlp.onnx", tmp_path / "c.onnx", "sparsegpt", calib=calib, sparsity=0.5, resume=folder,
               allocation="global")
-    with pytest.raises(ConfigError, match="another calibration"):
+    with pytest.raises(ConfigError, match="differs in calibration"):
         prune(MODELS / "mlp.onnx", tmp_path / "c.onnx", "sparsegpt", calib=MODELS / "mlp_test.npz", sparsity=0.5,
               resume=folder)
-    with pytest.raises(ConfigError, match="another method"):
+    with pytest.raises(ConfigError, match="differs in method"):
         prune(MODELS / "mlp.onnx", tmp_path / "c.onnx", "wanda", calib=calib, sparsity=0.5, resume=folder)
     other = tmp_path / "photos"
     other.mkdir()

@@ -73,8 +73,8 @@ class ResumeStore:
                 raise ConfigError(f"--resume {self.folder}: {IDENTITY_FILE} is unreadable ({exc})") from None
             differs = [key for key, value in asdict(identity).items() if found.get(key) != value]
             if differs:
-                raise ConfigError(f"--resume {self.folder} holds a run of another {', '.join(differs)}: give a new "
-                                  f"folder, or delete this one to start afresh")
+                raise ConfigError(f"--resume {self.folder} holds a run that differs in {', '.join(differs)}: give a "
+                                  f"new folder, or delete this one to start afresh")
         elif self.folder.exists() and any(self.folder.iterdir()):
             raise ConfigError(f"--resume {self.folder} is not empty and holds no onnxprune run ({IDENTITY_FILE}): "
                               f"give a new or empty folder")

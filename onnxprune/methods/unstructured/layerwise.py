@@ -198,7 +198,7 @@ class LayerwiseSession(PruneSession):
         self.device = torch_device(config.device)
         self.sequential = config.sequential == "on"
         self.original = read_weights(model, [s.name for s in self.sources])
-        self.layer = {s.name: s for s in self.sources}
+        self.source_of = {s.name: s for s in self.sources}
         self.grams: dict[str, GramStats] | None = None  # of the dense model
         self.problems: dict[str, list[Any]] = {}  # each layer's LayerProblems on the dense model's Grams
         self.curves: dict[tuple[int, float], float] = {}  # error-curve points, by layer and sparsity
@@ -264,7 +264,7 @@ class LayerwiseSession(PruneSession):
 
     def _groups(self, name: str) -> np.ndarray:
         """A layer's dense weight as float64 groups, made when its solve needs it (BERT-base: 680 MB for all)."""
-        return self.layer[name].to_groups(self.original[name])
+        return self.source_of[name].to_groups(self.original[name])
 
     def _dense_problems(self, name: str) -> list[Any]:
         """The LayerProblems of one layer on the dense model's Grams for the error curves, kept for the session:
