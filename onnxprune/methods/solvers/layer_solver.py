@@ -266,10 +266,9 @@ def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, sta
     with the exact change of f (``_swap_changes``)."""
     rows, d = W_bar.shape
     k = mask.sum(1)
-    K, C = int(k.max()), d - int(k.min())
+    K = int(k.max())
     kept = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :K]  # kept indices first
-    dropped = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :C]  # pruned indices first
-    kv, cv = torch.arange(K) < k[:, None], torch.arange(C) < (d - k)[:, None]
+    kv = torch.arange(K) < k[:, None]
     factor = torch.linalg.cholesky(_padded_block(H_l, kept, k))
     rhs = torch.where(kv, ((W_bar * ~mask) @ H_l).gather(1, kept), 0.0)  # H_{S,S̄} w̄_S̄ from one product
     shift = _cholesky_solve(factor, rhs)
@@ -280,6 +279,9 @@ def _solve_batch(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor, sta
     if not stats:
         return [_Row(w[b], float(value[b]), None, None) for b in range(rows)]
     # the figures only rank candidate moves (each is then solved exactly): float32 is enough
+    C = d - int(k.min())
+    dropped = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :C]  # pruned indices first
+    cv = torch.arange(C) < (d - k)[:, None]
     cross = torch.where(kv[:, :, None] & cv[:, None, :], H_l[kept[:, :, None], dropped[:, None, :]], 0.0)
     low = factor.float()
     inverse = torch.linalg.solve_triangular(low, torch.eye(K, dtype=low.dtype), upper=False)  # L⁻¹
