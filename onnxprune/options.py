@@ -40,8 +40,9 @@ GLOSSARY = {
     "first_order": "add the gradient term to CHITA's local model (a Newton step on the calibration loss)",
     "block_size": "weights per block of CHITA's block-diagonal Fisher, each block with its own rows (0: one Fisher "
                   "over all weights, with the exact swap search)",
-    "max_memory": "memory budget of the method's matrices ('3G', '500M'), checked before they are made; larger work "
-                  "is split into passes or refused with the figures",
+    "max_memory": "memory budget ('3G', '500M'), checked before the work it bounds: the method's matrices (CHITA's "
+                  "gradient matrix), or for the layer-wise methods the whole process (capture in passes, Gram "
+                  "matrices on disk); larger work is split into passes or refused with the figures",
     "active_ratio": "IHT works on about this many times the kept weights, chosen by diagonal saliency (0: all)",
     "max_iter": "IHT iteration cap",
     "tol": "relative objective change that stops IHT",

@@ -12,6 +12,7 @@ from onnx import helper
 
 from onnxprune.data import Dataset
 from onnxprune.errors import ModelError, first_line
+from onnxprune.graph.shapes import without_weights
 from onnxprune.runtime.feeds import fixed_batch, session_inputs
 from onnxprune.runtime.sessions import make_session
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor the graph declares or shape inference can tell."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
+        inferred = onnx.shape_inference.infer_shapes(without_weights(model)).graph
     except Exception as exc:  # inference fails on some exporters' graphs; declared types still count
         log.debug("shape inference failed: %s", first_line(exc))
         inferred = model.graph
@@ -48,7 +49,7 @@ class Capture:
 
     def __init__(self, model: onnx.ModelProto, tensors: dict[str, int]) -> None:
         self.tensors = dict(tensors)
-        self.session = make_session(with_outputs(model, self.tensors), device="cpu", spinning=False)
+        self.session = make_session(with_outputs(model, self.tensors), device="cpu", spinning=False, lean=True)
         self.names = [o.name for o in self.session.get_outputs()]
         self.fixed_batch = fixed_batch(session_inputs(self.session))
 
@@ -63,7 +64,10 @@ class Capture:
             except Exception as exc:  # ORT raises its own types
                 raise ModelError(f"ONNX Runtime failed while capturing layer inputs: {first_line(exc)}") from None
             values.update({n: feed[n] for n in self.tensors if n in feed})
-            yield {n: values[n] for n in self.tensors}
+            batch = {n: values[n] for n in self.tensors}
+            del values  # the caller drops the batch before asking for the next: one batch is held at a time
+            yield batch
+            del batch
 
     def batch_step(self, batch_size: int) -> int:
         """Samples per ORT call for a requested ``batch_size``."""

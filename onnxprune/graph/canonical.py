@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 from onnxprune.errors import ModelError, first_line
 from onnxprune.graph.edit import densified
 from onnxprune.graph.protos import unique_name
+from onnxprune.graph.shapes import without_weights
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +205,23 @@ def remove_unused_initializers(model: onnx.ModelProto, changes: list[str]) -> on
 
 
 def infer_shapes(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:
-    """Run ONNX shape inference (non-strict) so later stages know every intermediate shape."""
+    """Run ONNX shape inference (non-strict) so later stages know every intermediate shape: on a copy without
+    the weights (``without_weights``), whose shapes are copied back, unless a node holds a subgraph."""
+    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                 for node in model.graph.node for a in node.attribute)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model if nested else without_weights(model), strict_mode=False,
+                                                     data_prop=True)
     except Exception as exc:  # shape inference raises InferenceError, RuntimeError, ...
         raise ModelError(f"shape inference failed: {first_line(exc)}") from None
     if len(inferred.graph.value_info) != len(model.graph.value_info):
         changes.append(f"shape inference: {len(inferred.graph.value_info)} intermediate shapes known")
-    return inferred
+    if nested:
+        return inferred
+    for values in ("value_info", "output"):
+        del getattr(model.graph, values)[:]
+        getattr(model.graph, values).extend(getattr(inferred.graph, values))
+    return model
 
 
 def simplify(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProto:

@@ -15,7 +15,7 @@ from onnxprune.graph.canonical import constants_to_initializers
 from onnxprune.graph.edit import densified
 from onnxprune.graph.protos import attr, dims
 from onnxprune.graph.prunable import find_prunable
-from onnxprune.graph.shapes import tensor_shapes
+from onnxprune.graph.shapes import tensor_shapes, without_weights
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _at_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]])
 
 def value_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, list[int | None]]:
     """Shapes of every value at the given input shapes (inputs, intermediates, outputs, initializers)."""
-    fixed = _at_shapes(model, input_shapes)
+    fixed = _at_shapes(without_weights(model), input_shapes)
     try:
         inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
     except Exception:  # a graph shape inference cannot handle still gets parameter counts

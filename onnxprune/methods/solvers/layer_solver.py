@@ -85,16 +85,26 @@ def gram_factor(H: torch.Tensor, rank: int) -> torch.Tensor:
 
 class LayerProblem:
     """One layer's (or one group's) reconstruction problem in float64 on the current torch device (``with
-    device:``): the dense weights W̄, H and ``H + λI``; the factors a solver needs are computed on first use
-    and shared by every solve of the problem at any target (the error curves solve each layer at many
-    sparsities). ``rows``: how many calibration rows H sums (its rank is at most that)."""
+    device:``): the dense weights W̄, H and ``H + λI``; ``H + λI`` and the factors a solver needs are computed on
+    first use and shared by every solve of the problem at any target (the error curves solve each layer at
+    many sparsities). ``rows``: how many calibration rows H sums (its rank is at most that)."""
 
     def __init__(self, W: np.ndarray, H: np.ndarray, lam: float, rows: int | None = None) -> None:
         self.W_bar = from_numpy(np.asarray(W, dtype=np.float64))
         self.H = from_numpy(np.asarray(H, dtype=np.float64))
-        self.H_l = self.H.clone()
-        self.H_l.diagonal().add_(lam)
         self.lam, self.rows = lam, rows
+
+    @cached_property
+    def H_l(self) -> torch.Tensor:
+        """``H + λI``."""
+        H_l = self.H.clone()
+        H_l.diagonal().add_(self.lam)
+        return H_l
+
+    def drop_ridged(self) -> None:
+        """Forget ``H + λI`` (made again on next use): the OBS sweep needs only its factor, and a session that
+        keeps many layers' problems keeps a d × d matrix less of each."""
+        self.__dict__.pop("H_l", None)
 
     @cached_property
     def low_rank(self) -> LowRankGram | None:
@@ -166,14 +176,16 @@ def layer_backsolve(W_bar: torch.Tensor, H_l: torch.Tensor, mask: torch.Tensor) 
 _REFRESH = 20
 
 
-def _iht(V_bar: torch.Tensor, times: Callable[[torch.Tensor], torch.Tensor], constraint: SupportConstraint,
-         V0: torch.Tensor, L: float, max_iter: int, tol: float) -> torch.Tensor:
-    """IHT ``V ← P(V − τ∇q)`` on ``q(V) = ½tr((V − V̄)Hs(V − V̄)ᵀ)`` (``times(D) = D·Hs``) with CHITA's step
-    rule: the exact line search along the current support when it keeps the support, else from the
+def _iht(V_bar: torch.Tensor, scaled: Curvature, constraint: SupportConstraint, V0: torch.Tensor,
+         max_iter: int, tol: float) -> torch.Tensor:
+    """IHT ``V ← P(V − τ∇q)`` on ``q(V) = ½tr((V − V̄)Hs(V − V̄)ᵀ)`` (``scaled.times(D) = D·Hs``) with CHITA's
+    step rule: the exact line search along the current support when it keeps the support, else from the
     support-changing step (at least 1/L) doubling while q decreases. Returns the final support. The
-    gradient ``G = (V − V̄)Hs`` is carried from step to step (a support step updates it with the product its
-    line search needs anyway, a thresholded trial brings its own), so an iteration costs one product with
-    Hs plus one per trial."""
+    gradient ``G = (V − V̄)Hs`` is carried from step to step: a support step updates it with the product its
+    line search needs anyway (``HG``), and a thresholded trial ``P(V − τG)`` differs from ``V − τ·g_on`` only
+    where the support changed, so its gradient is ``G − τ·HG`` plus a product with Hs of a matrix holding
+    those few entries (``scaled.few``): an iteration costs about one product with Hs."""
+    times, L = scaled.times, scaled.L
     shape = V_bar.shape
 
     def project(Z: torch.Tensor) -> torch.Tensor:
@@ -202,7 +214,11 @@ def _iht(V_bar: torch.Tensor, times: Callable[[torch.Tensor], torch.Tensor], con
                 Z = V - tau * G
                 new_mask = project(Z)
                 trial = torch.where(new_mask, Z, 0.0)
-                trial_G, trial_value = gradient(trial)
+                # trial − V = −τ·g_on + S with S = −τG on entering entries, τG − V on leaving ones, 0 elsewhere
+                entering, leaving = new_mask & ~mask, mask & ~new_mask
+                S = torch.where(entering, -tau * G, 0.0) + torch.where(leaving, tau * G - V, 0.0)
+                trial_G = G - tau * HG + scaled.few(S)
+                trial_value = 0.5 * float(((trial - V_bar) * trial_G).sum())
                 if trial_value >= best[0]:
                     break
                 best, tau = (trial_value, trial, new_mask, trial_G), tau * 2
@@ -529,9 +545,23 @@ def default_swap_rounds(target: LayerTarget) -> int:
     return 0 if target.nm is None and target.scope == "layer" else 1
 
 
-def _scaled_curvature(problem: LayerProblem) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
-    """IHT's curvature in Jacobi-scaled variables in float32, ``Hs = S⁻¹(H + λI)S⁻¹``: its product
-    ``D ↦ D·Hs`` and its largest eigenvalue (through the factor, ``Hs = YᵀY + λS⁻²``, by Lanczos)."""
+@dataclass(frozen=True)
+class Curvature:
+    """IHT's curvature ``Hs``: its product ``times(D) = D·Hs``, the same for a D with few nonzeros (``few``,
+    cheaper when Hs is held whole) and its largest eigenvalue ``L``."""
+
+    times: Callable[[torch.Tensor], torch.Tensor]
+    few: Callable[[torch.Tensor], torch.Tensor]
+    L: float
+
+
+# Nonzeros of D whose rows of Hs are gathered at once by ``Curvature.few``.
+_FEW_CHUNK = 4096
+
+
+def _scaled_curvature(problem: LayerProblem) -> Curvature:
+    """IHT's curvature in Jacobi-scaled variables in float32, ``Hs = S⁻¹(H + λI)S⁻¹``, with its largest
+    eigenvalue (through the factor, ``Hs = YᵀY + λS⁻²``, by Lanczos)."""
     scale, low = problem.jacobi, problem.low_rank
     if low is None:
         Hs = (problem.H_l / torch.outer(scale, scale)).float()
@@ -539,14 +569,25 @@ def _scaled_curvature(problem: LayerProblem) -> tuple[Callable[[torch.Tensor], t
         def times(D: torch.Tensor) -> torch.Tensor:
             return D @ Hs
 
-        return times, float(torch.linalg.eigvalsh(Hs)[-1])
+        def few(D: torch.Tensor) -> torch.Tensor:
+            rows, cols = torch.nonzero(D, as_tuple=True)
+            if len(rows) * 4 > D.shape[0] * D.shape[1]:  # not few: the dense product is cheaper
+                return times(D)
+            out = torch.zeros_like(D)
+            for start in range(0, len(rows), _FEW_CHUNK):
+                r, c = rows[start:start + _FEW_CHUNK], cols[start:start + _FEW_CHUNK]
+                out.index_add_(0, r, D[r, c, None] * Hs[c])
+            return out
+
+        return Curvature(times, few, float(torch.linalg.eigvalsh(Hs)[-1]))
     Y = (low.X / scale).float()
     shift = (low.lam / scale.pow(2)).float()
 
     def times_low_rank(D: torch.Tensor) -> torch.Tensor:
         return torch.addmm(D * shift, D @ Y.T, Y)
 
-    return times_low_rank, _largest_eigenvalue(Y.double().cpu().numpy(), shift.double().cpu().numpy())
+    return Curvature(times_low_rank, times_low_rank,
+                     _largest_eigenvalue(Y.double().cpu().numpy(), shift.double().cpu().numpy()))
 
 
 def _largest_eigenvalue(Y: np.ndarray, shift: np.ndarray) -> float:
@@ -569,12 +610,12 @@ def solve_chita(problem: LayerProblem, target: LayerTarget, *, max_iter: int = 1
         swap_rounds = default_swap_rounds(target)
     W_bar, H_l, scale, low = problem.W_bar, problem.H_l, problem.jacobi, problem.low_rank
     constraint = target.constraint(*W_bar.shape)
-    times, L = _scaled_curvature(problem)
+    curvature = _scaled_curvature(problem)
     V_bar = (W_bar * scale).float()
     best, best_value = None, math.inf
     start = from_numpy(solve_obs(problem, target)) * scale  # warm start: the OBS sweep's weights
     for _ in range(restarts + 1):
-        mask = _iht(V_bar, times, constraint, start.float(), L, max_iter, tol)
+        mask = _iht(V_bar, curvature, constraint, start.float(), max_iter, tol)
         solved = layer_swap_search(W_bar, H_l, mask, target, rounds=swap_rounds, low_rank=low)
         D = solved - W_bar
         value = problem._energy(D) + problem.lam * float(D.pow(2).sum())

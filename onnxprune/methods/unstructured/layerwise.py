@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -20,11 +21,12 @@ import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
-from onnxprune.activations.gram import GramStats, capture_grams
+from onnxprune.activations.gram import GramStats, capture_grams, resident_bytes
+from onnxprune.activations.gram_store import GramStore, capture_to_store, gram_bytes
 from onnxprune.activations.layers import LayerSource, layer_sources
 from onnxprune.compute import placed_on, torch_device
 from onnxprune.data import Dataset, check_dataset
-from onnxprune.errors import ConfigError, DataError
+from onnxprune.errors import ConfigError, DataError, ResourceError
 from onnxprune.graph.edit import replace_initializers
 from onnxprune.graph.prunable import read_weights, select_prunable
 from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses, PruneSession, UnstructuredConfig, parse_pattern
@@ -64,8 +66,9 @@ class LayerOptions(Protocol):
 class LayerwiseConfig(UnstructuredConfig):
     """Options of the layer-wise methods. ``allocation`` is 'uniform' by default (the published one; 'global'
     chooses per-layer sparsities from each layer's error curve, see the module doc) and ignored with a
-    ``pattern``; ``sequential`` 'auto' is off; ``max_memory`` bounds all Gram matrices plus one batch of
-    activations; ``device`` is where the per-layer solves run."""
+    ``pattern``; ``sequential`` 'auto' is off; ``max_memory``: the process is kept within it where it can be
+    (capture in passes, the batch lowered, Gram matrices on disk, fewer solver factors kept) and refused when
+    it cannot hold one layer's solve; ``device`` is where the per-layer solves run."""
 
     allocation: str = "uniform"
     sequential: str = "auto"
@@ -113,6 +116,55 @@ def _layer_problems(dense: np.ndarray, gram: GramStats, lam: float, order: np.nd
             for w, h in zip(dense, gram.H)]
 
 
+def _refuse_small_budget(sources: list[LayerSource], budget: int) -> None:
+    """ResourceError before any work when the largest layer's Gram and its solve's factors (about four times
+    the Gram) exceed ``budget``: every other Gram can wait on disk, that one layer cannot."""
+    largest = max(sources, key=gram_bytes)
+    need = 5 * gram_bytes(largest)
+    if need > budget:
+        raise ResourceError(f"layer {largest.name} ({largest.d_in} inputs) needs about {format_bytes(need)} to solve "
+                            f"(its Gram matrices {format_bytes(gram_bytes(largest))} and the solver's factors) and "
+                            f"--max-memory is {format_bytes(budget)}: raise --max-memory to at least that")
+
+
+def _problem_bytes(problems: list[Any]) -> int:
+    """Bytes of the tensors a layer's LayerProblems hold now (their factors included)."""
+    total = 0
+    for problem in problems:
+        for value in vars(problem).values():
+            tensor = getattr(value, "X", value)  # a LowRankGram holds its factor X
+            if hasattr(tensor, "element_size"):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+class ProblemCache:
+    """Layers' LayerProblems (their factors made on first use) within ``capacity`` bytes, the least recently
+    used dropped first and the last one always kept: the global allocation revisits each layer a few times,
+    and a dropped layer's factors are made again on its next visit (the same numbers)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, list[Any]] = OrderedDict()
+
+    def get(self, name: str) -> list[Any] | None:
+        found = self._entries.get(name)
+        if found is not None:
+            self._entries.move_to_end(name)
+        return found
+
+    def put(self, name: str, problems: list[Any]) -> list[Any]:
+        """Keep ``problems`` as the most recent entry, dropping old ones beyond the capacity."""
+        self._entries[name] = problems
+        sizes = {key: _problem_bytes(entry) for key, entry in self._entries.items()}
+        while len(self._entries) > 1 and sum(sizes.values()) > self.capacity:
+            sizes.pop(self._entries.popitem(last=False)[0])
+        return problems
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 @dataclass
 class ErrorCurves:
     """Relative reconstruction error of each layer pruned by ``solver`` at each target, solved on first use
@@ -141,7 +193,10 @@ class ErrorCurves:
         problems = self.problems(self.sources[layer].name)
         energy = max(sum(p.dense_energy for p in problems), 1e-300)
         self.bar.update(1)
-        return sum(p.error(self.solver(p, target)) for p in problems) / energy
+        error = sum(p.error(self.solver(p, target)) for p in problems) / energy
+        for problem in problems:  # kept for the layer's next points, which need the sweep's factor only
+            problem.drop_ridged()
+        return error
 
 
 def allocate_sparsities(errors: Callable[[int, int], float], grid: np.ndarray, sizes: np.ndarray, sparsity: float) -> np.ndarray:
@@ -199,11 +254,13 @@ class LayerwiseSession(PruneSession):
         self.sequential = config.sequential == "on"
         self.original = read_weights(model, [s.name for s in self.sources])
         self.source_of = {s.name: s for s in self.sources}
-        self.grams: dict[str, GramStats] | None = None  # of the dense model
-        self.problems: dict[str, list[Any]] = {}  # each layer's LayerProblems on the dense model's Grams
+        self.grams: GramStore | None = None  # of the dense model
+        # layers' LayerProblems on the dense model's Grams, within what the budget leaves once they are captured
+        self.problems = ProblemCache(self.budget)
         self.curves: dict[tuple[int, float], float] = {}  # error-curve points, by layer and sparsity
         self.singular: set[str] = set()  # layers already warned about
         self.capture_s = 0.0
+        self.capture_passes = 0  # of the dense model's capture, in this prune call
         self.store: ResumeStore | None = None
 
     def resume_from(self, store: ResumeStore) -> None:
@@ -223,13 +280,26 @@ class LayerwiseSession(PruneSession):
 
     def _capture(self, model: onnx.ModelProto, sources: list[LayerSource]) -> dict[str, GramStats]:
         began = time.perf_counter()
-        grams = capture_grams(model, self.calib, sources, batch_size=self.config.batch_size, max_memory=self.budget)
+        grams = capture_grams(model, self.calib, sources, batch_size=self.config.batch_size, max_memory=self.budget,
+                              count_resident=True)
         self.capture_s += time.perf_counter() - began
         return grams
 
-    def _dense_grams(self) -> dict[str, GramStats]:
+    def _dense_grams(self) -> GramStore:
+        """The dense model's Grams, captured on first use in as many passes as the budget needs; those that do
+        not fit beside the largest layer's solve are kept on disk."""
         if self.grams is None:
-            self.grams = self._capture(self.model, self.sources)
+            began = time.perf_counter()
+            _refuse_small_budget(self.sources, self.budget)
+            largest = max(gram_bytes(s) for s in self.sources)
+            self.grams = GramStore(self.budget, reserve=4 * largest)
+            self.capture_passes = capture_to_store(self.model, self.calib, self.sources, self.grams,
+                                                   batch_size=self.config.batch_size, max_memory=self.budget)
+            self.problems.capacity = max(0, self.budget - (resident_bytes() or 0))
+            if self.grams.spilled:
+                log.info("%d of %d Gram matrices kept on disk (--max-memory %s)", self.grams.spilled,
+                         len(self.grams), format_bytes(self.budget))
+            self.capture_s += time.perf_counter() - began
         return self.grams
 
     def _lams(self, grams: dict[str, GramStats]) -> dict[str, float]:
@@ -269,10 +339,11 @@ class LayerwiseSession(PruneSession):
     def _dense_problems(self, name: str) -> list[Any]:
         """The LayerProblems of one layer on the dense model's Grams for the error curves, kept for the session:
         every later solve of the layer on those Grams shares their factors."""
-        if name not in self.problems:
+        found = self.problems.get(name)
+        if found is None:
             gram = self._dense_grams()[name]
-            self.problems[name] = _layer_problems(self._groups(name), gram, self._lams({name: gram})[name])
-        return self.problems[name]
+            found = self.problems.put(name, _layer_problems(self._groups(name), gram, self._lams({name: gram})[name]))
+        return found
 
     def _solve_layer(self, name: str, dense: np.ndarray, gram: GramStats, lam: float, target: Any,
                      order: np.ndarray | None) -> tuple[np.ndarray, float]:
@@ -289,6 +360,15 @@ class LayerwiseSession(PruneSession):
                         / max(sum(p.dense_energy for p in problems), 1e-300))
         return new, relative
 
+    def _make_room(self) -> None:
+        """What follows the solves (the pruned model made, checked, run and timed beside the input) holds about
+        three copies of the weights: kept Grams and factors make room for it when the budget needs that (a
+        later prune reads the Grams back)."""
+        after = 3 * self.model.ByteSize()
+        if self.grams is not None and (resident_bytes() or 0) + after > self.budget:
+            self.problems.clear()
+            self.grams.trim(after)
+
     def _stored_layer(self, key: str, source: LayerSource) -> tuple[np.ndarray, dict[str, Any]] | None:
         """A layer's pruned weight and report row from the resume store, when it holds them."""
         found = None if self.store is None else self.store.read(key)
@@ -299,7 +379,7 @@ class LayerwiseSession(PruneSession):
     def prune(self, sparsity: float) -> MethodResult:
         """The model with every captured layer pruned at ``sparsity`` (or the N:M pattern)."""
         began, solve_s = time.perf_counter(), 0.0
-        self.capture_s = 0.0
+        self.capture_s, self.capture_passes = 0.0, 0
         targets = self._targets(sparsity)
         passes = waves(self.model, self.sources) if self.sequential else [self.sources]
         current, pruned, layers = self.model, {}, {}
@@ -313,30 +393,31 @@ class LayerwiseSession(PruneSession):
                     pruned[name], layers[name] = found
             if missing:
                 grams = self._capture(current, missing) if self.sequential else self._dense_grams()
-                lams = self._lams({s.name: grams[s.name] for s in missing})
             started = time.perf_counter()
             for s in tqdm(missing, desc=f"{self.method} layers", unit="layer", leave=False, disable=None):
                 layer_began = time.perf_counter()
                 dense, gram, target = self._groups(s.name), grams[s.name], targets[s.name]
+                lam = self._lams({s.name: gram})[s.name]
                 # N:M runs along input channels: a Conv's columns are reordered channel-innermost to solve
                 order = s.channel_order() if self.nm else None
                 if order is not None:
                     dense = dense[:, :, order]
-                new, relative = self._solve_layer(s.name, dense, gram, lams[s.name], target, order)
+                new, relative = self._solve_layer(s.name, dense, gram, lam, target, order)
                 if order is not None:
                     new[:, :, order] = new.copy()
                 pruned[s.name] = s.from_groups(new).astype(self.original[s.name].dtype)
                 layers[s.name] = {"sparsity": round(1 - np.count_nonzero(pruned[s.name]) / new.size, 4),
                                   "relative_error": relative,
-                                  "rows": gram.n_rows, "d_in": s.d_in, "groups": s.groups, "ridge": lams[s.name],
+                                  "rows": gram.n_rows, "d_in": s.d_in, "groups": s.groups, "ridge": lam,
                                   "solve_s": round(time.perf_counter() - layer_began, 2)}
                 if self.store is not None:
                     self.store.write(keys[s.name], {"weight": pruned[s.name]}, layers[s.name])
             solve_s += time.perf_counter() - started
+            self._make_room()
             current = replace_initializers(self.model, pruned)
         layers = {s.name: layers[s.name] for s in self.sources}
         details = {"capture_s": self.capture_s, "solve_s": solve_s, "total_s": time.perf_counter() - began,
-                   "passes": len(passes), "layers": layers, "dense_layers": dict(self.skipped),
+                   "passes": len(passes) if self.sequential else self.capture_passes, "layers": layers, "dense_layers": dict(self.skipped),
                    "allocation": None if self.nm else self.config.allocation, "pattern": self.config.pattern or None,
                    "sequential": self.sequential, "max_memory": format_bytes(self.budget),
                    "device": str(self.device)}
