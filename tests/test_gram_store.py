@@ -73,7 +73,8 @@ def test_grams_captured_in_passes_equal_one_capture(cnn):
     whole = capture_grams(model, calib, sources, batch_size=16)
     store = GramStore(limit=1)
     largest = max(gram_bytes(s) for s in sources)
-    passes = capture_to_store(model, calib, sources, store, batch_size=16, max_memory=4 * largest)
+    passes = capture_to_store(model, calib, sources, store, batch_size=16, max_memory=4 * largest,
+                              model_bytes=model.ByteSize())
     assert passes == len(capture_passes(sources, 0)) > 1 and store.spilled == len(sources)
     for name, found in whole.items():
         np.testing.assert_array_equal(store[name].H, found.H)

@@ -101,11 +101,12 @@ def capture_passes(sources: Sequence[LayerSource], room: int) -> list[list[Layer
 
 
 def capture_to_store(model: onnx.ModelProto, data: Dataset, sources: Sequence[LayerSource], store: GramStore, *,
-                     batch_size: int, max_memory: int) -> int:
+                     batch_size: int, max_memory: int, model_bytes: int) -> int:
     """Every source's Gram statistics into ``store``, in as few ORT passes over ``data`` as keep the process
-    within ``max_memory`` (what it holds now, ONNX Runtime's session, about twice the model's size, each pass's
-    Grams and one batch); returns the number of passes. The Grams do not depend on how the sources are split."""
-    room = max_memory - (resident_bytes() or 0) - 2 * model.ByteSize()  # the session: 840 MB for BERT-base's 440
+    within ``max_memory`` (what it holds now, ONNX Runtime's session, about twice ``model_bytes``, the model's
+    serialized size, each pass's Grams and one batch); returns the number of passes. The Grams do not depend
+    on how the sources are split."""
+    room = max_memory - (resident_bytes() or 0) - 2 * model_bytes  # the session: 840 MB for BERT-base's 440
     passes = capture_passes(sources, room)
     if len(passes) > 1:
         log.info("capturing %d layer inputs in %d passes to stay within --max-memory %s", len(sources),
