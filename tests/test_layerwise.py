@@ -267,6 +267,34 @@ def test_allocation_meets_the_budget_and_reads_the_error_curves_one_step_past_ea
     assert len(set(asked)) < 3 * len(grid)
 
 
+def test_a_layer_met_again_after_its_problems_left_the_cache_has_the_rest_of_its_curve_solved_at_once():
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from onnxprune.methods.unstructured.layerwise import ErrorCurves, ProblemCache
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((200, 24))
+    problems = {name: [LayerProblem(rng.standard_normal((8, 24)), X.T @ X, 1.0)] for name in "abc"}
+    cache = ProblemCache(capacity=10 ** 9)
+    for name in "abc":
+        cache.put(name, problems[name])
+    one = sum(t.numel() * t.element_size() for t in (problems["a"][0].W_bar, problems["a"][0].H))
+    cache.fit(one)  # room for one layer: the least recently used go first, the last one stays
+    assert ["a" in cache, "b" in cache, "c" in cache] == [False, False, True] and cache.held_bytes == one
+    targets = [LayerTarget(float(s)) for s in (0.0, 0.2, 0.4, 0.6, 0.8)]
+    curves = {}
+    for cached in (True, False):
+        curve = ErrorCurves([SimpleNamespace(name=n) for n in "ab"], solve_obs, lambda n: problems[n], targets,
+                            tqdm(disable=True), cached=lambda n: cached)
+        first = curve(0, 1), curve(1, 1), curve(0, 2)
+        curves[cached] = (first, sorted(curve.known))
+    assert curves[True][0] == curves[False][0]  # the same numbers either way
+    assert curves[True][1] == [(0, 0.2), (0, 0.4), (1, 0.2)]
+    assert curves[False][1] == [(0, 0.2), (0, 0.4), (0, 0.6), (0, 0.8), (1, 0.2)]  # a's rest solved at once
+
+
 @pytest.mark.parametrize("supports", ["2:4", "unequal", "2:4 low-rank", "unequal low-rank"])
 def test_swap_changes_are_the_exact_change_of_a_solve_on_the_swapped_support(supports):
     from onnxprune.methods.solvers.layer_solver import LowRankGram, _pairs, _solve_rows, gram_factor
@@ -412,3 +440,16 @@ def test_rows_pruning_fewer_than_they_keep_are_solved_from_the_pruned_side_to_th
     assert float((got - expected).abs().max()) <= 1e-10 * float(expected.abs().max())
     values = [_objective(r.w.numpy(), W[i].numpy(), H_l.numpy()) for i, r in enumerate(rows)]
     assert np.allclose([r.value for r in rows], values, rtol=1e-10)
+
+
+@pytest.mark.parametrize("d", [64, 1100])  # eigvalsh below _LANCZOS_FROM, Lanczos above
+def test_iht_curvature_has_the_largest_eigenvalue_of_the_scaled_hessian(d):
+    from onnxprune.methods.solvers.layer_solver import _LANCZOS_FROM, _scaled_curvature
+
+    rng = np.random.default_rng(d)
+    X = rng.standard_normal((d + 50, d)) * rng.uniform(0.2, 3.0, d)
+    problem = LayerProblem(rng.standard_normal((4, d)), X.T @ X, 0.3)
+    scale = np.sqrt(np.diag(X.T @ X) + 0.3)
+    expected = np.linalg.eigvalsh((X.T @ X + 0.3 * np.eye(d)) / np.outer(scale, scale))[-1]
+    assert (d > _LANCZOS_FROM) == (d == 1100)
+    assert _scaled_curvature(problem).L == pytest.approx(expected, rel=1e-6)
