@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxprune.graph.protos import attr
 
@@ -77,6 +77,13 @@ def read_weights(model: onnx.ModelProto, names: list[str] | None = None) -> dict
     """The numpy values of the prunable weights (or of the named initializers)."""
     wanted = set(names) if names is not None else {w.name for w in find_prunable(model)}
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
+
+
+def weight_layouts(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The shape and dtype of each named initializer, without reading its values."""
+    wanted = set(names)
+    return {t.name: (tuple(t.dims), np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)))
+            for t in model.graph.initializer if t.name in wanted}
 
 
 def select_prunable(model: onnx.ModelProto, skip_first: bool = False, skip_last: bool = False) -> list[PrunableWeight]:

@@ -29,7 +29,7 @@ from onnxprune.compute import placed_on, torch_device
 from onnxprune.data import Dataset, check_dataset
 from onnxprune.errors import ConfigError, DataError, ResourceError
 from onnxprune.graph.edit import replace_initializers
-from onnxprune.graph.prunable import read_weights, select_prunable
+from onnxprune.graph.prunable import read_weights, select_prunable, weight_layouts
 from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses, PruneSession, UnstructuredConfig, parse_pattern
 from onnxprune.methods.resume import ResumeStore
 from onnxprune.options import DEVICES, SEQUENTIAL
@@ -275,7 +275,9 @@ class LayerwiseSession(PruneSession):
         self.budget = parse_bytes(config.max_memory)
         self.device = torch_device(config.device)
         self.sequential = config.sequential == "on"
-        self.original = read_weights(model, [s.name for s in self.sources])
+        # each weight's shape and dtype; its values are read from the model when its layer is solved (BERT-base:
+        # 340 MB not held for the whole run)
+        self.layouts = weight_layouts(model, [s.name for s in self.sources])
         self.source_of = {s.name: s for s in self.sources}
         self.grams: GramStore | None = None  # of the dense model
         # layers' LayerProblems on the dense model's Grams, within what the budget leaves once they are captured
@@ -347,7 +349,7 @@ class LayerwiseSession(PruneSession):
         if self.config.allocation == "uniform" or sparsity == 0:
             return {s.name: LayerTarget(sparsity, None, self.scope) for s in self.sources}
         grid = np.unique(np.r_[GRID, sparsity, (1 + sparsity) / 2])
-        sizes = np.array([self.original[s.name].size for s in self.sources], dtype=float)
+        sizes = np.array([np.prod(self.layouts[s.name][0]) for s in self.sources], dtype=float)
         with placed_on(self.device), tqdm(desc="error curves", unit="solve", leave=False, disable=None) as bar:
             errors = ErrorCurves(self.sources, self.estimator, self._dense_problems,
                                  [LayerTarget(float(g), None, self.scope) for g in grid], bar, self.curves,
@@ -357,7 +359,7 @@ class LayerwiseSession(PruneSession):
 
     def _groups(self, name: str) -> np.ndarray:
         """A layer's dense weight as float64 groups, made when its solve needs it (BERT-base: 680 MB for all)."""
-        return self.source_of[name].to_groups(self.original[name])
+        return self.source_of[name].to_groups(read_weights(self.model, [name])[name])
 
     def _dense_problems(self, name: str) -> list[Any]:
         """The LayerProblems of one layer on the dense model's Grams for the error curves, kept for the session:
@@ -406,9 +408,9 @@ class LayerwiseSession(PruneSession):
 
     def _make_room(self) -> None:
         """What follows the solves (the pruned model made, checked, run and timed beside the input) holds about
-        three copies of the weights: kept Grams and factors make room for it when the budget needs that (a
-        later prune reads the Grams back)."""
-        after = 3 * self.model_bytes
+        four copies of the weights (BERT-base: 1.5 GB more than before the checks): kept Grams and factors make
+        room for it when the budget needs that (a later prune reads the Grams back)."""
+        after = 4 * self.model_bytes
         if self.grams is not None and (resident_bytes() or 0) + after > self.budget:
             self.problems.clear()
             self.grams.trim(after)
@@ -416,7 +418,7 @@ class LayerwiseSession(PruneSession):
     def _stored_layer(self, key: str, source: LayerSource) -> tuple[np.ndarray, dict[str, Any]] | None:
         """A layer's pruned weight and report row from the resume store, when it holds them."""
         found = None if self.store is None else self.store.read(key)
-        if found is None or found[0].get("weight") is None or found[0]["weight"].shape != self.original[source.name].shape:
+        if found is None or found[0].get("weight") is None or found[0]["weight"].shape != self.layouts[source.name][0]:
             return None
         return found[0]["weight"], {**found[1], "resumed": True}
 
@@ -449,7 +451,7 @@ class LayerwiseSession(PruneSession):
                 new, relative = self._solve_layer(s.name, dense, gram, lam, target, order)
                 if order is not None:
                     new[:, :, order] = new.copy()
-                pruned[s.name] = s.from_groups(new).astype(self.original[s.name].dtype)
+                pruned[s.name] = s.from_groups(new).astype(self.layouts[s.name][1])
                 layers[s.name] = {"sparsity": round(1 - np.count_nonzero(pruned[s.name]) / new.size, 4),
                                   "relative_error": relative,
                                   "rows": gram.n_rows, "d_in": s.d_in, "groups": s.groups, "ridge": lam,
