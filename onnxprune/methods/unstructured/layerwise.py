@@ -117,11 +117,20 @@ def _layer_problems(dense: np.ndarray, gram: GramStats, lam: float, order: np.nd
             for w, h in zip(dense, gram.H)]
 
 
+# A layer's solve holds about this many matrices the size of its Gram besides it (H + λI, factors, Hs).
+_FACTORS_PER_GRAM = 4
+
+
+def _solve_bytes(source: LayerSource) -> int:
+    """What one layer's solve holds: its Gram and the solver's factors."""
+    return (1 + _FACTORS_PER_GRAM) * gram_bytes(source)
+
+
 def _refuse_small_budget(sources: list[LayerSource], budget: int) -> None:
-    """ResourceError before any work when the largest layer's Gram and its solve's factors (about four times
-    the Gram) exceed ``budget``: every other Gram can wait on disk, that one layer cannot."""
+    """ResourceError before any work when the largest layer's solve (``_solve_bytes``) exceeds ``budget``:
+    every other Gram can wait on disk, that one layer cannot."""
     largest = max(sources, key=gram_bytes)
-    need = 5 * gram_bytes(largest)
+    need = _solve_bytes(largest)
     if need > budget:
         raise ResourceError(f"layer {largest.name} ({largest.d_in} inputs) needs about {format_bytes(need)} to solve "
                             f"(its Gram matrices {format_bytes(gram_bytes(largest))} and the solver's factors) and "
@@ -280,7 +289,7 @@ class LayerwiseSession(PruneSession):
         self.layouts = weight_layouts(model, [s.name for s in self.sources])
         self.source_of = {s.name: s for s in self.sources}
         self.grams: GramStore | None = None  # of the dense model
-        # layers' LayerProblems on the dense model's Grams, within what the budget leaves once they are captured
+        # layers' LayerProblems on the dense model's Grams, bounded before each solve (``_fit_problems``)
         self.problems = ProblemCache(self.budget)
         self.curves: dict[tuple[int, float], float] = {}  # error-curve points, by layer and sparsity
         self.singular: set[str] = set()  # layers already warned about
@@ -317,7 +326,7 @@ class LayerwiseSession(PruneSession):
             began = time.perf_counter()
             _refuse_small_budget(self.sources, self.budget)
             largest = max(gram_bytes(s) for s in self.sources)
-            self.grams = GramStore(self.budget, reserve=4 * largest)
+            self.grams = GramStore(self.budget, reserve=_FACTORS_PER_GRAM * largest)
             self.capture_passes = capture_to_store(self.model, self.calib, self.sources, self.grams,
                                                    batch_size=self.config.batch_size, max_memory=self.budget,
                                                    model_bytes=self.model_bytes)
@@ -373,13 +382,13 @@ class LayerwiseSession(PruneSession):
 
     def _fit_problems(self, source: LayerSource) -> None:
         """Bound the cached problems by what the budget leaves beside the process and ``source``'s solve (its
-        Gram's size five times over and a batch of row solves), and when even none leave too little, move
+        Gram and factors, ``_solve_bytes``, and a batch of row solves), and when even none leave too little, move
         resident Grams to disk: the pruned weights accumulate as layers finish (340 MB on BERT-base)."""
         from onnxprune.methods.solvers.layer_solver import ROW_BATCH_BYTES
 
         held = resident_bytes()
         if held is not None:
-            work = 5 * gram_bytes(source) + ROW_BATCH_BYTES
+            work = _solve_bytes(source) + ROW_BATCH_BYTES
             room = self.budget - held + self.problems.held_bytes - work
             self.problems.fit(max(0, room))
             if room < 0 and self.grams is not None:
