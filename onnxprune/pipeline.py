@@ -27,6 +27,7 @@ from onnxprune.methods import get_method, make_config
 from onnxprune.methods.base import MethodResult, PruneSession
 from onnxprune.methods.resume import ResumeStore, RunIdentity, data_fingerprint, not_resumable
 from onnxprune.graph.prunable import find_prunable
+from onnxprune.graph.protos import serialized_bytes
 from onnxprune.runtime.feeds import fixed_batch, make_feed, run_batched
 from onnxprune.runtime.sessions import make_session
 from onnxprune.graph.stats import ModelStats, model_stats
@@ -88,9 +89,9 @@ def sample_feed(model: onnx.ModelProto, sample: Dataset | None,
 def run_input_model(model: onnx.ModelProto, feed: dict[str, np.ndarray],
                     shapes: dict[str, tuple[int, ...]] | None = None) -> list[np.ndarray]:
     """The input model's ORT outputs, computed before any method runs so that a model ORT cannot run
-    is refused up front instead of reaching a method."""
+    is refused up front instead of reaching a method (a lean session: no prepacked copy of the weights)."""
     try:
-        return run_batched(make_session(model, device="cpu"), Dataset(feed))
+        return run_batched(make_session(model, device="cpu", lean=True), Dataset(feed))
     except ModelError as exc:
         unknown = unknown_dims(input_specs(model), shapes)
         if unknown:
@@ -105,7 +106,7 @@ def smoke_run(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: dict[str
               before: list[np.ndarray]) -> None:
     """Run the pruned model in ORT on the sample inputs; its outputs must have the original's shapes."""
     try:
-        after = run_batched(make_session(pruned, device="cpu"), Dataset(feed))
+        after = run_batched(make_session(pruned, device="cpu", lean=True), Dataset(feed))
     except ModelError as exc:
         raise ModelError(f"the pruned model does not run in ONNX Runtime ({exc}); nothing was written") from None
     for out, a, b in zip(original.graph.output, before, after):
@@ -185,8 +186,7 @@ class Pruner:
         self.config = make_config(self.spec, **options)
         self.model_path = model_path
         start = time.perf_counter()
-        original = load_model(model_path)
-        self.canonical = canonicalize(original, use_onnxslim=use_onnxslim)
+        self.canonical = canonicalize(load_model(model_path), use_onnxslim=use_onnxslim)  # the loaded copy goes
         model = self.canonical.model
         if calib is not None:
             calib = load_data(calib, model, "calibration")
@@ -268,8 +268,8 @@ class Pruner:
         rows = [{"model": name, "latency_ms": ms, "speedup": given / ms, "bytes": size,
                  "agreement": None if f is None else f.agreement, "cosine": None if f is None else f.cosine}
                 for name, ms, size, f in (("input fp32", given, None, None),
-                                          ("pruned fp32", fp32, model.ByteSize(), fidelity[0]),
-                                          ("pruned int8", q8, int8.ByteSize(), fidelity[1]))]
+                                          ("pruned fp32", fp32, serialized_bytes(model), fidelity[0]),
+                                          ("pruned int8", q8, serialized_bytes(int8), fidelity[1]))]
         faster, close = q8 < fp32, drop <= self.quantize.max_drop
         keep = self.quantize.mode == "int8" or (faster and close)
         reason = ("--quantize int8" if self.quantize.mode == "int8" else

@@ -156,7 +156,7 @@ def test_bundled_cnn_with_unlabelled_calibration(tmp_path):
 
 
 def test_paired_capture_holds_both_grams_and_their_cross_product():
-    from onnxprune.activations.capture import with_outputs
+    from onnxprune.activations.capture import session_with_outputs
     from onnxprune.activations.gram import capture_grams
     from onnxprune.activations.layers import conv_rows, layer_sources
 
@@ -166,7 +166,7 @@ def test_paired_capture_holds_both_grams_and_their_cross_product():
     data = images(10)
     sources, _ = layer_sources(model, ["w2"])
     stats = capture_grams(model, data, sources, batch_size=4, reference=reference)["w2"]
-    inputs = [make_session(with_outputs(m, {"r": TensorProto.FLOAT}), device="cpu").run(["r"], data.inputs)[0]
+    inputs = [session_with_outputs(m, {"r": TensorProto.FLOAT}, device="cpu").run(["r"], data.inputs)[0]
               for m in (model, reference)]
     x, x_ref = (conv_rows(a.astype(np.float64), sources[0].keys[0])[0] for a in inputs)
     H, cross, H_ref, mean, mean_ref = stats.blocks()

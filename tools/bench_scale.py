@@ -1,6 +1,7 @@
 """Scale benchmark on the CPU: torchvision ResNet-18 (32×32, 10 classes) and ResNet-50 (224×224, 1000
-classes) and a BERT-base-sized encoder (110 M weights, 128 random 64-token rows) at random init, each
-pruned in its own ``onnxprune prune`` process by CHITA's whole-model and layer engines (or by ``--method``).
+classes), a BERT-base-sized encoder (110 M weights, 128 random 64-token rows) and Llama-shaped decoders with
+TinyLlama's widths (10 layers: 572 M weights, 2.3 GB; all 22: 1.1 B, 4.4 GB; external data) at random init,
+each pruned in its own ``onnxprune prune`` process by CHITA's whole-model and layer engines (or by ``--method``).
 Prints one table: wall time, time per phase (from the ``--report`` JSON), peak RSS and the verdict against
 the case's targets for that method.
 
@@ -44,7 +45,7 @@ class Case:
     """One benchmark model with its calibration set and the targets it must meet."""
 
     name: str
-    arch: str  # a torchvision model, or 'bert-base'
+    arch: str  # a torchvision model, 'bert-base', or 'llama-N' (TinyLlama's widths, N layers)
     classes: int
     side: int  # image side, or tokens per row
     samples: int
@@ -63,6 +64,8 @@ CASES = (
     Case("resnet18_32", "resnet18", 10, 32, 128, {"chita": 90.0}, 4 * GIB),
     Case("resnet50_224", "resnet50", 1000, 224, 64, {"chita": 300.0}, 8 * GIB, ("--max-memory", "8G")),
     Case("bert_base_64", "bert-base", 0, 64, 128, {"chita": 900.0, "sparsegpt": 300.0}, 4 * GIB),
+    Case("llama10_64", "llama-10", 0, 64, 128, {}, 16 * GIB, ("--max-memory", "16G")),
+    Case("llama22_64", "llama-22", 0, 64, 128, {}, 16 * GIB, ("--max-memory", "16G")),
 )
 # BERT-base's shape (Devlin et al.): 12 layers of width 768, 12 heads, FFN 3072, a 30,522-token vocabulary.
 BERT_BASE = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -91,6 +94,13 @@ def export(case: Case, path: Path) -> None:
         import bert_export
 
         path.write_bytes(bert_export.export_onnx(bert_export.BertEncoder(BERT_BASE)))
+        return
+    if case.arch.startswith("llama-"):
+        sys.path.insert(0, str(ROOT / "tools"))
+        import llama_export
+
+        layers = int(case.arch.split("-")[1])
+        llama_export.write_decoder(dict(llama_export.TINYLLAMA, num_hidden_layers=layers), path)
         return
     net = getattr(torchvision.models, case.arch)(num_classes=case.classes).eval()
     example = torch.zeros(1, 3, case.side, case.side)
@@ -122,8 +132,9 @@ def prepare(case: Case, folder: Path) -> None:
         log.info("exporting %s", case.model(folder))
         export(case, case.model(folder))
     if not case.calib(folder).exists():
-        if case.arch == "bert-base":  # random tokens, every position attended
-            ids = np.random.default_rng(0).integers(1, BERT_BASE["vocab_size"], (case.samples, case.side))
+        if case.arch == "bert-base" or case.arch.startswith("llama-"):  # random tokens, every position attended
+            vocab = BERT_BASE["vocab_size"] if case.arch == "bert-base" else 32000
+            ids = np.random.default_rng(0).integers(1, vocab, (case.samples, case.side))
             np.savez(case.calib(folder), input_ids=ids, attention_mask=np.ones_like(ids))
         else:
             np.savez(case.calib(folder), input=synthetic_images(case.samples, case.side))

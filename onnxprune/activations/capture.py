@@ -1,5 +1,5 @@
-"""Stream chosen intermediate tensors out of ONNX Runtime: a private copy of the graph declares them as
-extra outputs (the caller's model is never changed) and calibration batches run through one session."""
+"""Stream chosen intermediate tensors out of ONNX Runtime: the graph declares them as extra outputs while
+its session is made (the caller's model is left as it was) and calibration batches run through it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Iterator
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper
 
 from onnxprune.data import Dataset
@@ -32,24 +33,26 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def with_outputs(model: onnx.ModelProto, tensors: dict[str, int]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``tensors`` (name → element type), declared without shape;
-    graph inputs and existing outputs are not added again."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    present = {v.name for v in (*out.graph.input, *out.graph.output)}
-    for name, elem_type in tensors.items():
-        if name not in present:
-            out.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
-    return out
+def session_with_outputs(model: onnx.ModelProto, tensors: dict[str, int], **options) -> ort.InferenceSession:
+    """An ORT session (``make_session`` ``options``) on ``model`` that also outputs ``tensors`` (name →
+    element type, declared without shape; graph inputs and existing outputs are not added again). The
+    outputs are in ``model``'s graph only while the session is made: a copy would cost the weights again."""
+    present = {v.name for v in (*model.graph.input, *model.graph.output)}
+    added = [helper.make_tensor_value_info(name, elem_type, None) for name, elem_type in tensors.items()
+             if name not in present]
+    model.graph.output.extend(added)
+    try:
+        return make_session(model, **options)
+    finally:
+        del model.graph.output[len(model.graph.output) - len(added):]
 
 
 class Capture:
-    """One ORT session on a private copy of ``model`` that also outputs ``tensors`` (name → element type)."""
+    """One ORT session on ``model`` that also outputs ``tensors`` (name → element type)."""
 
     def __init__(self, model: onnx.ModelProto, tensors: dict[str, int]) -> None:
         self.tensors = dict(tensors)
-        self.session = make_session(with_outputs(model, self.tensors), device="cpu", spinning=False, lean=True)
+        self.session = session_with_outputs(model, self.tensors, device="cpu", spinning=False, lean=True)
         self.names = [o.name for o in self.session.get_outputs()]
         self.fixed_batch = fixed_batch(session_inputs(self.session))
 

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from onnxprune.channels.model import CONSUMER, ChannelAnalysis, ChannelGroup, Member, ShapeFix
 from onnxprune.errors import ModelError, first_line
-from onnxprune.graph.protos import attr, names_in_use, opset_of, reader_counts, set_attr, unique_name
+from onnxprune.graph.protos import attr, names_in_use, opset_of, over_protobuf_limit, reader_counts, set_attr, unique_name
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def apply_channel_maps(model: onnx.ModelProto, analysis: ChannelAnalysis,
     for tensor in [t for t in out.graph.initializer if t.name in read_before - read_after]:
         out.graph.initializer.remove(tensor)
     del out.graph.value_info[:]
-    if out.ByteSize() >= onnx.checker.MAXIMUM_PROTOBUF:
+    if over_protobuf_limit(out):
         log.info("model over 2 GB: shape inference and checking are left to the saved file")
         return out
     try:

@@ -152,27 +152,31 @@ def fold_constants(model: onnx.ModelProto, changes: list[str]) -> onnx.ModelProt
     """Replace nodes whose inputs are all constant (ConstantOfShape, Identity aliases, casts, ...)
     by the initializers they compute, and drop constant-only nodes nobody reads any more."""
     graph = model.graph
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    stored = {t.name: t for t in graph.initializer}
+    values: dict[str, np.ndarray] = {}  # folded results; initializers are decoded when a node needs them
+
+    def value(name: str) -> np.ndarray:
+        return values[name] if name in values else numpy_helper.to_array(stored[name])
+
     outputs = {o.name for o in graph.output}
     folded: dict[str, int] = {}
     keep = []
     for node in graph.node:
         ins = [i for i in node.input if i]
         foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NOT_FOLDABLE
-                    and all(i in values for i in ins) and not any(o in outputs for o in node.output)
+                    and all(i in values or i in stored for i in ins) and not any(o in outputs for o in node.output)
                     and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                 for a in node.attribute))
         if foldable and node.op_type == "Cast":
-            foldable = sum(values[i].size for i in ins) <= _MAX_FOLD_CAST
-        results = _evaluate_node(node, {i: values[i] for i in ins}, list(model.opset_import)) if foldable else None
+            foldable = sum(value(i).size for i in ins) <= _MAX_FOLD_CAST
+        results = _evaluate_node(node, {i: value(i) for i in ins}, list(model.opset_import)) if foldable else None
         if results is None or sum(np.asarray(r).size for r in results) > _MAX_FOLD_ELEMENTS:
             keep.append(node)
             continue
-        for name, value in zip(node.output, results):
+        for name, result in zip(node.output, results):
             if name:
-                value = np.asarray(value)
-                values[name] = value
-                graph.initializer.append(numpy_helper.from_array(value, name))
+                values[name] = np.asarray(result)
+                graph.initializer.append(numpy_helper.from_array(values[name], name))
         folded[node.op_type] = folded.get(node.op_type, 0) + 1
     if folded:
         del graph.node[:]

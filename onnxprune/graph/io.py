@@ -17,11 +17,16 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from google.protobuf.message import DecodeError
 
 from onnxprune.errors import ModelError, OutputError, first_line
+from onnxprune.graph.protos import copy_except, over_protobuf_limit, serialized_bytes, tensor_bytes
 
 log = logging.getLogger(__name__)
 
 # Above this many bytes a model is written with its weights in one external-data file beside it.
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# Offsets of weights in that file: multiples of 64 KiB (every platform's page-mapping granularity), so a
+# reader can map a weight instead of copying it; initializers under 1 KiB stay inline.
+_DATA_ALIGNMENT = 65536
+_INLINE_BELOW = 1024
 
 
 def _external_locations(model: onnx.ModelProto) -> list[tuple[str, str]]:
@@ -97,21 +102,36 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         raise ModelError(f"external data of {str(path)!r} could not be read: {exc}") from None
     check_tensors(model)
     if check:
-        check_model(model, str(path))
+        check_model(model, str(path), path=path)
     log.debug("loaded %s: %d nodes, %d initializers", path, len(model.graph.node), len(model.graph.initializer))
     return model
 
 
 def model_fingerprint(model: onnx.ModelProto) -> str:
-    """sha256 of the serialized model: a latency table or a resume folder belongs to one model."""
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    """sha256 of the serialized model (past 2 GB: of the model without its main-graph initializers, then
+    of each of those): a latency table or a resume folder belongs to one model."""
+    if not over_protobuf_limit(model):
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    light = onnx.ModelProto()
+    copy_except(model, light, "graph")
+    copy_except(model.graph, light.graph, "initializer")
+    digest = hashlib.sha256(light.SerializeToString(deterministic=True))
+    for tensor in model.graph.initializer:
+        digest.update(tensor.SerializeToString(deterministic=True))
+    return digest.hexdigest()
 
 
-def check_model(model: onnx.ModelProto, what: str = "model") -> None:
-    """Run ``onnx.checker`` and turn its failure into a ModelError."""
+def check_model(model: onnx.ModelProto, what: str = "model", *, path: Path | None = None) -> None:
+    """Run ``onnx.checker`` and turn its failure into a ModelError. A model over protobuf's 2 GB is checked
+    from its file ``path`` (the checker cannot take it in memory); without one it is left to the file
+    it is saved to (``save_model`` checks what it writes by path)."""
     try:
-        if model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:
+        if not over_protobuf_limit(model):
             onnx.checker.check_model(model)
+        elif path is not None:
+            onnx.checker.check_model(str(path))
+        else:
+            log.info("%s is over 2 GB: checked by path once written", what)
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         first = first_line(exc)
         raise ModelError(f"{what} fails onnx.checker: {first}") from None
@@ -163,10 +183,11 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike,
     """Write ``model`` to ``output`` atomically: a temporary file in the same folder, then rename.
 
     The target is either left as it was or replaced by the complete new file; never half-written.
-    Models over ~1.8 GB get their weights in ``<output>.data`` (also written before the rename).
+    Models over ~1.8 GB get their weights in ``<output>.data`` (also written before the rename), and the
+    written pair passes ``onnx.checker`` by path before it takes the target's name.
     """
     out = check_output_path(output, inputs)
-    external = model.ByteSize() > _EXTERNAL_DATA_THRESHOLD
+    external = serialized_bytes(model) > _EXTERNAL_DATA_THRESHOLD
 
     def write(tmp: Path) -> None:
         if not external:
@@ -175,8 +196,8 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike,
             return
         data_tmp = tmp.with_name(tmp.name + ".data")
         try:
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_tmp.name)
+            write_external(model, tmp, data_tmp)
+            check_model(model, "the written model", path=tmp)
             _relink_external(tmp, data_tmp.name, out.name + ".data")
             ordinary_mode(data_tmp)
             os.replace(data_tmp, out.parent / (out.name + ".data"))
@@ -187,6 +208,29 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike,
     atomic_write(out, write)
     log.info("wrote %s (%d bytes)", out, out.stat().st_size)
     return out
+
+
+def write_external(model: onnx.ModelProto, path: Path, data_path: Path) -> None:
+    """Write ``model`` to ``path`` with its main-graph initializers of 1 KiB or more in ``data_path`` (a
+    file in the same folder), tensor by tensor, leaving ``model`` unchanged (``onnx.save_model`` empties
+    the tensors it writes out, and past 2 GB no whole copy can be serialized)."""
+    light = onnx.ModelProto()
+    copy_except(model, light, "graph")
+    copy_except(model.graph, light.graph, "initializer")
+    with open(data_path, "wb") as data:
+        for tensor in model.graph.initializer:
+            if tensor.data_type == onnx.TensorProto.STRING or tensor_bytes(tensor) < _INLINE_BELOW:
+                light.graph.initializer.append(tensor)
+                continue
+            raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+            data.write(b"\0" * (-data.tell() % _DATA_ALIGNMENT))
+            stored = light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                                 data_location=onnx.TensorProto.EXTERNAL)
+            for key, value in (("location", data_path.name), ("offset", data.tell()), ("length", len(raw))):
+                stored.external_data.add(key=key, value=str(value))
+            data.write(raw)
+    with open(path, "wb") as handle:
+        handle.write(light.SerializeToString())
 
 
 def _relink_external(model_path: Path, old: str, new: str) -> None:

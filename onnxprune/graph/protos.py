@@ -1,18 +1,72 @@
 """Small readers and writers of ONNX protos, written once for the whole package: attributes,
-opset versions, tensor dims, reader counts and fresh tensor names."""
+opset versions, tensor dims, reader counts, fresh tensor names and shallow copies."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
 import onnx
+from google.protobuf.message import EncodeError, Message
 from onnx import helper
 
 Dims = tuple["int | str | None", ...]
 
 # Names of the default ONNX operator domain.
 DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def copy_except(source: Message, target: Message, skip: str) -> None:
+    """Copy every set field of ``source`` into ``target`` but the one named ``skip`` (a model without its
+    graph, a graph without its initializers: the large part is then handled apart)."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+# Protobuf cannot serialize a message of 2 GB or more: such a model is sized, run, checked and written in parts.
+_PROTOBUF_LIMIT = onnx.checker.MAXIMUM_PROTOBUF
+# Below this share of the limit in weights, what else a graph holds cannot reach it.
+_SURE_UNDER = 0.9
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the main graph's initializers and ``Constant``-node tensors by their dims and element type:
+    what dominates a model's size, counted without encoding it (``ByteSize`` encodes the whole model)."""
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute
+                                           if a.type == onnx.AttributeProto.TENSOR)]
+    return sum(tensor_bytes(t) for t in tensors)
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's values by its dims and element type (strings count none), read without encoding it."""
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return 0
+    return math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def over_protobuf_limit(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is too large to serialize whole (``SerializeToString`` and ``ByteSize`` fail)."""
+    weights = weight_bytes(model)
+    if weights < _SURE_UNDER * _PROTOBUF_LIMIT:
+        return False
+    try:
+        return weights >= _PROTOBUF_LIMIT or model.ByteSize() >= _PROTOBUF_LIMIT
+    except EncodeError:
+        return True
+
+
+def serialized_bytes(model: onnx.ModelProto) -> int:
+    """The model's serialized size: exact below protobuf's 2 GB, past it its weights' bytes (``ByteSize``
+    fails there)."""
+    return weight_bytes(model) if over_protobuf_limit(model) else model.ByteSize()
 
 
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
 from onnxprune.errors import ConfigError, ModelError, first_line
+from onnxprune.graph.io import write_external
+from onnxprune.graph.protos import over_protobuf_limit
 from onnxprune.options import DEVICES
 from onnxprune.threads import thread_count
 
@@ -44,15 +47,27 @@ def make_session(model: str | Path | onnx.ModelProto, *, threads: int | None = N
         options.add_session_config_entry("session.disable_prepacking", "1")
     use_cuda = device == "cuda" or (device == "auto" and _gpu_present())
     providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
-    source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
-    try:
-        session = ort.InferenceSession(source, options, providers=providers)
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-        first = first_line(exc)
-        raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
+    if isinstance(model, (str, Path)):
+        session = _open(str(model), options, providers)
+    elif not over_protobuf_limit(model):
+        session = _open(model.SerializeToString(), options, providers)
+    else:  # written tensor by tensor to a private folder: ONNX Runtime copies the weights as it loads them
+        with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as folder:
+            path = Path(folder) / "model.onnx"
+            write_external(model, path, path.with_name("model.onnx.data"))
+            session = _open(str(path), options, providers)
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise ConfigError("device 'cuda' requested but ONNX Runtime's CUDA execution provider is not usable here")
     return session
+
+
+def _open(source: str | bytes, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """ORT's session on a path or serialized model; its failures become one-line ModelErrors."""
+    try:
+        return ort.InferenceSession(source, options, providers=providers)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        first = first_line(exc)
+        raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
 
 
 def provider_name(session: ort.InferenceSession) -> str:

@@ -30,6 +30,7 @@ from onnxprune.data import Dataset, check_dataset
 from onnxprune.errors import ConfigError, DataError, ResourceError
 from onnxprune.graph.edit import replace_initializers
 from onnxprune.graph.prunable import read_weights, select_prunable, weight_layouts
+from onnxprune.graph.protos import serialized_bytes
 from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses, PruneSession, UnstructuredConfig, parse_pattern
 from onnxprune.methods.resume import ResumeStore
 from onnxprune.options import DEVICES, SEQUENTIAL
@@ -413,7 +414,7 @@ class LayerwiseSession(PruneSession):
     @cached_property
     def model_bytes(self) -> int:
         """The model's serialized size, taken once (1.8 s on BERT-base): what a session or a copy of it costs."""
-        return self.model.ByteSize()
+        return serialized_bytes(self.model)
 
     def _make_room(self) -> None:
         """What follows the solves (the pruned model made, checked, run and timed beside the input) holds about
