@@ -57,6 +57,18 @@ def test_a_store_over_its_limit_keeps_grams_on_disk_and_reads_them_back_exactly(
     assert not folder.exists()  # the store's folder goes with it
 
 
+def test_a_store_spills_what_would_not_leave_room_for_the_work_ahead():
+    from onnxprune.activations.gram import resident_bytes
+
+    stats = GramStats(np.ones((1, 4, 4)), 10, np.ones((1, 4)))
+    store = GramStore(limit=resident_bytes() + (1 << 30), reserve=1 << 20)  # a GiB beyond this process
+    store.add("kept", stats)
+    store.add("beside the next pass", stats, ahead=1 << 20)
+    store.add("spilled", stats, ahead=2 << 30)  # the next pass needs two GiB: no room to keep it
+    assert store.spilled == 1 and set(store._held) == {"kept", "beside the next pass"}
+    np.testing.assert_array_equal(store["spilled"].H, stats.H)
+
+
 def test_capture_passes_split_by_half_the_room_and_take_one_layer_at_least(cnn):
     _model, _calib, sources = cnn
     sizes = [gram_bytes(s) for s in sources]
