@@ -112,7 +112,8 @@ def capture_to_store(model: onnx.ModelProto, data: Dataset, sources: Sequence[La
     within ``max_memory`` (what it holds now, ONNX Runtime's session, about twice ``model_bytes``, the model's
     serialized size, each pass's Grams and one batch, sized within ``CAPTURE_SHARE`` of the budget); returns the
     number of passes. The Grams do not depend on how the sources are split."""
-    room = max_memory - (resident_bytes() or 0) - 2 * model_bytes  # the session: 840 MB for BERT-base's 440
+    session = 2 * model_bytes  # what a pass's ORT session holds: 840 MB for BERT-base's 440
+    room = max_memory - (resident_bytes() or 0) - session
     passes = capture_passes(sources, room)
     if len(passes) > 1:
         log.info("capturing %d layer inputs in %d passes to stay within --max-memory %s", len(sources),
@@ -124,7 +125,7 @@ def capture_to_store(model: onnx.ModelProto, data: Dataset, sources: Sequence[La
         # the next pass's session and Grams come beside what is kept (a 1.1 B decoder's fourth of seven passes
         # reached 17.1 GB with --max-memory 16G while earlier passes' Grams stayed resident)
         later = passes[index + 1] if index + 1 < len(passes) else []
-        ahead = 2 * model_bytes + sum(gram_bytes(s) for s in later) if later else 0
+        ahead = session + sum(gram_bytes(s) for s in later) if later else 0
         for source in part:
             store.add(source.name, grams.pop(source.name), ahead=ahead)
     return len(passes)

@@ -17,7 +17,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from google.protobuf.message import DecodeError
 
 from onnxprune.errors import ModelError, OutputError, first_line
-from onnxprune.graph.protos import copy_except, over_protobuf_limit, serialized_bytes, tensor_bytes
+from onnxprune.graph.protos import over_protobuf_limit, serialized_bytes, tensor_bytes, without_initializers
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,7 @@ def model_fingerprint(model: onnx.ModelProto) -> str:
     of each of those): a latency table or a resume folder belongs to one model."""
     if not over_protobuf_limit(model):
         return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-    light = onnx.ModelProto()
-    copy_except(model, light, "graph")
-    copy_except(model.graph, light.graph, "initializer")
+    light = without_initializers(model)
     digest = hashlib.sha256(light.SerializeToString(deterministic=True))
     for tensor in model.graph.initializer:
         digest.update(tensor.SerializeToString(deterministic=True))
@@ -214,9 +212,7 @@ def write_external(model: onnx.ModelProto, path: Path, data_path: Path) -> None:
     """Write ``model`` to ``path`` with its main-graph initializers of 1 KiB or more in ``data_path`` (a
     file in the same folder), tensor by tensor, leaving ``model`` unchanged (``onnx.save_model`` empties
     the tensors it writes out, and past 2 GB no whole copy can be serialized)."""
-    light = onnx.ModelProto()
-    copy_except(model, light, "graph")
-    copy_except(model.graph, light.graph, "initializer")
+    light = without_initializers(model)
     with open(data_path, "wb") as data:
         for tensor in model.graph.initializer:
             if tensor.data_type == onnx.TensorProto.STRING or tensor_bytes(tensor) < _INLINE_BELOW:

@@ -17,9 +17,17 @@ Dims = tuple["int | str | None", ...]
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def copy_except(source: Message, target: Message, skip: str) -> None:
-    """Copy every set field of ``source`` into ``target`` but the one named ``skip`` (a model without its
-    graph, a graph without its initializers: the large part is then handled apart)."""
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose main graph has no initializers, made without copying them: the large part
+    of a model, handled apart (written, hashed or declared) by the caller."""
+    light = onnx.ModelProto()
+    _copy_except(model, light, "graph")
+    _copy_except(model.graph, light.graph, "initializer")
+    return light
+
+
+def _copy_except(source: Message, target: Message, skip: str) -> None:
+    """Copy every set field of ``source`` into ``target`` but the one named ``skip``."""
     for field, value in source.ListFields():
         if field.name == skip:
             continue

@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxprune.graph.ort_symbolic import SYMBOLIC
-from onnxprune.graph.protos import Dims, copy_except, dims
+from onnxprune.graph.protos import Dims, dims, without_initializers
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
@@ -23,9 +23,7 @@ def without_weights(model: onnx.ModelProto, limit: int = 1024) -> onnx.ModelProt
     """A copy whose float initializers of more than ``limit`` elements are typed graph inputs instead, made
     without copying them: shapes never depend on their values, and shape inference copies every initializer
     it holds (BERT-base: 1.3 GB more resident memory; a 22 M-weight encoder took 6 s instead of 0.1 s)."""
-    light = onnx.ModelProto()
-    copy_except(model, light, "graph")
-    copy_except(model.graph, light.graph, "initializer")
+    light = without_initializers(model)
     for tensor in model.graph.initializer:
         if tensor.data_type in _FLOATS and math.prod(tensor.dims) > limit:
             light.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
