@@ -247,6 +247,11 @@ def _resume_option(command: Callable) -> Callable:
                         "with it goes on where it stopped (layer-wise methods: sparsegpt, wanda, chita).")(command)
 
 
+_RAY = click.option("--ray", "ray_address", metavar="ADDRESS|auto|local",
+                    help="Spread independent work over a Ray cluster (pip install 'onnxprune[ray]'): 'auto' joins the "
+                    "one this machine belongs to, 'local' starts one on this machine, or HOST:PORT.")
+
+
 def _recovery(flags: dict[str, Any], seed: int) -> Any:
     """The Recovery of --recover/--recover-steps (popped from ``flags`` with its settings), or None; its
     settings without a budget are refused."""
@@ -367,6 +372,7 @@ def _quality_lines(quality: Any, data: Any) -> list[str]:
 @click.option("--target-table", type=click.Path(dir_okay=False), help="Reuse the latency table of an earlier "
               "--target-speedup run's --report (same model, batch and machine) instead of timing it again.")
 @_resume_option
+@_RAY
 @_stage_options
 @_source_options
 @_shared
@@ -381,11 +387,12 @@ def prune(model: str, output: str, method: str, calib: str | None, input_shape: 
     read = {name: flags.pop(name) for name in _SOURCE_FLAGS}
     calib, data = _source(calib, read), _source(data, read)
     _unread(read, calib, data)
-    resume = flags.pop("resume")
+    resume, ray_address = flags.pop("resume"), flags.pop("ray_address")
     options = {k: v for k, v in flags.items() if v is not None}
     options.update(_parse_options(extra))
     common = dict(calib=calib, report=report, compress=compress, use_onnxslim=use_onnxslim,
-                  input_shapes=_shapes(input_shape), recover=recovery, quantize=quantize, resume=resume)
+                  input_shapes=_shapes(input_shape), recover=recovery, quantize=quantize, resume=resume,
+                  ray_address=ray_address)
     budget = None
     if max_accuracy_drop is not None or min_agreement is not None:
         from onnxprune.errors import ConfigError
@@ -552,12 +559,13 @@ def bench(model: str, vs: str | None, batch: int, threads: int | None, runs: int
 @click.option("-O", "--option", "extra", multiple=True, metavar="[METHOD.]KEY=VALUE",
               help="Method option for every swept method that has it (round_to=8), or for one (chita++.stages=5).")
 @_resume_option
+@_RAY
 @_stage_options
 @_source_options
 @_shared
 def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: str | None,
           sparsities: str | None, batch: int, threads: int | None, runs: int, extra: tuple[str, ...],
-          resume: str | None, **read: Any) -> None:
+          resume: str | None, ray_address: str | None, **read: Any) -> None:
     """Prune MODEL with every method × sparsity, measure each in ORT, write reports and plots."""
     from onnxprune.workflows.sweeps import DEFAULT_METHODS, DEFAULT_SPARSITIES, parse_list, sweep_table, sweep as run_sweep
 
@@ -567,7 +575,7 @@ def sweep(model: str, out_dir: str, data: str, calib: str | None, method_list: s
                        sparsities=parse_list(sparsities, float) if sparsities else DEFAULT_SPARSITIES,
                        batch=batch, threads=threads, runs=runs, options=_parse_options(extra),
                        command="onnxprune " + " ".join(sys.argv[1:]), recover=recovery, quantize=quantize,
-                       resume=resume)
+                       resume=resume, ray_address=ray_address)
     _emit(report.to_dict(), sweep_table(report))
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from onnxprune.cluster import connect
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import Dataset, Source, check_input_shapes, input_specs, load_data, sample_shapes, unknown_dims
 from onnxprune.errors import ConfigError, ModelError
@@ -27,7 +28,9 @@ from onnxprune.methods import get_method, make_config
 from onnxprune.methods.base import MethodResult, PruneSession
 from onnxprune.methods.resume import ResumeStore, RunIdentity, data_fingerprint, not_resumable
 from onnxprune.graph.prunable import find_prunable
-from onnxprune.graph.protos import serialized_bytes
+from onnxprune.activations.gram import resident_bytes
+from onnxprune.graph.protos import over_protobuf_limit, serialized_bytes
+from onnxprune.units import parse_bytes
 from onnxprune.runtime.feeds import fixed_batch, make_feed, run_batched
 from onnxprune.runtime.sessions import make_session
 from onnxprune.graph.stats import ModelStats, model_stats
@@ -102,9 +105,10 @@ def run_input_model(model: onnx.ModelProto, feed: dict[str, np.ndarray],
         raise ModelError(f"the input model does not run in ONNX Runtime on sample inputs ({exc})") from None
 
 
-def smoke_run(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: dict[str, np.ndarray],
+def smoke_run(original: onnx.ModelProto, pruned: onnx.ModelProto | Path, feed: dict[str, np.ndarray],
               before: list[np.ndarray]) -> None:
-    """Run the pruned model in ORT on the sample inputs; its outputs must have the original's shapes."""
+    """Run the pruned model (in memory or its written file) in ORT on the sample inputs; its outputs must have
+    the original's shapes."""
     try:
         after = run_batched(make_session(pruned, device="cpu", lean=True), Dataset(feed))
     except ModelError as exc:
@@ -167,16 +171,19 @@ class Pruner:
     (``runtime/quantize.py``), or with 'auto' only where ONNX Runtime measures it faster at the allowed loss.
     ``measure_speed``: time every written file against the input file (``PruneOutcome.speed``). ``resume``: a
     folder where the method keeps its finished layers (``methods/resume.py``), so the same run started again
-    goes on where it stopped."""
+    goes on where it stopped. ``ray_address``: solve the layers of the layer-wise methods as tasks of that Ray
+    cluster ('auto', 'local', an address; ``cluster.py``), each with this process's thread count (a method
+    with nothing to spread is refused when its session opens)."""
 
     def __init__(self, model_path: str | os.PathLike, method: str = "magnitude", *,
                  calib: str | os.PathLike | Source | Dataset | None = None, use_onnxslim: bool = False,
                  input_shapes: dict[str, tuple[int, ...]] | None = None, holdout: float | None = None,
                  recover: Recovery | None = None, quantize: Quantization | None = None, measure_speed: bool = True,
-                 resume: str | os.PathLike | None = None, **options: Any) -> None:
+                 resume: str | os.PathLike | None = None, ray_address: str | None = None, **options: Any) -> None:
         self.spec = get_method(method)
         if resume is not None and not self.spec.resumable:
             raise not_resumable(method)
+        self.cluster = connect(ray_address) if ray_address is not None else None
         self.recover, self.quantize, self.measure_speed, self.resume = recover, quantize, measure_speed, resume
         if quantize is not None and calib is None:
             raise ConfigError("INT8 quantization calibrates activation ranges on data: pass --calib")
@@ -211,6 +218,10 @@ class Pruner:
         if self._session is None:
             store = None if self.resume is None else ResumeStore(self.resume, self.run_identity())
             session = self.spec.open(self.canonical.model, self.config, self.calib)
+            if self.cluster is not None and not session.spread_over(self.cluster):
+                raise ConfigError(f"--ray spreads the layer solves of sparsegpt, wanda and chita's layer engine, "
+                                  f"chita-channel's selections and a sweep's points; {self.spec.name} here has none to "
+                                  f"spread: drop --ray")
             if store is not None:
                 session.resume_from(store)
             self._session = session
@@ -241,11 +252,16 @@ class Pruner:
 
     def speed(self, written: str | os.PathLike, details: dict[str, Any]) -> dict[str, Any]:
         """What the written file buys in ONNX Runtime on this machine: its latency and the input file's, timed
-        in turns on the same inputs, and what ONNX Runtime does with unstructured zeros."""
+        in turns on the same inputs (one after the other when two sessions do not fit in the method's
+        ``max_memory`` beside what the process holds), and what ONNX Runtime does with unstructured zeros."""
         feed = self.timing_feed()
-        (given, ours), provider = latencies([self.model_path, written], feed)
+        budget = getattr(self.config, "max_memory", None)
+        held = resident_bytes()
+        room = None if budget is None or held is None else parse_bytes(budget) - held
+        (given, ours), provider, together = latencies([self.model_path, written], feed, room=room)
         found = {"batch": len(next(iter(feed.values()))), "provider": provider, "input_ms": given, "output_ms": ours,
-                 "speedup": given / ours}
+                 "speedup": given / ours, "timed": "in turns" if together else
+                 f"one after the other (two sessions do not fit in max_memory {budget} beside this process)"}
         if not self.spec.structured and "quantization" not in details:
             found["note"] = ("ONNX Runtime multiplies zeros like any other weight: an unstructured model runs at "
                              "dense speed (--compress makes the file smaller on disk only; ORT densifies it on load)")
@@ -260,7 +276,7 @@ class Pruner:
         check_model(int8, "the INT8 model")
         smoke_run(self.canonical.model, int8, self.feed, self.reference)
         feed = self.timing_feed()
-        (given, fp32, q8), provider = latencies([self.model_path, model, int8], feed)
+        (given, fp32, q8), provider, _ = latencies([self.model_path, model, int8], feed)
         held = self.holdout if self.holdout is not None else self.calib
         fidelity = [self.fidelity(m, held) for m in (model, int8)]
         versus = evaluate(int8, held, reference=reference_outputs(model, held))  # INT8 against the float model
@@ -334,8 +350,11 @@ class Pruner:
             timings = {**timings, "recover": result.details["recovery"]["seconds"]}
         start = time.perf_counter()
         pruned = result.model
+        # past 2 GB the pruned model is run from its written file, before the rename: never a third copy
+        big = over_protobuf_limit(pruned)
         check_model(pruned, "the pruned model")
-        smoke_run(self.canonical.model, pruned, self.feed, self.reference)
+        if not big:
+            smoke_run(self.canonical.model, pruned, self.feed, self.reference)
         if self.quantize is not None:
             began = time.perf_counter()
             pruned, found = self._quantized(pruned)
@@ -344,12 +363,15 @@ class Pruner:
         compressed: list[str] = []
         if compress:
             pruned, compressed = compress_sparse(pruned)
-        written = save_model(pruned, output, inputs=[self.model_path])
+        verify = (lambda tmp: smoke_run(self.canonical.model, tmp, self.feed, self.reference)) if big else None
+        written = save_model(pruned, output, inputs=[self.model_path], verify=verify)
         timings = {**timings, "write": time.perf_counter() - start}
         outcome = PruneOutcome(output=str(written), method=self.spec.name, config=config,
                                canonical_changes=self.canonical.changes, before=self.before,
                                after=model_stats(pruned, written, self.shapes), details=result.details, timings=timings,
                                compressed=compressed)
+        del pruned
+        result.model = None  # the written file stands for it from here: a model past 2 GB is not held while timed
         if self.calib is not None:
             outcome.sources["calibration"] = {**(self.calib.source or {}), "used": len(self.calib),
                                               "held_out": 0 if self.holdout is None else len(self.holdout)}
@@ -372,7 +394,7 @@ def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str 
           compress: bool = False, use_onnxslim: bool = False, input_shapes: dict[str, tuple[int, ...]] | None = None,
           data: str | os.PathLike | Source | Dataset | None = None, recover: Recovery | None = None,
           quantize: Quantization | None = None, resume: str | os.PathLike | None = None,
-          **options: Any) -> PruneOutcome:
+          ray_address: str | None = None, **options: Any) -> PruneOutcome:
     """Prune ``model_path`` with ``method`` at one sparsity (options: the method's config fields, e.g.
     sparsity=0.5) and write the result atomically to ``output``; returns the outcome with before/after stats,
     and with ``data`` the written model's accuracy and fidelity to the input model on it. Targets and
@@ -381,6 +403,6 @@ def prune(model_path: str | os.PathLike, output: str | os.PathLike, method: str 
         raise ConfigError("prune(target=...) is now onnxprune.prune_to_target(model, output, method, target, ...)")
     check_outputs(output, report, model_path)
     pruner = Pruner(model_path, method, calib=calib, use_onnxslim=use_onnxslim, input_shapes=input_shapes,
-                    recover=recover, quantize=quantize, resume=resume, **options)
+                    recover=recover, quantize=quantize, resume=resume, ray_address=ray_address, **options)
     return pruner.write(output, report=report, compress=compress,
                         data=None if data is None else pruner.load_data(data))

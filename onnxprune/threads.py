@@ -1,4 +1,5 @@
-"""How many threads onnxprune uses, the same count for torch and ONNX Runtime, and how idle ones wait.
+"""How many threads onnxprune uses, the same count for torch, ONNX Runtime and numpy's BLAS, and how idle
+ones wait.
 
 OpenMP threads that spin at barriers collapse beside another busy process: one descheduled thread
 stalls all the others (a CHITA prune once ran 48x slower beside one busy loop), while waking sleeping
@@ -109,15 +110,24 @@ def set_threads(count: int | None) -> int:
     if count is not None and int(count) < 1:
         raise ConfigError(f"threads must be >= 1, not {count}")
     _chosen = int(count) if count is not None else default_threads()
-    log.info("using %d thread(s) for torch and ONNX Runtime", _chosen)
+    log.info("using %d thread(s) for torch, ONNX Runtime and numpy's BLAS", _chosen)
     if "torch" in sys.modules:
         apply_to_torch()
+    apply_to_blas()
     return _chosen
 
 
 def thread_count() -> int:
     """The thread count in force (chosen on first use when nobody set one)."""
     return _chosen if _chosen is not None else set_threads(None)
+
+
+def apply_to_blas() -> None:
+    """Give numpy's BLAS (OpenBLAS, MKL) the thread count in force: how a product is split between threads
+    changes its last bits, so a Ray task of the same count then selects the channels a run here selects."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=thread_count(), user_api="blas")
 
 
 def apply_to_torch() -> None:

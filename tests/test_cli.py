@@ -134,6 +134,7 @@ FLAGS = {
     "--quantize": (["--quantize", "int8", "--calib", "CALIB"], "l1-channel",
                    lambda r, out: _outcome(r)["details"]["quantization"]["kept"] == "int8"
                    and any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)),
+    "--ray": (["--ray", "local", "--calib", "CALIB"], "sparsegpt", lambda r, out: "Ray cluster" in _outcome(r)["details"]["ray"]),
     "--skip-first": (["--skip-first"], "magnitude",
                      lambda r, out: np.count_nonzero(onnx.numpy_helper.to_array(
                          next(i for i in onnx.load(str(out)).graph.initializer if i.name == "fc1.weight"))) == 784 * 40),
@@ -144,13 +145,15 @@ FLAGS = {
 @pytest.mark.parametrize("flag", list(FLAGS))
 def test_every_flag_acts_in_every_mode_or_is_refused(flag, mode, files, tmp_path):
     arguments, method, acted = FLAGS[flag]
+    if flag == "--ray":
+        pytest.importorskip("ray")
     out = tmp_path / "out.onnx"
     if mode == "budget" and flag == "--data":
         arguments = []  # a budget search has --data already
     args = ["prune", MLP, "-o", out, "-m", method, "--report", tmp_path / "r.json", *MODES[mode], *arguments]
     args = [files["test"] if a == "TEST" else files["calib"] if a == "CALIB" else a for a in args]
     code, stdout, stderr = _cli(*args)
-    if mode == "target" and method == "magnitude":  # a target sets channel widths: refused, in one line
+    if mode == "target" and method in ("magnitude", "sparsegpt"):  # a target sets channel widths: refused, in one line
         assert code == 2 and "use a channel method" in stderr and len(stderr.strip().splitlines()) == 1
         assert not out.exists()
         return

@@ -10,6 +10,7 @@ from onnx import numpy_helper
 
 import onnxprune.graph.io as io
 import onnxprune.graph.protos as protos
+from onnxprune.errors import ModelError
 from onnxprune.graph.io import load_model, model_fingerprint, save_model
 from onnxprune.graph.protos import over_protobuf_limit, serialized_bytes
 from onnxprune.pipeline import prune
@@ -92,3 +93,23 @@ def test_capture_outputs_are_in_the_graph_only_while_the_session_is_made():
     x = np.load(TEST)["input"][:4]
     values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {model.graph.input[0].name: x})))
     assert values[inner].shape[0] == 4 and (values[inner] >= 0).all() and values[inner].max() > 0
+
+
+def test_a_written_model_that_fails_its_check_leaves_nothing(limit_lowered, tmp_path):
+    def refuse(tmp):
+        assert tmp.exists() and tmp.with_name(tmp.name + ".data").stat().st_size > 100_000  # the pair, as written
+        raise ModelError("the written model does not run")
+
+    with pytest.raises(ModelError, match="does not run"):
+        save_model(load_model(CNN), tmp_path / "out.onnx", verify=refuse)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_files_are_timed_one_after_the_other_when_two_sessions_do_not_fit(tmp_path):
+    """A budget below what the process holds already: the input and output files are timed alone, in turn."""
+    roomy = prune("models/mlp.onnx", tmp_path / "a.onnx", "sparsegpt", sparsity=0.5, calib="models/mlp_calib.npz")
+    tight = prune("models/mlp.onnx", tmp_path / "b.onnx", "sparsegpt", sparsity=0.5, calib="models/mlp_calib.npz",
+                  max_memory="200M")
+    assert roomy.speed["timed"] == "in turns" and tight.speed["timed"].startswith("one after the other")
+    for speed in (roomy.speed, tight.speed):
+        assert 0 < speed["output_ms"] < 50 and 0.3 < speed["speedup"] < 3  # unstructured: about dense speed

@@ -15,7 +15,8 @@ from onnxprune.workflows.budget import Budget, search_sparsity
 from onnxprune.validate.bench import benchmark
 from onnxprune.errors import ConfigError
 from onnxprune.validate.evaluation import evaluate
-from onnxprune.workflows.sweeps import pareto, sweep
+from onnxprune.methods import get_method
+from onnxprune.workflows.sweeps import pareto, sweep, task_chunks
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -97,3 +98,17 @@ def test_budget_search_finds_the_known_answer(tmp_path):
 def test_bad_budgets_are_refused(budget):
     with pytest.raises(ConfigError):
         Budget(**budget)
+
+
+def test_a_sweep_on_ray_sets_each_method_up_no_more_often_than_the_cluster_has_slots():
+    specs = {name: get_method(name) for name in ("sparsegpt", "wanda", "chita++", "l1-channel")}
+    order = [0.9, 0.7, 0.5, 0.3]
+
+    def shape(names, slots):
+        return [(spec.name, points) for spec, _, points in task_chunks([(specs[n], {}) for n in names], order, slots)]
+
+    assert shape(["sparsegpt"], 2) == [("sparsegpt", [0.9, 0.7]), ("sparsegpt", [0.5, 0.3])]
+    assert shape(["sparsegpt", "wanda"], 2) == [("sparsegpt", order), ("wanda", order)]
+    assert shape(["sparsegpt", "chita++"], 8) == [("sparsegpt", [0.9]), ("sparsegpt", [0.7]), ("sparsegpt", [0.5]),
+                                                  ("sparsegpt", [0.3]), ("chita++", order)]  # one staged path
+    assert len(shape(["sparsegpt", "wanda", "l1-channel"], 4)) == 6  # ⌈4 / 3⌉ = 2 chunks each

@@ -85,8 +85,21 @@ def test_cli_threads_option_reaches_torch(tmp_path):
     assert _run(code, env).splitlines()[-1] == "1 1"
 
 
-def test_magnitude_prune_imports_neither_torch_nor_pot(tmp_path):
+def test_magnitude_prune_imports_neither_torch_nor_pot_nor_ray(tmp_path):
     code = ("import sys, onnxprune; onnxprune.prune(%r, %r, 'magnitude', sparsity=0.5); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ot', 'onnx2torch'}))"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ot', 'onnx2torch', 'ray'}))"
             % (str(CNN), str(tmp_path / "m.onnx")))
     assert _run(code, dict(os.environ)) == "[]"
+
+
+def test_numpy_blas_takes_the_thread_count():
+    from threadpoolctl import threadpool_info
+
+    before = thread_count()
+    try:
+        for count in (1, 2):
+            set_threads(count)
+            blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+            assert blas and all(lib["num_threads"] == count for lib in blas)
+    finally:
+        set_threads(before)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv beside the repository and install onnxprune (editable) with its test extra.
+# Create .venv beside the repository and install onnxprune (editable) with its test and Ray extras.
 # Safe to run again: an existing .venv is reused and only what is missing gets installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ echo "installing onnxprune and its dependencies into .venv (log: $log) ..."
 # A large wheel cut off mid-download fails pip's hash check; try again before giving up.
 installed=no
 for attempt in 1 2 3; do
-    if .venv/bin/python -m pip install --retries 10 --timeout 60 -e ".[dev]" >"$log" 2>&1; then
+    if .venv/bin/python -m pip install --retries 10 --timeout 60 -e ".[dev,ray]" >"$log" 2>&1; then
         installed=yes
         break
     fi

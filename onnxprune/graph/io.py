@@ -176,13 +176,14 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
     return out
 
 
-def save_model(model: onnx.ModelProto, output: str | os.PathLike,
-               inputs: list[str | os.PathLike] = ()) -> Path:
+def save_model(model: onnx.ModelProto, output: str | os.PathLike, inputs: list[str | os.PathLike] = (), *,
+               verify: Callable[[Path], None] | None = None) -> Path:
     """Write ``model`` to ``output`` atomically: a temporary file in the same folder, then rename.
 
     The target is either left as it was or replaced by the complete new file; never half-written.
     Models over ~1.8 GB get their weights in ``<output>.data`` (also written before the rename), and the
-    written pair passes ``onnx.checker`` by path before it takes the target's name.
+    written pair passes ``onnx.checker`` by path before it takes the target's name. ``verify(tmp)``, when
+    given, runs on the written temporary file before the rename (an exception leaves nothing written).
     """
     out = check_output_path(output, inputs)
     external = serialized_bytes(model) > _EXTERNAL_DATA_THRESHOLD
@@ -191,11 +192,15 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike,
         if not external:
             with open(tmp, "wb") as handle:
                 handle.write(model.SerializeToString())
+            if verify is not None:
+                verify(tmp)
             return
         data_tmp = tmp.with_name(tmp.name + ".data")
         try:
             write_external(model, tmp, data_tmp)
             check_model(model, "the written model", path=tmp)
+            if verify is not None:
+                verify(tmp)
             _relink_external(tmp, data_tmp.name, out.name + ".data")
             ordinary_mode(data_tmp)
             os.replace(data_tmp, out.parent / (out.name + ".data"))

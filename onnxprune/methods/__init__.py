@@ -34,7 +34,8 @@ METHODS: dict[str, MethodSpec] = {
                    structured=False, needs_calib=True,
                    summary="CHITA in stages of rising sparsity, re-linearised each stage",
                    reuse="model engine (the default): every stage's weights, so a sparsity continues the one staged "
-                         "path from the stored stage below it; layer engine (fallback): as chita's"),
+                         "path from the stored stage below it; layer engine (fallback): as chita's",
+                   shared_path=True),
         MethodSpec("sparsegpt", "onnxprune.methods.unstructured.sparsegpt", "SparsegptConfig", "sparsegpt_session",
                    structured=False, needs_calib=True,
                    summary="per-layer OBS sweep on ONNX Runtime activations (no torch view)", reuse=_LAYERWISE_REUSE,

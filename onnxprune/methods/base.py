@@ -24,6 +24,7 @@ from onnxprune.options import ALLOCATIONS, OLD_VALUES
 
 if typing.TYPE_CHECKING:
     from onnxprune.channels.model import ChannelGroup
+    from onnxprune.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,10 @@ class UnstructuredConfig(MethodConfig):
 
 @dataclass
 class MethodResult:
-    """The pruned model and method-specific figures for the report (timings, per-layer details)."""
+    """The pruned model and method-specific figures for the report (timings, per-layer details); the model is
+    None once ``Pruner.write_result`` has written it (the file stands for it)."""
 
-    model: onnx.ModelProto
+    model: onnx.ModelProto | None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -182,6 +184,10 @@ class PruneSession(abc.ABC):
     def resume_from(self, store: ResumeStore) -> None:
         """Keep finished work in ``store`` as it is done and take up what it already holds (``--resume``)."""
         raise not_resumable(self.method)
+
+    def spread_over(self, cluster: Cluster) -> bool:
+        """Run independent solves as tasks of ``cluster`` (``--ray``); False when the method has none to spread."""
+        return False
 
     def _no_widths(self) -> ConfigError:
         return ConfigError(f"a target sets channel widths: use a channel method (l1-channel, intrafusion, "
@@ -241,6 +247,7 @@ class MethodSpec:
     summary: str
     reuse: str  # what its session keeps between sparsities (sweep, budget search, Pruner.write)
     resumable: bool = False  # its session keeps finished layers in a resume folder (--resume)
+    shared_path: bool = False  # its sparsities follow one path (CHITA++'s stages): a point depends on the others
 
     @property
     def config_cls(self) -> type:

@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from onnxprune.errors import ConfigError, ModelError, first_line
 from onnxprune.graph.io import write_external
-from onnxprune.graph.protos import over_protobuf_limit
+from onnxprune.graph.protos import over_protobuf_limit, weight_bytes
 from onnxprune.options import DEVICES
 from onnxprune.threads import thread_count
 
@@ -59,6 +59,18 @@ def make_session(model: str | Path | onnx.ModelProto, *, threads: int | None = N
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise ConfigError("device 'cuda' requested but ONNX Runtime's CUDA execution provider is not usable here")
     return session
+
+
+# A timed session holds the weights and ONNX Runtime's prepacked copy of the MatMul/Gemm/Conv weights.
+_SESSION_COPIES = 2
+
+
+def session_bytes(model: str | Path | onnx.ModelProto) -> int:
+    """About what a (prepacked) session of ``model`` holds: its weights twice, counted from the dims (a file's
+    external data is not read)."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return _SESSION_COPIES * weight_bytes(model)
 
 
 def _open(source: str | bytes, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:

@@ -5,6 +5,7 @@ idle threads do not steal the other's cores. CUDA runs use IO binding."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,9 @@ from onnxprune.errors import ConfigError
 from onnxprune.graph.io import load_model
 from onnxprune.threads import thread_count
 from onnxprune.runtime.feeds import make_feed, session_inputs
-from onnxprune.runtime.sessions import make_session, provider_name
+from onnxprune.runtime.sessions import make_session, provider_name, session_bytes
+
+log = logging.getLogger(__name__)
 
 MIN_RUNS = 50
 
@@ -85,14 +88,28 @@ def interleaved_times(sessions: list[ort.InferenceSession], feed: dict[str, np.n
 
 
 def latencies(models: list[str | os.PathLike | onnx.ModelProto], feed: dict[str, np.ndarray], *,
-              seconds: float = 2.0, max_runs: int = 20, min_runs: int = 5,
-              threads: int | None = None) -> tuple[list[float], str]:
+              seconds: float = 2.0, max_runs: int = 20, min_runs: int = 5, threads: int | None = None,
+              room: int | None = None) -> tuple[list[float], str, bool]:
     """Median milliseconds of each model on ``feed``, timed in turns call by call (ONNX Runtime, CPU or CUDA
     as ``bench`` picks, named in the result): two untimed rounds, then rounds until ``seconds`` have passed
-    (at least ``min_runs``, at most ``max_runs``), so that a report's speed figure costs little on a large model."""
-    sessions = [make_session(m if isinstance(m, onnx.ModelProto) else str(m), threads=threads) for m in models]
-    times = interleaved_times(sessions, feed, max_runs, warmup=2, seconds=seconds, min_runs=min_runs)
-    return [float(np.median(t)) for t in times], provider_name(sessions[0])
+    (at least ``min_runs``, at most ``max_runs``), so that a report's speed figure costs little on a large model.
+    When the sessions would not fit in ``room`` bytes together (``session_bytes``), each is made, timed and
+    dropped in turn instead; the third value says whether they were timed together."""
+    together = room is None or sum(session_bytes(m) for m in models) <= room
+    if together:
+        sessions = [make_session(m if isinstance(m, onnx.ModelProto) else str(m), threads=threads) for m in models]
+        times = interleaved_times(sessions, feed, max_runs, warmup=2, seconds=seconds, min_runs=min_runs)
+        return [float(np.median(t)) for t in times], provider_name(sessions[0]), True
+    medians, provider = [], "cpu"
+    for model in models:
+        log.info("timing %s alone: the sessions do not fit in %d bytes together", model if not isinstance(
+            model, onnx.ModelProto) else "the model", room)
+        session = make_session(model if isinstance(model, onnx.ModelProto) else str(model), threads=threads)
+        times = interleaved_times([session], feed, max_runs, warmup=2, seconds=seconds, min_runs=min_runs)
+        medians.append(float(np.median(times[0])))
+        provider = provider_name(session)
+        del session
+    return medians, provider, False
 
 
 def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = None, batch: int = 1,

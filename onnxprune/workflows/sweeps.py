@@ -7,20 +7,24 @@ import dataclasses
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+import onnx
+from onnx.external_data_helper import uses_external_data
 from tqdm import tqdm
 
+from onnxprune.cluster import Cluster, connect, run_tasks, share
 from onnxprune.validate.bench import benchmark
 from onnxprune.data import Dataset, Source, load_data, sample_shapes
 from onnxprune.errors import ConfigError, OnnxPruneError, OutputError
 from onnxprune.threads import thread_count
 from onnxprune.validate.evaluation import accuracy, evaluate, reference_outputs
-from onnxprune.graph.io import load_model
+from onnxprune.graph.io import atomic_write, load_model
 from onnxprune.methods import MethodSpec, get_method, make_config
 from onnxprune.pipeline import Pruner
 from onnxprune.graph.stats import ModelStats, model_stats
@@ -74,6 +78,7 @@ class SweepReport:
     sources: dict[str, Any] = field(default_factory=dict)  # where the evaluation/calibration data came from
     points: list[SweepPoint] = field(default_factory=list)
     seconds: float = 0.0
+    prune_seconds: float = 0.0  # of ``seconds``, those spent pruning and writing the points (before measuring them)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,15 +143,18 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
           sparsities: Sequence[float] = DEFAULT_SPARSITIES, batch: int = 32, threads: int | None = None,
           runs: int = 50, command: str | None = None, options: dict[str, Any] | None = None,
           recover: Recovery | None = None, quantize: Quantization | None = None,
-          resume: str | os.PathLike | None = None) -> SweepReport:
+          resume: str | os.PathLike | None = None, ray_address: str | None = None) -> SweepReport:
     """Prune ``model`` with every method at every sparsity into ``out_dir`` and measure each output;
     ``recover`` / ``quantize`` run on every point as in ``prune`` (every method then gets the calibration data).
     ``resume``: a folder where each resumable method keeps its finished layers (``<resume>/<method>``).
+    ``ray_address``: prune the points as tasks of that Ray cluster ('auto', 'local', an address), each with
+    the thread count methods use here (``onnxprune --threads``), then measure them here one after another.
 
     A point that a method refuses (e.g. a sparsity leaving a group without channels) is kept in the
-    report with its error; the sweep goes on. Each method is set up once and prunes at every sparsity,
+    report with its error; the sweep goes on. Here, each method is set up once and prunes at every sparsity,
     highest first, re-using its sparsity-independent work (gradients, channel groups; CHITA++ runs one
-    staged path through all the sparsities), so ``prune_s`` of a point excludes work done for others.
+    staged path through all the sparsities), so ``prune_s`` of a point excludes work done for others; on Ray
+    each point's task sets its method up again.
     """
     specs = [get_method(m) for m in methods]
     per_method = method_options(specs, options or {})
@@ -159,6 +167,9 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
     staged = recover is not None or quantize is not None
     if staged and calib is None:
         raise ConfigError("--recover and --quantize run on calibration data: pass --calib")
+    if ray_address is not None and resume is not None:
+        raise ConfigError("--resume keeps finished layers in a folder of this machine, and --ray prunes the points "
+                          "elsewhere: give one of them")
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{str(folder)!r} exists and is not a folder")
@@ -167,6 +178,9 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
     original = load_model(dense)
     eval_data = load_data(data, original, "evaluation")
     calib_data = load_data(calib, original, "calibration") if calib is not None else None
+    if ray_address is not None:
+        _refuse_external_data(dense)
+    cluster = connect(ray_address) if ray_address is not None else None
     threads = threads or thread_count()
     start = time.perf_counter()
     dense_outputs = reference_outputs(dense, eval_data, threads=threads)  # run once, compared with every point
@@ -182,38 +196,141 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
                          nonzero_macs=base_stats.sparse_macs), options=per_method,
         sources={"evaluation": eval_data.source, "calibration": None if calib_data is None else calib_data.source})
     order = sorted(set(sparsities), reverse=True)  # highest first: CHITA++ passes through the others
-    with tqdm(total=len(specs) * len(order), desc="sweep", unit="model") as bar:
-        for spec in specs:
-            points = [SweepPoint(spec.name, s) for s in order]
-            try:
-                pruner = Pruner(dense, spec.name, calib=calib_data if spec.needs_calib or staged else None,
-                                input_shapes=shapes, measure_speed=False, recover=recover, quantize=quantize,
-                                resume=Path(resume) / spec.name if resume is not None and spec.resumable else None,
-                                **per_method[spec.name])
-                pruner.session().expect(order)
-            except OnnxPruneError as exc:  # the method cannot run on this model: every point says why
-                for point in points:
-                    point.error = str(exc)
-                bar.update(len(points))
-                report.points += sorted(points, key=lambda p: p.sparsity)
-                continue
-            for point in points:
-                target = folder / f"{spec.name.replace('+', 'p')}_{point.sparsity:g}.onnx"
-                began = time.perf_counter()
+    work = [(spec, per_method[spec.name]) for spec in specs]
+    common = dict(calib=calib_data, shapes=shapes, recover=recover, quantize=quantize)
+    began = time.perf_counter()
+    if cluster is not None:
+        report.environment["ray"] = cluster.describe()
+        pruned = _prune_on_ray(dense, folder, work, order, cluster, **common)
+    else:
+        pruned = {}
+        with tqdm(total=len(specs) * len(order), desc="sweep", unit="model") as bar:
+            for spec, given in work:
+                pruned[spec.name] = prune_method(dense, spec.name, order, folder, given,
+                                                 resume=Path(resume) / spec.name if resume is not None
+                                                 and spec.resumable else None, done=bar.update, **common)
+    report.prune_seconds = time.perf_counter() - began
+    for spec in specs:
+        for done in tqdm(sorted(pruned[spec.name], key=lambda p: p.sparsity), desc=f"measure {spec.name}",
+                         unit="model", leave=False, disable=None):
+            point = SweepPoint(spec.name, done.sparsity, prune_s=done.prune_s, error=done.error)
+            if done.path is not None:
+                point.model, point.stages = str(done.path), stage_summary(done.details)
                 try:
-                    outcome = pruner.write(target, point.sparsity)
-                    point.prune_s = time.perf_counter() - began
-                    point.model, point.stages = str(target), stage_summary(outcome.details)
-                    _measure(point, target, outcome.after, dense, dense_outputs, eval_data, batch, threads, runs)
+                    _measure(point, done.path, done.after, dense, dense_outputs, eval_data, batch, threads, runs)
                 except OnnxPruneError as exc:
                     point.error = str(exc)
-                bar.update()
-            report.points += sorted(points, key=lambda p: p.sparsity)
+            report.points.append(point)
     report.seconds = time.perf_counter() - start
     write_json(report.to_dict(), folder / "report.json")
     plots = write_plots(report, folder)
     (folder / "report.md").write_text(markdown(report, plots))
     return report
+
+
+@dataclass
+class PrunedPoint:
+    """One point of a method pruned and written to ``path`` (None when refused, with the ``error``)."""
+
+    sparsity: float
+    path: Path | None = None
+    prune_s: float | None = None
+    after: ModelStats | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def point_name(method: str, sparsity: float) -> str:
+    """The file name of a method's model at ``sparsity``."""
+    return f"{method.replace('+', 'p')}_{sparsity:g}.onnx"
+
+
+def prune_method(dense: Path, method: str, order: Sequence[float], folder: Path, options: dict[str, Any], *,
+                 calib: Dataset | None, shapes: dict[str, tuple[int, ...]], recover: Recovery | None,
+                 quantize: Quantization | None, resume: Path | None = None,
+                 done: Callable[..., Any] = lambda n=1: None) -> list[PrunedPoint]:
+    """``method`` at every sparsity of ``order`` (highest first), written into ``folder``: set up once, its
+    session keeps what the points share. A method that cannot run here gives every point its error."""
+    spec = get_method(method)
+    staged = recover is not None or quantize is not None
+    try:
+        pruner = Pruner(dense, spec.name, calib=calib if spec.needs_calib or staged else None, input_shapes=shapes,
+                        measure_speed=False, recover=recover, quantize=quantize, resume=resume, **options)
+        pruner.session().expect(order)
+    except OnnxPruneError as exc:  # the method cannot run on this model: every point says why
+        done(len(order))
+        return [PrunedPoint(s, error=str(exc)) for s in order]
+    points = []
+    for sparsity in order:
+        target = folder / point_name(spec.name, sparsity)
+        began = time.perf_counter()
+        try:
+            outcome = pruner.write(target, sparsity)
+            points.append(PrunedPoint(sparsity, target, time.perf_counter() - began, outcome.after, outcome.details))
+        except OnnxPruneError as exc:
+            points.append(PrunedPoint(sparsity, error=str(exc)))
+        done()
+    return points
+
+
+def _refuse_external_data(model: Path) -> None:
+    """ConfigError for a model whose weights lie in external data: a sweep over Ray sends the model in one piece."""
+    if any(uses_external_data(t) for t in onnx.load(str(model), load_external_data=False).graph.initializer):
+        raise ConfigError(f"{str(model)!r} keeps its weights in external data, and a sweep over Ray sends the model "
+                          "to its workers in one piece: sweep it without --ray")
+
+
+def _prune_task(name: str, model_bytes: bytes, method: str, order: list[float], options: dict[str, Any],
+                common: dict[str, Any]) -> list[tuple[PrunedPoint, dict[str, bytes]]]:
+    """What a Ray task of a sweep runs: ``prune_method`` in a private folder; each written point comes back
+    with its files' bytes (the model, and its external data when it has some)."""
+    with tempfile.TemporaryDirectory(prefix="onnxprune-sweep-") as tmp:
+        dense = Path(tmp) / "input" / name
+        dense.parent.mkdir()
+        dense.write_bytes(model_bytes)
+        out = Path(tmp) / "out"
+        out.mkdir()
+        points = prune_method(dense, method, order, out, options, **common)
+        found = []
+        for point in points:
+            files = {} if point.path is None else {f.name: f.read_bytes() for f in out.iterdir()
+                                                   if f.name.startswith(point.path.name)}
+            found.append((point, files))
+        return found
+
+
+def _prune_on_ray(dense: Path, folder: Path, work: list[tuple[MethodSpec, dict[str, Any]]], order: list[float],
+                  cluster: Cluster, **common: Any) -> dict[str, list[PrunedPoint]]:
+    """Every method's points pruned as Ray tasks and their files written into ``folder``. A method's points
+    share its set-up (capture, gradients, groups), so they are split into no more tasks than the cluster runs
+    at once (``task_chunks``); each task uses the thread count methods use here, so that its files are those a
+    run here writes."""
+    model_ref, common_ref = share(dense.read_bytes()), share(common)
+    chunks = task_chunks(work, order, cluster.cpus // thread_count())
+    calls = [(dense.name, model_ref, spec.name, points, given, common_ref) for spec, given, points in chunks]
+    results = run_tasks(_prune_task, calls, total=len(calls), threads=thread_count(), desc="sweep")
+    pruned: dict[str, list[PrunedPoint]] = {spec.name: [] for spec, _ in work}
+    for call, found in zip(calls, results):
+        for point, files in found:
+            if point.path is not None:
+                for name, content in files.items():
+                    atomic_write(folder / name, lambda tmp, content=content: tmp.write_bytes(content))
+                point.path = folder / point.path.name
+            pruned[call[2]].append(point)
+    return pruned
+
+
+def task_chunks(work: list[tuple[MethodSpec, dict[str, Any]]], order: list[float],
+                slots: int) -> list[tuple[MethodSpec, dict[str, Any], list[float]]]:
+    """A sweep's tasks: each method's points (highest sparsity first) in ⌈slots / methods⌉ contiguous chunks
+    (at least one), so that ``slots`` tasks at once keep the cluster busy without setting a method up more often
+    than that; a method whose points follow one path (``MethodSpec.shared_path``) keeps them in one task."""
+    per_method = max(1, -(-slots // max(len(work), 1)))
+    tasks = []
+    for spec, given in work:
+        count = 1 if spec.shared_path else min(per_method, len(order))
+        tasks += [(spec, given, [float(s) for s in part]) for part in np.array_split(np.array(order), count)]
+    return tasks
 
 
 def stage_summary(details: dict[str, Any]) -> str | None:
@@ -258,8 +375,10 @@ HEADERS = ["method", "sparsity", "acc %", "agree %", "median ms", "speed-up", "f
 def sweep_table(report: SweepReport) -> str:
     """The sweep as a terminal table."""
     env = report.environment
+    where = f", pruned on the {env['ray']}" if "ray" in env else ""
     title = (f"{report.model}: batch latency on {env['provider']} with {env['threads']} threads "
-             f"({report.seconds:.0f} s in all); models and reports in {report.out_dir}")
+             f"({report.seconds:.0f} s in all, {report.prune_seconds:.0f} s pruning{where}); models and reports in "
+             f"{report.out_dir}")
     return table(headers(report), rows(report), title=title)
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
 from onnxprune.channels.analysis import analyse_channels
+from onnxprune.cluster import Cluster, run_tasks
 from onnxprune.channels.batchnorm import fold_batchnorms
 from onnxprune.activations.layers import layer_sources
 from onnxprune.channels.model import CONSUMER, ChannelGroup, Member
@@ -21,6 +22,7 @@ from onnxprune.channels.surgery import ChannelMap, apply_channel_maps, group_sla
 from onnxprune.data import Dataset
 from onnxprune.errors import ConfigError
 from onnxprune.options import SEQUENTIAL
+from onnxprune.threads import thread_count
 from onnxprune.methods.base import Interval, MethodConfig, MethodResult, OneOf, PruneSession
 from onnxprune.methods.structured.importance import IMPORTANCES, channel_importance
 from onnxprune.methods.structured.reconstruction import (RECONSTRUCT, ConsumerInput, add_consumer_biases, capture_inputs,
@@ -153,6 +155,8 @@ class ChannelSession(PruneSession):
                               "or use -O sequential=off")
         self.config, self.calib, self.plan, self.select, self.extra = config, calib, plan, select, extra or {}
         self.errors = errors
+        self.selects_on_inputs = needs_inputs  # the selection itself reads the consumers' Grams (worth spreading)
+        self.cluster: Cluster | None = None
         self.reconstruct = wants_reconstruction(config.reconstruct, calib)
         self.needs_inputs = needs_inputs or self.reconstruct
         # waves of captures on the partly pruned model: only where consumers are captured at all
@@ -174,6 +178,26 @@ class ChannelSession(PruneSession):
     @property
     def round_to(self) -> int:
         return self.config.round_to
+
+    def spread_over(self, cluster: Cluster) -> bool:
+        """Select the channels of a wave's groups as tasks of ``cluster``, where the selection reads the consumers'
+        Grams (chita-channel's); a selection by scores has nothing worth spreading."""
+        if not self.selects_on_inputs:
+            return False
+        self.cluster = cluster
+        return True
+
+    def _select_on_ray(self, views: dict[int, GroupView], widths: dict[int, int]) -> dict[int, np.ndarray]:
+        """Each view's kept channels at its width, selected as a Ray task; a task gets only the consumer weights
+        the selection reads, not the model's."""
+        def calls() -> Iterator[tuple]:
+            for index, view in views.items():
+                needed = {inp.member.tensor: view.values[inp.member.tensor] for inp in view.inputs}
+                yield dataclasses.replace(view, values=needed), widths[index]
+
+        found = run_tasks(self.select, calls(), total=len(views), threads=thread_count(),
+                          desc=f"{self.method}: select")
+        return dict(zip(views, found))
 
     def reference_model(self) -> onnx.ModelProto:
         return self.folded
@@ -259,10 +283,18 @@ class ChannelSession(PruneSession):
         bar = tqdm(total=len(widths), desc=f"{self.method}: select and refit", unit="group", leave=False, disable=None)
         for wave in passes:
             inputs = self._wave_inputs(wave, maps, keeps, updated) if len(passes) > 1 else None
-            for index, view in self._views(wave, inputs).items():
+            views = self._views(wave, inputs)
+            todo = {i: v for i, v in views.items() if inputs is not None or (i, widths[i]) not in self.selections}
+            chosen = self._select_on_ray(todo, widths) if self.cluster is not None and len(todo) > 1 else {}
+            if inputs is None:  # selections on the dense model's Grams are kept for the next call
+                self.selections.update({(i, widths[i]): keep for i, keep in chosen.items()})
+            for index, view in views.items():
                 bar.update()
                 group = view.group
-                keep = self._selection(view, widths[index]) if inputs is None else self.select(view, widths[index])
+                if index in chosen:
+                    keep = chosen[index]
+                else:
+                    keep = self._selection(view, widths[index]) if inputs is None else self.select(view, widths[index])
                 if len(keep) == group.size:
                     continue
                 maps[index], keeps[index] = self.plan(view, keep), keep
@@ -280,6 +312,8 @@ class ChannelSession(PruneSession):
                    "reconstruct": self.reconstruct, "groups": report, "skipped": skipped, **self.extra}
         if self.sequential:
             details["sequential_passes"] = len(passes)
+        if self.cluster is not None:
+            details["ray"] = self.cluster.describe()
         if self.biases_added:
             details["biases_added"] = self.biases_added
         return MethodResult(pruned, details)

@@ -22,6 +22,7 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
+from onnxprune.cluster import Cluster
 from onnxprune.compute import free_memory, from_numpy, placed_on, torch_device
 from onnxprune.methods.solvers.chita_problem import SupportConstraint, FisherProblem, Segment, mean_square_column, restrict_blocks
 from onnxprune.methods.solvers import chita_solver as solver
@@ -499,6 +500,9 @@ class _Engine(PruneSession):
         if self.engine != "layer":
             raise not_resumable(f"{self.method} (model engine)")
         self.session.resume_from(store)
+
+    def spread_over(self, cluster: Cluster) -> bool:
+        return self.session.spread_over(cluster)
 
     def prune(self, sparsity: float) -> MethodResult:
         result = self.session.prune(sparsity)

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import onnx
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from onnxprune.activations.gram import GramStats, capture_grams, resident_bytes
 from onnxprune.activations.gram_store import GramStore, capture_to_store, gram_bytes
 from onnxprune.activations.layers import LayerSource, layer_sources
+from onnxprune.cluster import Cluster, run_tasks
 from onnxprune.compute import placed_on, torch_device
 from onnxprune.data import Dataset, check_dataset
 from onnxprune.errors import ConfigError, DataError, ResourceError
@@ -34,6 +35,7 @@ from onnxprune.graph.protos import serialized_bytes
 from onnxprune.methods.base import Interval, MethodResult, OneOf, Parses, PruneSession, UnstructuredConfig, parse_pattern
 from onnxprune.methods.resume import ResumeStore
 from onnxprune.options import DEVICES, SEQUENTIAL
+from onnxprune.threads import thread_count
 from onnxprune.units import format_bytes, parse_bytes
 
 log = logging.getLogger(__name__)
@@ -232,6 +234,35 @@ class ErrorCurves:
         return error
 
 
+def _solve_problems(problems: list[Any], solver: LayerSolver, target: Any) -> tuple[np.ndarray, float]:
+    """A layer's groups pruned by ``solver`` and their reconstruction error relative to the dense output's."""
+    new = np.stack([solver(p, target) for p in problems])
+    relative = sum(p.error(n) for p, n in zip(problems, new)) / max(sum(p.dense_energy for p in problems), 1e-300)
+    return new, relative
+
+
+def _in_order(groups: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """Groups solved with their columns in ``order`` put back in the weight's own column order."""
+    if order is None:
+        return groups
+    restored = np.empty_like(groups)
+    restored[:, :, order] = groups
+    return restored
+
+
+def solve_layer_task(dense: np.ndarray, gram: GramStats, target: Any, lam: float, order: np.ndarray | None,
+                     solver: LayerSolver, device: str) -> tuple[np.ndarray, float, float]:
+    """One layer solved from scratch where a Ray task runs it: its pruned groups (in the weight's column order),
+    relative error and seconds. The same numbers as ``LayerwiseSession._solve_layer`` (whose cached factors are
+    made the same way)."""
+    began = time.perf_counter()
+    if not target.prunes_any(*dense.shape[1:]):
+        return _in_order(np.asarray(dense, dtype=np.float64), order), 0.0, 0.0
+    with placed_on(torch_device(device)):
+        new, relative = _solve_problems(_layer_problems(dense, gram, lam, order), solver, target)
+    return _in_order(new, order), relative, time.perf_counter() - began
+
+
 def allocate_sparsities(errors: Callable[[int, int], float], grid: np.ndarray, sizes: np.ndarray, sparsity: float) -> np.ndarray:
     """Per-layer sparsities with ``Σ sizes·s = sparsity·Σ sizes``: from 0, repeatedly move the layer whose
     next grid step costs the least error per pruned weight (``errors(layer, grid index)``); the last move
@@ -260,7 +291,8 @@ def allocate_sparsities(errors: Callable[[int, int], float], grid: np.ndarray, s
 class LayerwiseSession(PruneSession):
     """A layer-wise method on one model and calibration set. The dense model's Gram matrices are captured
     once (the wave-by-wave captures of ``sequential`` depend on the sparsity and are repeated) and every
-    error-curve point is kept, so a later sparsity re-solves each layer only."""
+    error-curve point is kept, so a later sparsity re-solves each layer only. With a Ray cluster in use, the
+    layers of a wave are solved as its tasks (the error curves of the global allocation stay here)."""
 
     def __init__(self, model: onnx.ModelProto, config: LayerOptions, calib: Dataset | None, *, solver: LayerSolver,
                  estimator: LayerSolver, ridge: float | None, scope: str = "layer", method: str = "layerwise") -> None:
@@ -297,6 +329,11 @@ class LayerwiseSession(PruneSession):
         self.capture_s = 0.0
         self.capture_passes = 0  # of the dense model's capture, in this prune call
         self.store: ResumeStore | None = None
+        self.cluster: Cluster | None = None
+
+    def spread_over(self, cluster: Cluster) -> bool:
+        self.cluster = cluster
+        return True
 
     def resume_from(self, store: ResumeStore) -> None:
         """Store every finished layer and error-curve point in ``store``; take the curve points it holds."""
@@ -395,21 +432,46 @@ class LayerwiseSession(PruneSession):
             if room < 0 and self.grams is not None:
                 self.grams.trim(work)
 
+    def _layer_inputs(self, source: LayerSource, grams: Any, targets: dict[str, Any]) -> tuple[Any, ...]:
+        """What a layer's solve takes: its dense groups (columns in channel-innermost order for N:M, ``order``),
+        Gram, target and ridge λ."""
+        dense, gram, target = self._groups(source.name), grams[source.name], targets[source.name]
+        lam = self._lams({source.name: gram})[source.name]
+        # N:M runs along input channels: a Conv's columns are reordered channel-innermost to solve
+        order = source.channel_order() if self.nm else None
+        return (dense if order is None else dense[:, :, order]), gram, target, lam, order
+
     def _solve_layer(self, name: str, dense: np.ndarray, gram: GramStats, lam: float, target: Any,
                      order: np.ndarray | None) -> tuple[np.ndarray, float]:
-        """One layer's pruned groups (float64) and relative error at ``target``; a layer the allocation keeps
-        dense is not solved. The error curves' problems (dense Grams) and their factors serve here too."""
+        """One layer's pruned groups (float64, in the weight's column order) and relative error at ``target``; a
+        layer the allocation keeps dense is not solved. The error curves' problems (dense Grams) and their
+        factors serve here too."""
         if not target.prunes_any(*dense.shape[1:]):
-            return np.asarray(dense, dtype=np.float64), 0.0
+            return _in_order(np.asarray(dense, dtype=np.float64), order), 0.0
         with placed_on(self.device):
             problems = None if self.sequential else self.problems.get(name)
             self._fit_problems(self.source_of[name])  # the layer's own problems, if cached, are kept
             if problems is None:
                 problems = _layer_problems(dense, gram, lam, order)
-            new = np.stack([self.solver(p, target) for p in problems])
-            relative = (sum(p.error(n) for p, n in zip(problems, new))
-                        / max(sum(p.dense_energy for p in problems), 1e-300))
-        return new, relative
+            new, relative = _solve_problems(problems, self.solver, target)
+        return _in_order(new, order), relative
+
+    def _solve_on_ray(self, sources: list[LayerSource], grams: Any,
+                      targets: dict[str, Any]) -> dict[str, tuple[np.ndarray, float, float, int, float]]:
+        """Every layer of ``sources`` solved as a Ray task from scratch (its Gram sent through the object store
+        as its task starts, read from disk only then): pruned groups and relative error as ``_solve_layer``
+        gives them, the task's seconds, the Gram's rows and the ridge λ, by layer."""
+        kept: dict[str, tuple[int, float]] = {}
+
+        def calls() -> Iterator[tuple]:
+            for s in sources:
+                dense, gram, target, lam, order = self._layer_inputs(s, grams, targets)
+                kept[s.name] = (gram.n_rows, lam)
+                yield dense, gram, target, lam, order, self.solver, self.config.device
+
+        results = run_tasks(solve_layer_task, calls(), total=len(sources), threads=thread_count(),
+                                    desc=f"{self.method} layers")
+        return {s.name: (*found, *kept[s.name]) for s, found in zip(sources, results)}
 
     @cached_property
     def model_bytes(self) -> int:
@@ -450,22 +512,21 @@ class LayerwiseSession(PruneSession):
             if missing:
                 grams = self._capture(current, missing) if self.sequential else self._dense_grams()
             started = time.perf_counter()
-            for s in tqdm(missing, desc=f"{self.method} layers", unit="layer", leave=False, disable=None):
+            spread = self.cluster is not None and len(missing) > 1
+            solved = self._solve_on_ray(missing, grams, targets) if spread else {}
+            for s in tqdm(missing, desc=f"{self.method} layers", unit="layer", leave=False,
+                          disable=True if spread else None):
                 layer_began = time.perf_counter()
-                dense, gram, target = self._groups(s.name), grams[s.name], targets[s.name]
-                lam = self._lams({s.name: gram})[s.name]
-                # N:M runs along input channels: a Conv's columns are reordered channel-innermost to solve
-                order = s.channel_order() if self.nm else None
-                if order is not None:
-                    dense = dense[:, :, order]
-                new, relative = self._solve_layer(s.name, dense, gram, lam, target, order)
-                if order is not None:
-                    new[:, :, order] = new.copy()
+                if spread:
+                    new, relative, seconds, rows, lam = solved[s.name]
+                else:
+                    dense, gram, target, lam, order = self._layer_inputs(s, grams, targets)
+                    new, relative = self._solve_layer(s.name, dense, gram, lam, target, order)
+                    seconds, rows = time.perf_counter() - layer_began, gram.n_rows
                 pruned[s.name] = s.from_groups(new).astype(self.layouts[s.name][1])
                 layers[s.name] = {"sparsity": round(1 - np.count_nonzero(pruned[s.name]) / new.size, 4),
-                                  "relative_error": relative,
-                                  "rows": gram.n_rows, "d_in": s.d_in, "groups": s.groups, "ridge": lam,
-                                  "solve_s": round(time.perf_counter() - layer_began, 2)}
+                                  "relative_error": relative, "rows": rows, "d_in": s.d_in, "groups": s.groups,
+                                  "ridge": lam, "solve_s": round(seconds, 2)}
                 if self.store is not None:
                     self.store.write(keys[s.name], {"weight": pruned[s.name]}, layers[s.name])
             solve_s += time.perf_counter() - started
@@ -477,6 +538,8 @@ class LayerwiseSession(PruneSession):
                    "allocation": None if self.nm else self.config.allocation, "pattern": self.config.pattern or None,
                    "sequential": self.sequential, "max_memory": format_bytes(self.budget),
                    "device": str(self.device)}
+        if self.cluster is not None:
+            details["ray"] = self.cluster.describe()
         if self.store is not None:
             taken = sum(1 for row in layers.values() if row.get("resumed"))
             details["resume"] = {"folder": str(self.store.folder), "layers_taken": taken}
