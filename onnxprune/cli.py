@@ -100,8 +100,8 @@ def _shared(command: Callable) -> Callable:
 
 @click.group(cls=_Group)
 @_shared
-@click.option("--threads", "thread_total", type=int, help="Threads for torch and ONNX Runtime [default: the idle "
-              "cores of this process].")
+@click.option("--threads", "thread_total", type=int, help="Threads for torch, ONNX Runtime and numpy's BLAS "
+              "[default: the idle cores of this process].")
 @click.version_option(package_name="onnxprune")
 @click.pass_context
 def cli(ctx: click.Context, thread_total: int | None) -> None:

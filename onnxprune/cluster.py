@@ -1,6 +1,7 @@
-"""Ray, the optional way to spread independent work over more cores or machines: a sweep's points and the
-layer engine's per-layer solves. The one module that imports Ray, and only once a cluster is asked for
-(``--ray ADDRESS|auto|local``, ``ray_address=``); without one everything runs in this process."""
+"""Ray, the optional way to spread independent work over more cores or machines: a sweep's points, the layer
+engine's per-layer solves and chita-channel's per-group selections. The one module that imports Ray, and only
+once a cluster is asked for (``--ray ADDRESS|auto|local``, ``ray_address=``); without one everything runs in
+this process."""
 
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ def share(value: Any) -> Any:
 
 
 def _in_worker(function: Callable[..., T], threads: int, *args: Any) -> T:
-    """What a task runs: ``function(*args)`` with ``threads`` threads for torch and ONNX Runtime."""
+    """What a task runs: ``function(*args)`` with ``threads`` threads for torch, ONNX Runtime and numpy's BLAS."""
     from onnxprune.threads import set_threads
 
     set_threads(threads)
@@ -122,8 +123,8 @@ def _in_worker(function: Callable[..., T], threads: int, *args: Any) -> T:
 
 def run_tasks(function: Callable[..., T], calls: Iterable[tuple], *, total: int, threads: int = 1,
               desc: str = "tasks") -> list[T]:
-    """``function(*call)`` for every call as a Ray task on ``threads`` CPUs (torch and ONNX Runtime use that
-    many there), results in the calls' order. Calls are made lazily and at most ``IN_FLIGHT_PER_CPU`` per
+    """``function(*call)`` for every call as a Ray task on ``threads`` CPUs (torch, ONNX Runtime and BLAS use
+    that many there), results in the calls' order. Calls are made lazily and at most ``IN_FLIGHT_PER_CPU`` per
     cluster CPU are in flight; a task whose worker dies runs again (``RETRIES``); an exception a task raises
     is raised here as it was raised there."""
     ray = _ray()

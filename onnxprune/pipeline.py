@@ -23,7 +23,7 @@ from onnxprune.cluster import connect
 from onnxprune.graph.canonical import canonicalize
 from onnxprune.data import Dataset, Source, check_input_shapes, input_specs, load_data, sample_shapes, unknown_dims
 from onnxprune.errors import ConfigError, ModelError
-from onnxprune.graph.io import check_model, check_output_path, load_model, model_fingerprint, save_model
+from onnxprune.graph.io import check_model, check_output_path, load_model, model_fingerprint, stage_model
 from onnxprune.methods import get_method, make_config
 from onnxprune.methods.base import MethodResult, PruneSession
 from onnxprune.methods.resume import ResumeStore, RunIdentity, data_fingerprint, not_resumable
@@ -33,7 +33,7 @@ from onnxprune.graph.protos import over_protobuf_limit, serialized_bytes
 from onnxprune.units import parse_bytes
 from onnxprune.runtime.feeds import fixed_batch, make_feed, run_batched
 from onnxprune.runtime.sessions import make_session
-from onnxprune.graph.stats import ModelStats, model_stats
+from onnxprune.graph.stats import ModelStats, file_size, model_stats
 from onnxprune.graph.edit import compress_sparse
 from onnxprune import __version__
 from onnxprune.report import write_json
@@ -363,15 +363,23 @@ class Pruner:
         compressed: list[str] = []
         if compress:
             pruned, compressed = compress_sparse(pruned)
-        verify = (lambda tmp: smoke_run(self.canonical.model, tmp, self.feed, self.reference)) if big else None
-        written = save_model(pruned, output, inputs=[self.model_path], verify=verify)
+        staged = stage_model(pruned, output, inputs=[self.model_path])
+        after = model_stats(pruned, None, self.shapes)
+        # the written file stands for the model from here: a model past 2 GB is not held while run and timed
+        del pruned
+        result.model = None
+        try:
+            if big:  # run from its file before it takes the output's name
+                smoke_run(self.canonical.model, staged.path, self.feed, self.reference)
+        except BaseException:
+            staged.discard()
+            raise
+        written = staged.commit()
+        after.file_bytes = file_size(written)
         timings = {**timings, "write": time.perf_counter() - start}
         outcome = PruneOutcome(output=str(written), method=self.spec.name, config=config,
-                               canonical_changes=self.canonical.changes, before=self.before,
-                               after=model_stats(pruned, written, self.shapes), details=result.details, timings=timings,
-                               compressed=compressed)
-        del pruned
-        result.model = None  # the written file stands for it from here: a model past 2 GB is not held while timed
+                               canonical_changes=self.canonical.changes, before=self.before, after=after,
+                               details=result.details, timings=timings, compressed=compressed)
         if self.calib is not None:
             outcome.sources["calibration"] = {**(self.calib.source or {}), "used": len(self.calib),
                                               "held_out": 0 if self.holdout is None else len(self.holdout)}

@@ -134,7 +134,8 @@ FLAGS = {
     "--quantize": (["--quantize", "int8", "--calib", "CALIB"], "l1-channel",
                    lambda r, out: _outcome(r)["details"]["quantization"]["kept"] == "int8"
                    and any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)),
-    "--ray": (["--ray", "local", "--calib", "CALIB"], "sparsegpt", lambda r, out: "Ray cluster" in _outcome(r)["details"]["ray"]),
+    "--ray": (["--ray", "local", "--calib", "CALIB"], "sparsegpt",
+              lambda r, out: "Ray cluster" in _outcome(r)["details"]["ray"]),
     "--skip-first": (["--skip-first"], "magnitude",
                      lambda r, out: np.count_nonzero(onnx.numpy_helper.to_array(
                          next(i for i in onnx.load(str(out)).graph.initializer if i.name == "fc1.weight"))) == 784 * 40),

@@ -10,8 +10,7 @@ from onnx import numpy_helper
 
 import onnxprune.graph.io as io
 import onnxprune.graph.protos as protos
-from onnxprune.errors import ModelError
-from onnxprune.graph.io import load_model, model_fingerprint, save_model
+from onnxprune.graph.io import load_model, model_fingerprint, save_model, stage_model
 from onnxprune.graph.protos import over_protobuf_limit, serialized_bytes
 from onnxprune.pipeline import prune
 from onnxprune.runtime.sessions import make_session
@@ -95,14 +94,17 @@ def test_capture_outputs_are_in_the_graph_only_while_the_session_is_made():
     assert values[inner].shape[0] == 4 and (values[inner] >= 0).all() and values[inner].max() > 0
 
 
-def test_a_written_model_that_fails_its_check_leaves_nothing(limit_lowered, tmp_path):
-    def refuse(tmp):
-        assert tmp.exists() and tmp.with_name(tmp.name + ".data").stat().st_size > 100_000  # the pair, as written
-        raise ModelError("the written model does not run")
-
-    with pytest.raises(ModelError, match="does not run"):
-        save_model(load_model(CNN), tmp_path / "out.onnx", verify=refuse)
+def test_a_staged_model_takes_its_name_only_when_committed(limit_lowered, tmp_path):
+    model = load_model(CNN)
+    dropped = stage_model(model, tmp_path / "dropped.onnx")
+    assert dropped.data.stat().st_size > 100_000 and not (tmp_path / "dropped.onnx").exists()
+    onnx.checker.check_model(str(dropped.path))  # the pair as written, under its temporary names
+    dropped.discard()
     assert list(tmp_path.iterdir()) == []
+    kept = stage_model(model, tmp_path / "kept.onnx").commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.onnx", "kept.onnx.data"]
+    for ours, theirs in zip(model.graph.initializer, load_model(kept).graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(ours), numpy_helper.to_array(theirs))
 
 
 def test_files_are_timed_one_after_the_other_when_two_sessions_do_not_fit(tmp_path):

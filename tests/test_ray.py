@@ -52,8 +52,8 @@ def _test_data(tmp_path: Path, model: str = "mlp") -> Path:
 
 def test_sweep_on_ray_writes_the_files_of_a_sweep_here(tmp_path, local_cluster, one_thread):
     data = _test_data(tmp_path)
-    common = dict(data=data, calib=MODELS / "mlp_calib.npz", methods=["magnitude", "sparsegpt", "l1-channel", "chita++"],
-                  sparsities=[0.5, 0.7], runs=50, batch=8)
+    common = dict(data=data, calib=MODELS / "mlp_calib.npz", sparsities=[0.5, 0.7], runs=50, batch=8,
+                  methods=["magnitude", "sparsegpt", "l1-channel", "chita++"])
     here = sweep(MODELS / "mlp.onnx", tmp_path / "here", **common)
     there = sweep(MODELS / "mlp.onnx", tmp_path / "ray", ray_address="local", **common)
     assert there.environment["ray"] == local_cluster.describe() and "ray" not in here.environment

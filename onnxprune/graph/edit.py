@@ -7,25 +7,26 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import ModelError
+from onnxprune.graph.protos import without_initializers
 
 
 def replace_initializers(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` whose named initializers hold ``weights`` (same shapes, same dtypes)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    pending = dict(weights)
-    for index, tensor in enumerate(out.graph.initializer):
-        if tensor.name not in pending:
+    """A copy of ``model`` whose named initializers hold ``weights`` (same shapes, same dtypes). The replaced
+    tensors are never copied (a 1.1 B decoder's copy reached 18 GB beside its new weights)."""
+    missing = sorted(set(weights) - {t.name for t in model.graph.initializer})
+    if missing:
+        raise ModelError(f"no initializer named {missing[0]!r} in the model")
+    out = without_initializers(model)
+    for tensor in model.graph.initializer:
+        if tensor.name not in weights:
+            out.graph.initializer.append(tensor)
             continue
-        value = np.asarray(pending.pop(tensor.name))
+        value = np.asarray(weights[tensor.name])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
         if tuple(value.shape) != tuple(tensor.dims):
             raise ModelError(f"new value for {tensor.name!r} has shape {value.shape}, the graph needs "
                              f"{tuple(tensor.dims)}")
-        out.graph.initializer[index].CopyFrom(numpy_helper.from_array(value.astype(dtype, copy=False),
-                                                                      tensor.name))
-    if pending:
-        raise ModelError(f"no initializer named {sorted(pending)[0]!r} in the model")
+        out.graph.initializer.append(numpy_helper.from_array(value.astype(dtype, copy=False), tensor.name))
     return out
 
 

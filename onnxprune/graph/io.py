@@ -176,41 +176,68 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
     return out
 
 
-def save_model(model: onnx.ModelProto, output: str | os.PathLike, inputs: list[str | os.PathLike] = (), *,
-               verify: Callable[[Path], None] | None = None) -> Path:
-    """Write ``model`` to ``output`` atomically: a temporary file in the same folder, then rename.
+class StagedModel:
+    """A model written beside its target under temporary names and checked, not yet in the target's place:
+    ``commit`` renames it there (with its external data), ``discard`` removes it. Nothing ever stands at the
+    target half-written."""
 
-    The target is either left as it was or replaced by the complete new file; never half-written.
-    Models over ~1.8 GB get their weights in ``<output>.data`` (also written before the rename), and the
-    written pair passes ``onnx.checker`` by path before it takes the target's name. ``verify(tmp)``, when
-    given, runs on the written temporary file before the rename (an exception leaves nothing written).
-    """
+    def __init__(self, path: Path, data: Path | None, target: Path) -> None:
+        self.path, self.data, self.target = path, data, target
+
+    def commit(self) -> Path:
+        """Put the written model (and its ``<target>.data``) in the target's place."""
+        try:
+            if self.data is not None:
+                _relink_external(self.path, self.data.name, self.target.name + ".data")
+                os.replace(self.data, self.target.parent / (self.target.name + ".data"))
+            os.replace(self.path, self.target)
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"could not write {str(self.target)!r}: {exc.strerror or exc}") from None
+        log.info("wrote %s (%d bytes)", self.target, self.target.stat().st_size)
+        return self.target
+
+    def discard(self) -> None:
+        for path in (self.path, self.data):
+            if path is not None and path.exists():
+                path.unlink()
+
+
+def stage_model(model: onnx.ModelProto, output: str | os.PathLike,
+                inputs: list[str | os.PathLike] = ()) -> StagedModel:
+    """Write ``model`` beside ``output`` under temporary names (models over ~1.8 GB with their weights in one
+    data file, which the pair passes ``onnx.checker`` by path with), flushed to disk; ``commit`` then puts it in
+    place. A caller may drop ``model`` in between and check the file (a model past 2 GB is not held twice)."""
     out = check_output_path(output, inputs)
     external = serialized_bytes(model) > _EXTERNAL_DATA_THRESHOLD
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    staged = StagedModel(Path(name), Path(name + ".data") if external else None, out)
+    try:
+        if external:
+            write_external(model, staged.path, staged.data)
+            check_model(model, "the written model", path=staged.path)
+        else:
+            staged.path.write_bytes(model.SerializeToString())
+        for path in (staged.path, staged.data):
+            if path is not None:
+                with open(path, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                ordinary_mode(path)
+    except OSError as exc:
+        staged.discard()
+        raise OutputError(f"could not write {str(out)!r}: {exc.strerror or exc}") from None
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
 
-    def write(tmp: Path) -> None:
-        if not external:
-            with open(tmp, "wb") as handle:
-                handle.write(model.SerializeToString())
-            if verify is not None:
-                verify(tmp)
-            return
-        data_tmp = tmp.with_name(tmp.name + ".data")
-        try:
-            write_external(model, tmp, data_tmp)
-            check_model(model, "the written model", path=tmp)
-            if verify is not None:
-                verify(tmp)
-            _relink_external(tmp, data_tmp.name, out.name + ".data")
-            ordinary_mode(data_tmp)
-            os.replace(data_tmp, out.parent / (out.name + ".data"))
-        finally:
-            if data_tmp.exists():
-                data_tmp.unlink()
 
-    atomic_write(out, write)
-    log.info("wrote %s (%d bytes)", out, out.stat().st_size)
-    return out
+def save_model(model: onnx.ModelProto, output: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
+    """Write ``model`` to ``output`` atomically (``stage_model``, then ``commit``): the target is either left as it
+    was or replaced by the complete new file, never half-written; models over ~1.8 GB get their weights in
+    ``<output>.data``, and the written pair passes ``onnx.checker`` by path before it takes the target's name."""
+    return stage_model(model, output, inputs).commit()
 
 
 def write_external(model: onnx.ModelProto, path: Path, data_path: Path) -> None:

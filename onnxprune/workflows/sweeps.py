@@ -154,7 +154,7 @@ def sweep(model: str | os.PathLike, out_dir: str | os.PathLike, *, data: str | o
     report with its error; the sweep goes on. Here, each method is set up once and prunes at every sparsity,
     highest first, re-using its sparsity-independent work (gradients, channel groups; CHITA++ runs one
     staged path through all the sparsities), so ``prune_s`` of a point excludes work done for others; on Ray
-    each point's task sets its method up again.
+    each task (a method's run of points, ``task_chunks``) sets its method up again.
     """
     specs = [get_method(m) for m in methods]
     per_method = method_options(specs, options or {})
