@@ -143,6 +143,13 @@ def ordinary_mode(path: Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+def _settle(path: Path) -> None:
+    """Flush a freshly written temporary file to disk and give it an ordinary file's mode, ready to be renamed."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+    ordinary_mode(path)
+
+
 def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``target``, then rename it onto ``target``: the
     target is either left as it was or replaced by the complete new file."""
@@ -151,9 +158,7 @@ def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(name)
     try:
         write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        ordinary_mode(tmp)
+        _settle(tmp)
         os.replace(tmp, target)
     except OSError as exc:
         raise OutputError(f"could not write {str(target)!r}: {exc.strerror or exc}") from None
@@ -221,9 +226,7 @@ def stage_model(model: onnx.ModelProto, output: str | os.PathLike,
             staged.path.write_bytes(model.SerializeToString())
         for path in (staged.path, staged.data):
             if path is not None:
-                with open(path, "rb+") as handle:
-                    os.fsync(handle.fileno())
-                ordinary_mode(path)
+                _settle(path)
     except OSError as exc:
         staged.discard()
         raise OutputError(f"could not write {str(out)!r}: {exc.strerror or exc}") from None

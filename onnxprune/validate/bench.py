@@ -96,20 +96,17 @@ def latencies(models: list[str | os.PathLike | onnx.ModelProto], feed: dict[str,
     When the sessions would not fit in ``room`` bytes together (``session_bytes``), each is made, timed and
     dropped in turn instead; the third value says whether they were timed together."""
     together = room is None or sum(session_bytes(m) for m in models) <= room
-    if together:
-        sessions = [make_session(m if isinstance(m, onnx.ModelProto) else str(m), threads=threads) for m in models]
-        times = interleaved_times(sessions, feed, max_runs, warmup=2, seconds=seconds, min_runs=min_runs)
-        return [float(np.median(t)) for t in times], provider_name(sessions[0]), True
+    if not together:
+        log.info("timing the %d models one after the other: their sessions do not fit in %d bytes together",
+                 len(models), room)
     medians, provider = [], "cpu"
-    for model in models:
-        log.info("timing %s alone: the sessions do not fit in %d bytes together", model if not isinstance(
-            model, onnx.ModelProto) else "the model", room)
-        session = make_session(model if isinstance(model, onnx.ModelProto) else str(model), threads=threads)
-        times = interleaved_times([session], feed, max_runs, warmup=2, seconds=seconds, min_runs=min_runs)
-        medians.append(float(np.median(times[0])))
-        provider = provider_name(session)
-        del session
-    return medians, provider, False
+    for group in [models] if together else [[m] for m in models]:  # a group's sessions live while it is timed
+        sessions = [make_session(m if isinstance(m, onnx.ModelProto) else str(m), threads=threads) for m in group]
+        times = interleaved_times(sessions, feed, max_runs, warmup=2, seconds=seconds, min_runs=min_runs)
+        medians += [float(np.median(t)) for t in times]
+        provider = provider_name(sessions[0])
+        del sessions
+    return medians, provider, together
 
 
 def benchmark(model_path: str | os.PathLike, *, vs: str | os.PathLike | None = None, batch: int = 1,
